@@ -1,0 +1,346 @@
+"""The ImageBuild API, version v1alpha1: the single source of truth for the CRD.
+
+The CRD in ``crds/`` is generated from these models (``stagewright crd``), so the API server
+and the operator validate with the same rules. Rules the API server cannot express in a
+structural schema (map-key patterns, cross-field checks) live in validators here and surface
+as ``InvalidSpec`` in status.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "stagewright.dev"
+VERSION = "v1alpha1"
+KIND = "ImageBuild"
+PLURAL = "imagebuilds"
+SINGULAR = "imagebuild"
+SHORT_NAMES = ("ib",)
+API_VERSION = f"{GROUP}/{VERSION}"
+
+#: Annotation whose new value asks for a rebuild of the same spec.
+REBUILD_ANNOTATION = f"{GROUP}/rebuild"
+
+_DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {
+    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
+}
+#: A DNS-1123 subdomain: the names of Secrets, ConfigMaps and ServiceAccounts.
+_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+#: An image repository without tag or digest: optional registry host[:port], then path parts.
+_REPOSITORY = (
+    r"^([a-zA-Z0-9]([a-zA-Z0-9.-]*[a-zA-Z0-9])?(:[0-9]+)?/)?"
+    r"[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*$"
+)
+_TAG = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+_STAGE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+_BUILD_ARG = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: A relative path inside the build context: no leading slash, no `..` segment.
+_RELATIVE_PATH = r"^(?!/)(?!.*(^|/)\.\.(/|$)).+$"
+
+Duration = Annotated[str, StringConstraints(pattern=_DURATION_PATTERN)]
+ObjectName = Annotated[str, StringConstraints(pattern=_DNS_SUBDOMAIN, max_length=253)]
+Quantity = Annotated[
+    str | int,
+    Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
+]
+
+
+def parse_duration(value: str) -> timedelta:
+    """Parse a Go-style duration (``20m``, ``1h30m``), the format users know from kubectl."""
+    if not re.fullmatch(_DURATION_PATTERN, value):
+        raise ValueError(f"invalid duration {value!r}: use Go-style units such as 90s, 20m, 72h")
+    seconds = sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(value))
+    return timedelta(seconds=seconds)
+
+
+class _Model(BaseModel):
+    """Base: camelCase on the wire, unknown fields rejected (the CRD prunes them anyway)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True,
+    )
+
+
+class LocalObjectReference(_Model):
+    """A reference to an object in the ImageBuild's own namespace."""
+
+    name: ObjectName = Field(description="Name of the object, in the ImageBuild's namespace.")
+
+
+class GitSource(_Model):
+    """A git repository cloned by the build pod."""
+
+    url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s#]+$")] = Field(
+        description="HTTP(S) clone URL, e.g. https://github.com/acme/web.git.",
+    )
+    revision: Annotated[str, StringConstraints(pattern=r"^[^\s#]+$")] | None = Field(
+        default=None,
+        description="Branch, tag, full ref (refs/...) or 40-character commit; default: the "
+        "repository's default branch.",
+    )
+    secret_ref: LocalObjectReference | None = Field(
+        default=None,
+        description="A kubernetes.io/basic-auth Secret (username, password or token) for "
+        "private repositories.",
+    )
+
+
+class ConfigMapSource(_Model):
+    """A small build context kept in a ConfigMap: each key is a file at the context root."""
+
+    name: ObjectName = Field(description="Name of the ConfigMap holding the context files.")
+
+
+class Source(_Model):
+    """Where the build context comes from: exactly one of git, configMap or url."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [{"required": ["git"]}, {"required": ["configMap"]}, {"required": ["url"]}],
+        },
+    )
+
+    git: GitSource | None = Field(default=None, description="A git repository.")
+    config_map: ConfigMapSource | None = Field(default=None, description="A ConfigMap.")
+    url: Annotated[str, StringConstraints(pattern=r"^(s3|gs|https)://\S+$")] | None = Field(
+        default=None,
+        description="A Kaniko remote context: s3://, gs:// or an Azure blob https:// URL of "
+        "a tar.gz.",
+    )
+    context_dir: Annotated[str, StringConstraints(pattern=_RELATIVE_PATH)] | None = Field(
+        default=None, description="Sub-directory of the source used as the build context.",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Source:
+        given = [n for n in ("git", "configMap", "url") if getattr(self, _snake(n)) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "set exactly one of source.git, source.configMap or source.url"
+                + (f" (found: {', '.join(given)})" if given else ""),
+            )
+        return self
+
+
+class Output(_Model):
+    """Where the built image is pushed."""
+
+    image: Annotated[str, StringConstraints(pattern=_REPOSITORY, max_length=255)] = Field(
+        description="Image repository without tag or digest, e.g. registry.example.com/acme/web.",
+    )
+    tags: list[Annotated[str, StringConstraints(pattern=_TAG)]] = Field(
+        default=["latest"], min_length=1, max_length=32,
+        description="Tags pushed for the image; one Kaniko --destination each.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    push_secret_ref: LocalObjectReference | None = Field(
+        default=None,
+        description="A kubernetes.io/dockerconfigjson Secret with push (and cache) credentials.",
+    )
+    insecure: bool = Field(
+        default=False,
+        description="The output registry speaks plain HTTP or has a self-signed certificate; "
+        "applies to every use of that registry (push, cache, base images) and nothing else.",
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="OCI labels added to the image config.",
+    )
+
+    @field_validator("tags")
+    @classmethod
+    def _unique_tags(cls, tags: list[str]) -> list[str]:
+        if len(set(tags)) != len(tags):
+            raise ValueError("tags must be unique")
+        return tags
+
+    @property
+    def registry(self) -> str:
+        """The registry host[:port]; Docker Hub when the first part is not a host."""
+        first, _, rest = self.image.partition("/")
+        if rest and ("." in first or ":" in first or first == "localhost"):
+            return first
+        return "index.docker.io"
+
+
+class Cache(_Model):
+    """Kaniko's registry layer cache: RUN layers pushed to, and pulled from, a cache repo."""
+
+    enabled: bool = Field(default=True, description="Use the registry layer cache.")
+    repo: Annotated[str, StringConstraints(pattern=_REPOSITORY, max_length=255)] | None = Field(
+        default=None, description="Cache repository; default <output.image>/cache.",
+    )
+    ttl: Duration = Field(default="336h", description="How long cached layers stay valid.")
+
+
+class ResourceRequirements(_Model):
+    """CPU and memory for the build container, as in a Pod."""
+
+    requests: dict[str, Quantity] = Field(default_factory=dict, description="Minimum.")
+    limits: dict[str, Quantity] = Field(default_factory=dict, description="Maximum.")
+
+
+class Toleration(_Model):
+    """A Pod toleration, so builds can run on tainted build nodes."""
+
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class ImageBuildSpec(_Model):
+    """What to build, and how. Never written by the operator."""
+
+    source: Source = Field(description="The build context.")
+    dockerfile: Annotated[str, StringConstraints(pattern=_RELATIVE_PATH)] = Field(
+        default="Dockerfile", description="Path of the Dockerfile inside the context.",
+    )
+    target: Annotated[str, StringConstraints(pattern=_STAGE, max_length=128)] | None = Field(
+        default=None, description="Stage to build; default: the last stage.",
+    )
+    build_args: dict[str, str] = Field(
+        default_factory=dict, description="Values for the Dockerfile's ARG instructions.",
+    )
+    output: Output = Field(description="Where the image is pushed.")
+    cache: Cache = Field(default_factory=Cache, description="Registry layer cache.")
+    timeout: Duration | None = Field(
+        default=None, description="Build deadline (Go duration); default: the operator's.",
+    )
+    retries: int = Field(
+        default=1, ge=0, le=5,
+        description="Retries after infrastructure failures (eviction, lost pod), never after "
+        "a failed build.",
+    )
+    resources: ResourceRequirements | None = Field(
+        default=None, description="Build container resources; default: the operator's.",
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels the build pod must match.",
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Tolerations for the build pod.",
+    )
+    service_account_name: ObjectName | None = Field(
+        default=None,
+        description="ServiceAccount of the build pod, for cloud workload identity. Its API "
+        "token is never mounted.",
+    )
+
+    @field_validator("build_args")
+    @classmethod
+    def _build_arg_names(cls, args: dict[str, str]) -> dict[str, str]:
+        bad = sorted(name for name in args if not _BUILD_ARG.match(name))
+        if bad:
+            raise ValueError(f"invalid build argument names {bad}: use letters, digits and _")
+        return args
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive_timeout(cls, timeout: str | None) -> str | None:
+        if timeout is not None and parse_duration(timeout) < timedelta(seconds=1):
+            raise ValueError("timeout must be at least 1s")
+        return timeout
+
+    @property
+    def cache_repo(self) -> str:
+        """The cache repository, defaulted from the output image."""
+        return self.cache.repo or f"{self.output.image}/cache"
+
+
+class Phase(StrEnum):
+    """The build's lifecycle, as users script against it."""
+
+    PENDING = "Pending"
+    BUILDING = "Building"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class Condition(_Model):
+    """A kstatus-compatible condition (as metav1.Condition)."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    observed_generation: int | None = None
+    last_transition_time: str
+    reason: str
+    message: str = ""
+
+
+class ImageBuildStatus(_Model):
+    """What the operator observed; the only part of an ImageBuild it writes."""
+
+    model_config = ConfigDict(frozen=False)
+
+    phase: Phase | None = Field(default=None, description="Pending, Building, Succeeded, Failed.")
+    reason: str | None = Field(default=None, description="Machine-readable cause of the phase.")
+    message: str | None = Field(default=None, description="What happened, for a person.")
+    observed_generation: int | None = Field(default=None, description="Generation built.")
+    rebuild: str | None = Field(
+        default=None, description="The stagewright.dev/rebuild value this build answers.",
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Ready, Reconciling and Stalled (kstatus).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    pod_name: str | None = Field(default=None, description="The current or last build pod.")
+    attempt: int | None = Field(default=None, description="Attempt number, from 1.")
+    start_time: str | None = Field(default=None, description="When the build started.")
+    completion_time: str | None = Field(default=None, description="When the build ended.")
+    image: str | None = Field(default=None, description="Pushed image, repo@sha256:...")
+    digest: str | None = Field(default=None, description="Manifest digest, sha256:...")
+    short_digest: str | None = Field(default=None, description="Digest's first 12 hex digits.")
+    size: int | None = Field(default=None, description="Compressed bytes: config + layers.")
+    size_human: str | None = Field(default=None, description="Size for people, e.g. 12.3MiB.")
+    layers: int | None = Field(default=None, description="Number of layers.")
+
+
+class ImageBuild(_Model):
+    """An ImageBuild as read from the API server (metadata kept loosely typed)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: Literal["stagewright.dev/v1alpha1"] = API_VERSION
+    kind: Literal["ImageBuild"] = KIND
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: ImageBuildSpec
+    status: ImageBuildStatus = Field(default_factory=ImageBuildStatus)
+
+    @property
+    def name(self) -> str:
+        """metadata.name."""
+        return str(self.metadata["name"])
+
+    @property
+    def namespace(self) -> str:
+        """metadata.namespace ("default" when a file omits it)."""
+        return str(self.metadata.get("namespace") or "default")
+
+    @property
+    def generation(self) -> int:
+        """metadata.generation (1 for a file that has none)."""
+        return int(self.metadata.get("generation") or 1)
+
+    @property
+    def uid(self) -> str:
+        """metadata.uid ("" for a file that has none)."""
+        return str(self.metadata.get("uid") or "")
+
+    @property
+    def rebuild_token(self) -> str | None:
+        """The current stagewright.dev/rebuild annotation value, if any."""
+        value = (self.metadata.get("annotations") or {}).get(REBUILD_ANNOTATION)
+        return str(value) if value else None
+
+
+def _snake(camel: str) -> str:
+    return re.sub(r"([A-Z])", r"_\1", camel).lower()

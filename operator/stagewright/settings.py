@@ -1,0 +1,54 @@
+"""The operator's settings: one object, read from ``STAGEWRIGHT_*`` environment variables.
+
+Handlers receive it through kopf's memo, never as a module global, so tests start operators
+with different settings side by side.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import field_validator
+
+from stagewright.api.v1alpha1 import Duration, ResourceRequirements
+
+#: The maintained Kaniko fork (upstream was archived on 2025-06-03). Pinned: a moving tag
+#: would make two builds of the same spec use different executors.
+DEFAULT_KANIKO_IMAGE = "ghcr.io/osscontainertools/kaniko:v1.28.3"
+
+
+class Settings(BaseSettings):
+    """Operator-wide defaults and limits; each ImageBuild may override the build ones."""
+
+    model_config = SettingsConfigDict(env_prefix="STAGEWRIGHT_", frozen=True)
+
+    #: The executor image of every build pod; pin by tag or digest.
+    kaniko_image: str = DEFAULT_KANIKO_IMAGE
+    #: Namespaces to watch, comma-separated; empty means the whole cluster.
+    namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: Deadline of a build whose ImageBuild sets no timeout.
+    default_timeout: Duration = "30m"
+    #: Build container resources when an ImageBuild sets none (bounded, so one build cannot
+    #: starve a node).
+    default_resources: ResourceRequirements = ResourceRequirements(
+        requests={"cpu": "500m", "memory": "1Gi", "ephemeral-storage": "2Gi"},
+        limits={"memory": "4Gi", "ephemeral-storage": "20Gi"},
+    )
+    #: How often unfinished builds are re-checked, so a lost event or a registry hiccup
+    #: never leaves a build stuck (level-based recovery).
+    resync_seconds: float = Field(default=30.0, gt=0)
+    #: Per-request timeout for registry look-ups (digest check, size).
+    registry_timeout_seconds: float = Field(default=10.0, gt=0)
+    #: Plain-HTTP liveness endpoint, e.g. http://0.0.0.0:8080/healthz; unset disables it.
+    liveness_endpoint: str | None = None
+    #: How many characters of a failed build's log tail are kept in status.message.
+    message_limit: int = Field(default=2048, ge=256, le=32768)
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split_namespaces(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
