@@ -42,8 +42,10 @@ _REPOSITORY = (
 _TAG = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
 _STAGE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 _BUILD_ARG = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-#: A relative path inside the build context: no leading slash, no `..` segment.
-_RELATIVE_PATH = r"^(?!/)(?!.*(^|/)\.\.(/|$)).+$"
+#: A relative path inside the build context: no leading slash, no empty or `..` segment.
+#: (RE2 and Rust regexes have no look-ahead, so each segment spells out "not ..".)
+_SEGMENT = r"(\.|\.?[^/.][^/]*|\.\.[^/]+)"
+_RELATIVE_PATH = rf"^{_SEGMENT}(/{_SEGMENT})*$"
 
 Duration = Annotated[str, StringConstraints(pattern=_DURATION_PATTERN)]
 ObjectName = Annotated[str, StringConstraints(pattern=_DNS_SUBDOMAIN, max_length=253)]

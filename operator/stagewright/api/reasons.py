@@ -1,0 +1,28 @@
+"""Status reasons: the machine-readable half of every phase, in one place.
+
+Users and GitOps tools script against these strings, so they are part of the API.
+"""
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Why an ImageBuild is in its phase (status.reason and condition reasons)."""
+
+    BUILDING = "Building"
+    WAITING = "PodWaiting"
+    RETRYING = "Retrying"
+    SUCCEEDED = "Succeeded"
+    INVALID_SPEC = "InvalidSpec"
+    BUILD_FAILED = "BuildFailed"
+    PUSH_FAILED = "PushFailed"
+    OUT_OF_MEMORY = "OutOfMemory"
+    TIMEOUT = "Timeout"
+    EVICTED = "Evicted"
+    POD_LOST = "PodLost"
+    DIGEST_UNVERIFIED = "DigestUnverified"
+    CANCELLED = "Cancelled"
+
+
+#: Failures of the infrastructure, not of the build: retried up to spec.retries times.
+INFRASTRUCTURE_FAILURES = frozenset({Reason.EVICTED, Reason.POD_LOST})

@@ -1,0 +1,157 @@
+"""A small async Kubernetes REST client for the handful of calls the operator makes.
+
+Why not the ``kubernetes`` client's API classes: they are synchronous and (since v30)
+convert every body through generated pydantic models, while the operator builds plain dicts
+and runs in kopf's event loop. Configuration (kubeconfig, in-cluster token rotation, exec
+plugins) still comes from the ``kubernetes`` package, so credentials behave as users expect.
+"""
+
+from __future__ import annotations
+
+import ssl
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+
+from stagewright.api.v1alpha1 import GROUP, PLURAL, VERSION
+
+#: Status codes that mean "try again later" rather than "your request is wrong".
+_TEMPORARY = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+
+
+class ApiError(Exception):
+    """A non-2xx answer from the API server, with its Status message."""
+
+    def __init__(self, status: int, message: str, reason: str = "") -> None:
+        super().__init__(f"{status} {reason}: {message}".strip())
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    @property
+    def temporary(self) -> bool:
+        """Worth retrying: conflicts, throttling and server-side failures."""
+        return self.status in _TEMPORARY
+
+
+def load_configuration() -> k8s_client.Configuration:
+    """In-cluster config inside a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    configuration = k8s_client.Configuration()
+    try:
+        k8s_config.load_incluster_config(client_configuration=configuration)
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config(client_configuration=configuration)
+    return configuration
+
+
+class KubeApi:
+    """Async calls on Pods, Secrets and ImageBuilds, dicts in and dicts out."""
+
+    def __init__(self, configuration: k8s_client.Configuration, timeout: float = 30.0) -> None:
+        self._configuration = configuration
+        context = ssl.create_default_context(cafile=configuration.ssl_ca_cert or None)
+        if configuration.cert_file:
+            context.load_cert_chain(configuration.cert_file, configuration.key_file)
+        if not configuration.verify_ssl:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        self._http = httpx.AsyncClient(
+            base_url=configuration.host.rstrip("/"), verify=context, timeout=timeout,
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    def _headers(self, content_type: str = "application/json") -> dict[str, str]:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        # Calling this each time lets in-cluster token rotation and exec plugins refresh.
+        token = self._configuration.get_api_key_with_prefix("authorization")
+        if token:
+            headers["Authorization"] = token
+        return headers
+
+    async def _request(self, method: str, path: str, body: Any = None,
+                       content_type: str = "application/json") -> dict[str, Any] | None:
+        """One API call; None for a 404 on GET/DELETE, ApiError for any other failure."""
+        try:
+            response = await self._http.request(
+                method, path, json=body, headers=self._headers(content_type),
+            )
+        except httpx.HTTPError as exc:
+            raise ApiError(503, f"{type(exc).__name__}: {exc}", "Unreachable") from exc
+        if response.status_code == 404 and method in ("GET", "DELETE"):
+            return None
+        if response.is_error:
+            try:
+                status = response.json()
+            except ValueError:
+                status = {}
+            raise ApiError(response.status_code, str(status.get("message") or response.text[:500]),
+                           str(status.get("reason") or ""))
+        result: dict[str, Any] = response.json()
+        return result
+
+    # ImageBuilds
+
+    async def get_imagebuild(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The ImageBuild as stored now, or None when it is gone."""
+        return await self._request("GET", _imagebuild_path(namespace, name))
+
+    async def patch_imagebuild_status(self, namespace: str, name: str,
+                                      status: dict[str, Any]) -> dict[str, Any] | None:
+        """Merge-patch ``status`` through the status subresource (spec is never written)."""
+        return await self._request(
+            "PATCH", _imagebuild_path(namespace, name) + "/status", {"status": status},
+            content_type="application/merge-patch+json",
+        )
+
+    # Pods
+
+    async def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Pod, or None when it does not exist."""
+        return await self._request("GET", f"/api/v1/namespaces/{namespace}/pods/{name}")
+
+    async def create_pod(self, pod: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create ``pod``; on 409 return the existing one. The flag says whether it was new."""
+        namespace = pod["metadata"]["namespace"]
+        try:
+            created = await self._request("POST", f"/api/v1/namespaces/{namespace}/pods", pod)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+            existing = await self.get_pod(namespace, pod["metadata"]["name"])
+            if existing is None:  # deleted between the two calls: let the caller retry
+                raise
+            return existing, False
+        assert created is not None
+        return created, True
+
+    async def delete_pod(self, namespace: str, name: str) -> bool:
+        """Delete a Pod (background propagation); False when it was already gone."""
+        deleted = await self._request(
+            "DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}",
+            {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"},
+        )
+        return deleted is not None
+
+    # Secrets
+
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Secret (the push credentials), or None when it does not exist."""
+        return await self._request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+
+
+def _imagebuild_path(namespace: str, name: str) -> str:
+    return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
+

@@ -1,0 +1,107 @@
+"""kopf wiring: which events reach the reconciler, and the operator's start-up and shutdown.
+
+Only event handlers and an in-memory index are registered. kopf therefore writes nothing of
+its own to the cluster: no finalizer, no progress or diff-base annotations, no per-pod
+bookkeeping. All state is in ImageBuild status, written by the reconciler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import kopf
+
+from stagewright.api.v1alpha1 import GROUP, PLURAL, VERSION, Phase
+from stagewright.handlers.kube_api import ApiError, KubeApi, load_configuration
+from stagewright.handlers.reconciler import Reconciler
+from stagewright.registry import RegistryError
+from stagewright.resources.kaniko_pod import LABEL_IMAGEBUILD, LABEL_MANAGED_BY, MANAGED_BY
+from stagewright.settings import Settings
+
+_SETTLED = (Phase.SUCCEEDED.value, Phase.FAILED.value)
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    """kopf settings: our own prefix everywhere kopf would write, no peering, quiet posting."""
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration",
+    )
+    settings.peering.standalone = True
+    settings.scanning.disabled = True
+    settings.posting.level = 20  # INFO and above become Kubernetes Events
+
+
+@kopf.on.startup(id="start")
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger,
+                unsettled: kopf.Index[tuple[str, str], bool], **_: Any) -> None:
+    """Create the API client and reconciler, and start the periodic resync."""
+    configure(settings)
+    operator_settings: Settings = memo.get("settings") or Settings()
+    api = KubeApi(load_configuration())
+    memo.api = api
+    memo.reconciler = Reconciler(api, operator_settings, logger)
+    memo.resync = asyncio.create_task(_resync(memo.reconciler, unsettled, operator_settings))
+
+
+@kopf.on.cleanup(id="stop")
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    """Stop the resync and close connections."""
+    task: asyncio.Task[None] | None = memo.get("resync")
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    api: KubeApi | None = memo.get("api")
+    if api is not None:
+        await api.aclose()
+
+
+@kopf.index(GROUP, VERSION, PLURAL, id="unsettled")
+def unsettled(namespace: str, name: str, status: kopf.Status, meta: kopf.Meta,
+              **_: Any) -> dict[tuple[str, str], bool] | None:
+    """ImageBuilds whose current generation has not finished building (in memory only)."""
+    done = status.get("phase") in _SETTLED and status.get("observedGeneration") == meta.get(
+        "generation")
+    return None if done else {(namespace, name): True}
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, id="imagebuild")
+async def on_imagebuild(event: kopf.RawEvent, namespace: str, name: str, memo: kopf.Memo,
+                        **_: Any) -> None:
+    """Any change to an ImageBuild (and each one at start-up): take the next step."""
+    reconciler: Reconciler = memo.reconciler
+    if event["type"] == "DELETED":
+        reconciler.forget(namespace, name)  # its pods go with it (owner references)
+        return
+    await _reconcile(reconciler, namespace, name)
+
+
+@kopf.on.event("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGED_BY}, id="build-pod")
+async def on_build_pod(namespace: str, labels: kopf.Labels, memo: kopf.Memo,
+                       **_: Any) -> None:
+    """A build pod changed: re-check the ImageBuild it belongs to."""
+    owner = labels.get(LABEL_IMAGEBUILD)
+    if owner:
+        await _reconcile(memo.reconciler, namespace, owner)
+
+
+async def _reconcile(reconciler: Reconciler, namespace: str, name: str) -> None:
+    """Reconcile, turning temporary failures into a log line: the resync retries them."""
+    try:
+        await reconciler.reconcile(namespace, name)
+    except (ApiError, RegistryError) as exc:
+        log = reconciler.logger.warning if exc.temporary else reconciler.logger.error
+        log(f"Reconciling {namespace}/{name} failed, will retry: {exc}")
+
+
+async def _resync(reconciler: Reconciler, unsettled: kopf.Index[tuple[str, str], bool],
+                  settings: Settings) -> None:
+    """Re-check unfinished builds periodically: level-based recovery from anything missed."""
+    while True:
+        await asyncio.sleep(settings.resync_seconds)
+        for namespace, name in list(unsettled):
+            await _reconcile(reconciler, namespace, name)

@@ -1,0 +1,1 @@
+"""Pure builders: ImageBuild (+ settings) -> the Kubernetes objects the operator creates."""

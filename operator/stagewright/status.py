@@ -1,0 +1,182 @@
+"""Pure status logic: what a build pod says, and the ImageBuild status that follows from it.
+
+No I/O here: handlers feed in a Pod dict and registry facts, and get back the outcome and the
+status patch to write. Conditions follow kstatus, so ``kubectl wait --for=condition=Ready``,
+Flux's health checks and Argo CD read an ImageBuild without custom code.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from stagewright.api.reasons import INFRASTRUCTURE_FAILURES, Reason
+from stagewright.api.v1alpha1 import Condition, ImageBuildStatus, Phase
+
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+#: Words in Kaniko's output that mean the image was built but could not be pushed.
+_PUSH_ERRORS = re.compile(
+    r"error pushing|failed to push|checking push permissions|push permission|"
+    r"UNAUTHORIZED|DENIED|unauthorized: |denied: ",
+    re.IGNORECASE,
+)
+#: Pod-level reasons a kubelet or the control plane gives when the node, not the build, failed.
+_LOST_POD_REASONS = frozenset({"NodeLost", "Shutdown", "NodeShutdown", "Terminated",
+                               "UnexpectedAdmissionError", "NodeAffinity", "OutOfcpu",
+                               "OutOfmemory", "OutOfephemeral-storage"})
+#: Container waiting reasons that will not clear up by themselves.
+_STUCK_WAITING = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName",
+                            "CreateContainerConfigError", "CreateContainerError"})
+
+
+def now_iso() -> str:
+    """The current time as Kubernetes writes it (RFC 3339, seconds, UTC)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class PodOutcome:
+    """What a build pod says about its build."""
+
+    finished: bool
+    succeeded: bool = False
+    digest: str | None = None
+    reason: Reason | None = None
+    message: str = ""
+    waiting: str | None = None
+
+    @property
+    def infrastructure_failure(self) -> bool:
+        """True when a retry might succeed: the build itself never failed."""
+        return self.reason in INFRASTRUCTURE_FAILURES
+
+
+def _kaniko_state(pod: dict[str, Any]) -> dict[str, Any]:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    for status in statuses:
+        if status.get("name") == "kaniko":
+            return dict(status.get("state") or {})
+    return {}
+
+
+def classify_pod(pod: dict[str, Any], *, message_limit: int = 2048) -> PodOutcome:
+    """Read a build pod's outcome; success is trusted only from the container's exit code."""
+    status = pod.get("status") or {}
+    phase = status.get("phase")
+    state = _kaniko_state(pod)
+    terminated = state.get("terminated")
+    if phase == "Failed" and status.get("reason") == "DeadlineExceeded":
+        return PodOutcome(finished=True, reason=Reason.TIMEOUT, message=_tail(
+            "The build ran past its timeout and was stopped. " + (status.get("message") or ""),
+            message_limit))
+    if phase == "Failed" and status.get("reason") == "Evicted":
+        return PodOutcome(finished=True, reason=Reason.EVICTED,
+                          message=_tail(status.get("message") or "The pod was evicted.",
+                                        message_limit))
+    if phase == "Failed" and status.get("reason") in _LOST_POD_REASONS:
+        return PodOutcome(finished=True, reason=Reason.POD_LOST, message=_tail(
+            f"{status['reason']}: {status.get('message') or 'the node lost the pod'}",
+            message_limit))
+    if terminated and phase in ("Succeeded", "Failed"):
+        return _terminated_outcome(terminated, message_limit)
+    if phase in ("Succeeded", "Failed"):
+        return PodOutcome(finished=True, reason=Reason.POD_LOST, message=_tail(
+            f"The pod ended ({phase}) without a container status. "
+            + (status.get("message") or ""), message_limit))
+    waiting = state.get("waiting") or {}
+    if waiting.get("reason") in _STUCK_WAITING:
+        text = f"{waiting['reason']}: {waiting.get('message') or ''}".strip()
+        return PodOutcome(finished=False, waiting=_tail(text, message_limit))
+    return PodOutcome(finished=False)
+
+
+def _terminated_outcome(terminated: dict[str, Any], message_limit: int) -> PodOutcome:
+    exit_code = int(terminated.get("exitCode", -1))
+    text = (terminated.get("message") or "").strip()
+    if exit_code == 0:
+        if _DIGEST.match(text):
+            return PodOutcome(finished=True, succeeded=True, digest=text)
+        return PodOutcome(finished=True, reason=Reason.DIGEST_UNVERIFIED, message=_tail(
+            "Kaniko exited 0 but wrote no digest to the termination log "
+            f"(got {text[:100]!r}).", message_limit))
+    if terminated.get("reason") == "OOMKilled":
+        return PodOutcome(finished=True, reason=Reason.OUT_OF_MEMORY, message=(
+            "The build ran out of memory (OOMKilled); raise spec.resources.limits.memory."))
+    if _DIGEST.match(text):
+        # Kaniko writes the digest file before pushing: a digest with a failure is a push.
+        return PodOutcome(finished=True, reason=Reason.PUSH_FAILED, message=(
+            f"The image ({text}) was built but the push failed; check output.pushSecretRef "
+            "and the registry's permissions."))
+    reason = Reason.PUSH_FAILED if _PUSH_ERRORS.search(text) else Reason.BUILD_FAILED
+    headline = f"Kaniko exited with code {exit_code}."
+    return PodOutcome(finished=True, reason=reason,
+                      message=_tail(f"{headline} Log tail:\n{text}" if text else headline,
+                                    message_limit))
+
+
+def _tail(text: str, limit: int) -> str:
+    """Keep the end of a message: the failing command is at the bottom of a build log."""
+    text = text.strip()
+    return text if len(text) <= limit else "…" + text[-(limit - 1):]
+
+
+def human_size(size: int) -> str:
+    """Bytes in binary units with one decimal, as ``kubectl get`` shows them (12.3MiB)."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{int(value)}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _condition(previous: list[Condition], type_: str, status: str, reason: str, message: str,
+               generation: int, now: str) -> Condition:
+    """A condition that keeps its lastTransitionTime while its status does not change."""
+    old = next((c for c in previous if c.type == type_), None)
+    since = old.last_transition_time if old is not None and old.status == status else now
+    return Condition.model_validate({
+        "type": type_, "status": status, "reason": reason, "message": message,
+        "observedGeneration": generation, "lastTransitionTime": since,
+    })
+
+
+def conditions_for(phase: Phase, reason: Reason, message: str, generation: int,
+                   previous: list[Condition], now: str) -> list[Condition]:
+    """kstatus conditions: Reconciling while building, Stalled on failure, Ready on success."""
+    active = phase in (Phase.PENDING, Phase.BUILDING)
+    failed = phase is Phase.FAILED
+    done = phase is Phase.SUCCEEDED
+    return [
+        _condition(previous, "Ready", "True" if done else "False", reason, message,
+                   generation, now),
+        _condition(previous, "Reconciling", "True" if active else "False", reason,
+                   message if active else "", generation, now),
+        _condition(previous, "Stalled", "True" if failed else "False", reason,
+                   message if failed else "", generation, now),
+    ]
+
+
+def status_patch(previous: ImageBuildStatus, *, phase: Phase, reason: Reason, message: str,
+                 generation: int, now: str | None = None, **fields: Any) -> dict[str, Any]:
+    """The status to merge-patch for one transition, conditions included.
+
+    ``fields`` are further ImageBuildStatus fields by their Python names; a field given as
+    None is removed (JSON merge patch), so a new build clears the last one's digest.
+    """
+    now = now or now_iso()
+    conditions = conditions_for(phase, reason, message, generation, previous.conditions, now)
+    patch: dict[str, Any] = {
+        "phase": phase.value,
+        "reason": reason.value,
+        "message": message,
+        "observedGeneration": generation,
+        "conditions": [c.model_dump(mode="json", by_alias=True) for c in conditions],
+    }
+    aliases = ImageBuildStatus.model_fields
+    for name, value in fields.items():
+        alias = aliases[name].alias or name
+        patch[alias] = value
+    return patch
