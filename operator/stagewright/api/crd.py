@@ -85,10 +85,19 @@ def model_schema(model: type[Any]) -> dict[str, Any]:
     return result
 
 
+def _without_defaults(node: Any) -> Any:
+    """Status is written only by the operator: server-side defaults there would only mislead."""
+    if isinstance(node, dict):
+        return {k: _without_defaults(v) for k, v in node.items() if k != "default"}
+    if isinstance(node, list):
+        return [_without_defaults(item) for item in node]
+    return node
+
+
 def imagebuild_crd() -> dict[str, Any]:
     """The complete CRD object for ImageBuild (apiextensions.k8s.io/v1)."""
     spec_schema = model_schema(ImageBuildSpec)
-    status_schema = model_schema(ImageBuildStatus)
+    status_schema = _without_defaults(model_schema(ImageBuildStatus))
     spec_schema["description"] = "What to build and where to push it."
     status_schema["description"] = "What the operator observed; written only by the operator."
     return {

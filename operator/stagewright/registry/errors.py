@@ -16,7 +16,7 @@ class RegistryError(Exception):
     temporary: ClassVar[bool] = False
 
 
-class RegistryUnavailable(RegistryError):
+class RegistryUnavailable(RegistryError):  # noqa: N818 - name is the API
     """The registry could not be reached or is overloaded (connect error, timeout, 429, 5xx).
 
     Temporary: the operator retries later.
@@ -33,7 +33,7 @@ class RegistryTLSError(RegistryError):
     """
 
 
-class ImageNotFound(RegistryError):
+class ImageNotFound(RegistryError):  # noqa: N818 - name is the API
     """The registry has no such repository, tag or digest (404, MANIFEST_UNKNOWN, NAME_UNKNOWN)."""
 
 
@@ -41,5 +41,5 @@ class RegistryAuthError(RegistryError):
     """The registry refused us after authentication was tried (401/403)."""
 
 
-class InvalidManifest(RegistryError):
+class InvalidManifest(RegistryError):  # noqa: N818 - name is the API
     """The manifest is unusable: digest mismatch, bad JSON, unsupported media type, too large."""

@@ -1,0 +1,204 @@
+"""A real Kubernetes control plane on 127.0.0.1: etcd plus kube-apiserver, RBAC on.
+
+The apiserver binary is built from Debian's source package by
+``hack/build-kube-apiserver.sh`` (cached). Identities come from a static token file: an
+admin, the sandbox kubelet, and the operator, whose user name is that of the chart's
+ServiceAccount, so the chart's ClusterRoleBinding applies to it unchanged and every call the
+operator makes is checked against the RBAC we ship.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = REPO_ROOT / "hack" / "build-kube-apiserver.sh"
+
+OPERATOR_NAMESPACE = "stagewright-system"
+OPERATOR_SERVICE_ACCOUNT = "stagewright-operator"
+#: The user name Kubernetes gives a ServiceAccount: RBAC matches it to ServiceAccount subjects.
+OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}"
+OPERATOR_GROUPS = ("system:serviceaccounts", f"system:serviceaccounts:{OPERATOR_NAMESPACE}")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def kube_apiserver_binary() -> Path:
+    """The cached kube-apiserver, built on first use (about 5 minutes)."""
+    result = subprocess.run([str(BUILD_SCRIPT)], check=True, capture_output=True, text=True)
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def _make_certificates(directory: Path) -> None:
+    """A CA, a serving certificate for 127.0.0.1, and the ServiceAccount signing key."""
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-keyout", str(directory / "ca.key"), "-out", str(directory / "ca.crt"),
+             "-subj", "/CN=stagewright-sandbox-ca")
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(directory / "apiserver.key"),
+             "-out", str(directory / "apiserver.csr"), "-subj", "/CN=kube-apiserver")
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    _openssl("x509", "-req", "-in", str(directory / "apiserver.csr"), "-days", "2",
+             "-CA", str(directory / "ca.crt"), "-CAkey", str(directory / "ca.key"),
+             "-CAcreateserial", "-extfile", str(directory / "san.ext"),
+             "-out", str(directory / "apiserver.crt"))
+    _openssl("genrsa", "-out", str(directory / "sa.key"), "2048")
+
+
+@dataclass
+class Identity:
+    """A user of the sandbox cluster, with its own kubeconfig."""
+
+    name: str
+    token: str
+    groups: tuple[str, ...]
+    kubeconfig: Path = field(default=Path())
+
+
+class ControlPlane:
+    """etcd + kube-apiserver in a work directory; stopped and cleaned up on exit."""
+
+    def __init__(self, work_dir: Path) -> None:
+        self.work_dir = work_dir
+        self.port = free_port()
+        self.url = f"https://127.0.0.1:{self.port}"
+        self._processes: list[subprocess.Popen[bytes]] = []
+        self.admin = Identity("sandbox-admin", secrets.token_hex(16), ("system:masters",))
+        self.kubelet = Identity("sandbox-kubelet", secrets.token_hex(16), ("system:masters",))
+        self.operator = Identity(OPERATOR_USER, secrets.token_hex(16), OPERATOR_GROUPS)
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start etcd and kube-apiserver and wait until the API answers."""
+        binary = kube_apiserver_binary()
+        pki = self.work_dir / "pki"
+        pki.mkdir(parents=True, exist_ok=True)
+        _make_certificates(pki)
+        identities = (self.admin, self.kubelet, self.operator)
+        (self.work_dir / "tokens.csv").write_text("".join(
+            f'{i.token},{i.name},{i.name},"{",".join(i.groups)}"\n' for i in identities))
+        for identity in identities:
+            identity.kubeconfig = self._write_kubeconfig(identity, pki / "ca.crt")
+        etcd_port, etcd_peer = free_port(), free_port()
+        self._spawn("etcd", [
+            "etcd", "--data-dir", str(self.work_dir / "etcd"), "--name", "sandbox",
+            "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
+            "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
+            "--listen-peer-urls", f"http://127.0.0.1:{etcd_peer}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{etcd_peer}",
+            "--initial-cluster", f"sandbox=http://127.0.0.1:{etcd_peer}",
+            "--listen-metrics-urls", f"http://127.0.0.1:{free_port()}",
+        ])
+        self._spawn("kube-apiserver", [
+            str(binary), "--etcd-servers", f"http://127.0.0.1:{etcd_port}",
+            "--bind-address", "127.0.0.1", "--secure-port", str(self.port),
+            "--insecure-port", "0",
+            "--tls-cert-file", str(pki / "apiserver.crt"),
+            "--tls-private-key-file", str(pki / "apiserver.key"),
+            "--client-ca-file", str(pki / "ca.crt"),
+            "--token-auth-file", str(self.work_dir / "tokens.csv"),
+            "--authorization-mode", "RBAC",
+            "--service-account-issuer", "https://kubernetes.default.svc",
+            "--service-account-key-file", str(pki / "sa.key"),
+            "--service-account-signing-key-file", str(pki / "sa.key"),
+            "--service-cluster-ip-range", "10.96.0.0/24",
+            "--disable-admission-plugins", "ServiceAccount",
+            "--cert-dir", str(pki / "generated"),
+        ])
+        self._wait_ready(pki / "ca.crt")
+
+    def _spawn(self, name: str, command: list[str]) -> None:
+        log = (self.work_dir / f"{name}.log").open("wb")
+        self._processes.append(subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        ))
+
+    def _wait_ready(self, ca: Path, timeout: float = 60.0) -> None:
+        context = ssl.create_default_context(cafile=str(ca))
+        request = urllib.request.Request(
+            f"{self.url}/readyz", headers={"Authorization": f"Bearer {self.admin.token}"},
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for process in self._processes:
+                if process.poll() is not None:
+                    raise RuntimeError(f"{process.args[0]} exited: see {self.work_dir}/*.log\n"
+                                       + self.logs())
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(request, context=context, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            time.sleep(0.3)
+        raise RuntimeError(f"kube-apiserver not ready after {timeout}s:\n{self.logs()}")
+
+    def logs(self, lines: int = 30) -> str:
+        """The last lines of each component's log, for failure messages."""
+        parts = []
+        for log in sorted(self.work_dir.glob("*.log")):
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"--- {log.name}\n" + "\n".join(tail))
+        return "\n".join(parts)
+
+    def _write_kubeconfig(self, identity: Identity, ca: Path) -> Path:
+        path = self.work_dir / f"{identity.name.replace(':', '-')}.kubeconfig"
+        config = {
+            "apiVersion": "v1", "kind": "Config", "current-context": "sandbox",
+            "clusters": [{"name": "sandbox", "cluster": {
+                "server": self.url, "certificate-authority": str(ca)}}],
+            "users": [{"name": identity.name, "user": {"token": identity.token}}],
+            "contexts": [{"name": "sandbox", "context": {
+                "cluster": "sandbox", "user": identity.name, "namespace": "default"}}],
+        }
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+        return path
+
+    def stop(self) -> None:
+        """Stop the apiserver, then etcd (reverse order), by PID."""
+        for process in reversed(self._processes):
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+        self._processes.clear()
+        shutil.rmtree(self.work_dir / "etcd", ignore_errors=True)

@@ -1,0 +1,33 @@
+"""OCI distribution client: resolve a pushed image to the registry's digest, size and layers.
+
+The operator trusts Kaniko's digest only after the registry confirms it; the size in an
+ImageBuild's status comes from here too.
+"""
+
+from stagewright.registry.client import RegistryClient
+from stagewright.registry.credentials import Credentials, find_credentials
+from stagewright.registry.errors import (
+    ImageNotFound,
+    InvalidManifest,
+    RegistryAuthError,
+    RegistryError,
+    RegistryTLSError,
+    RegistryUnavailable,
+)
+from stagewright.registry.models import ImageInfo, PlatformImage
+from stagewright.registry.reference import ImageReference
+
+__all__ = [
+    "Credentials",
+    "ImageInfo",
+    "ImageNotFound",
+    "ImageReference",
+    "InvalidManifest",
+    "PlatformImage",
+    "RegistryAuthError",
+    "RegistryClient",
+    "RegistryError",
+    "RegistryTLSError",
+    "RegistryUnavailable",
+    "find_credentials",
+]

@@ -1,0 +1,149 @@
+"""The Kaniko pod builder: golden files, Kubernetes schema validation, and the flags users rely on."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from stagewright.api.v1alpha1 import ImageBuild
+from stagewright.resources.kaniko_pod import (
+    build_key,
+    build_pod,
+    kaniko_args,
+    kaniko_context,
+    pod_name,
+)
+from stagewright.settings import Settings
+
+HERE = Path(__file__).parent
+FIXTURES = sorted((HERE / "fixtures").glob("*.yaml"))
+SETTINGS = Settings(kaniko_image="ghcr.io/osscontainertools/kaniko:v1.28.3")
+
+
+def load(path: Path) -> ImageBuild:
+    return ImageBuild.model_validate(yaml.safe_load(path.read_text()))
+
+
+def pod_for(build: ImageBuild, attempt: int = 1) -> dict[str, Any]:
+    return build_pod(build, SETTINGS, key=build_key(build.generation, build.rebuild_token),
+                     attempt=attempt)
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=lambda p: p.stem)
+def test_pod_matches_golden_file(fixture: Path) -> None:
+    """Any change to a built pod shows up as a reviewed diff of tests/unit/golden."""
+    golden = HERE / "golden" / f"{fixture.stem}.pod.yaml"
+    rendered = yaml.safe_dump(pod_for(load(fixture)), sort_keys=False)
+    if os.environ.get("STAGEWRIGHT_UPDATE_GOLDEN") == "1":
+        golden.write_text(rendered)
+    assert golden.exists(), "run with STAGEWRIGHT_UPDATE_GOLDEN=1 to create the golden file"
+    assert rendered == golden.read_text()
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("version", ["1.25.0", "1.33.0", "1.37.0"])
+def test_pod_is_valid_for_kubernetes(fixture: Path, version: str) -> None:
+    kubernetes_validate.validate(pod_for(load(fixture)), version, strict=True)
+
+
+def test_pod_is_locked_down() -> None:
+    pod = pod_for(load(HERE / "fixtures" / "git-runtime.yaml"))
+    spec = pod["spec"]
+    container = spec["containers"][0]
+    assert spec["restartPolicy"] == "Never"
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert spec["activeDeadlineSeconds"] == 20 * 60
+    assert container["securityContext"]["privileged"] is False
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert "SYS_ADMIN" not in container["securityContext"]["capabilities"]["add"]
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert container["resources"]["limits"]["memory"] == "4Gi"
+    owner = pod["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["controller"]) == ("ImageBuild", "web", True)
+
+
+def test_push_secret_is_mounted_where_kaniko_reads_it() -> None:
+    pod = pod_for(load(HERE / "fixtures" / "git-runtime.yaml"))
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "docker-config")
+    assert volume["secret"]["items"] == [{"key": ".dockerconfigjson", "path": "config.json"}]
+    mount = next(m for m in pod["spec"]["containers"][0]["volumeMounts"]
+                 if m["name"] == "docker-config")
+    assert mount["mountPath"] == "/kaniko/.docker"
+
+
+def test_args_build_the_target_with_cache_and_report_the_digest() -> None:
+    args = kaniko_args(load(HERE / "fixtures" / "git-runtime.yaml").spec)
+    assert args[:4] == [
+        "--context=git://github.com/acme/web.git",
+        "--git=branch=main",
+        "--context-sub-path=app",
+        "--dockerfile=build/Dockerfile",
+    ]
+    for expected in (
+        "--target=runtime",
+        "--destination=registry.example.com/acme/web:latest",
+        "--destination=registry.example.com/acme/web:v1.2.3",
+        "--build-arg=JAVA_VERSION=21",
+        "--label=org.opencontainers.image.source=https://github.com/acme/web",
+        "--cache=true",
+        "--cache-repo=registry.example.com/acme/web/cache",
+        "--cache-ttl=72h",
+        "--skip-unused-stages",
+        "--digest-file=/dev/termination-log",
+    ):
+        assert expected in args
+    assert not any(a.startswith("--insecure") or a.startswith("--skip-tls") for a in args)
+
+
+def test_insecure_weakens_only_the_output_registry() -> None:
+    args = kaniko_args(load(HERE / "fixtures" / "configmap-insecure.yaml").spec)
+    assert "--insecure-registry=kind-registry:5000" in args
+    assert "--skip-tls-verify-registry=kind-registry:5000" in args
+    assert "--insecure" not in args and "--skip-tls-verify" not in args
+    assert "--cache=false" in args
+
+
+@pytest.mark.parametrize(
+    ("git", "context", "extra"),
+    [
+        ({"url": "https://h/r.git"}, "git://h/r.git", None),
+        ({"url": "https://h/r.git", "revision": "v1.0"}, "git://h/r.git", "--git=branch=v1.0"),
+        ({"url": "https://h/r.git", "revision": "refs/pull/7/head"},
+         "git://h/r.git#refs/pull/7/head", None),
+        ({"url": "https://h/r.git", "revision": "a" * 40}, "git://h/r.git#" + "a" * 40, None),
+    ],
+)
+def test_git_revisions_map_to_kaniko_contexts(git: dict[str, str], context: str,
+                                              extra: str | None) -> None:
+    build = ImageBuild.model_validate({
+        "metadata": {"name": "x"},
+        "spec": {"source": {"git": git}, "output": {"image": "r.example.com/x"}},
+    })
+    assert kaniko_context(build.spec) == context
+    args = kaniko_args(build.spec)
+    assert (extra in args) if extra else not any(a.startswith("--git=") for a in args)
+
+
+def test_user_input_stays_one_argument() -> None:
+    """Arguments are a list: a build arg with spaces and quotes cannot split or inject."""
+    value = "a b; rm -rf / \"$(x)\""
+    build = ImageBuild.model_validate({
+        "metadata": {"name": "x"},
+        "spec": {"source": {"configMap": {"name": "c"}}, "buildArgs": {"EVIL": value},
+                 "output": {"image": "r.example.com/x"}},
+    })
+    assert f"--build-arg=EVIL={value}" in kaniko_args(build.spec)
+
+
+def test_names_are_deterministic_and_bounded() -> None:
+    assert pod_name("web", build_key(3, None), 1) == "web-3-1"
+    assert build_key(3, "x") == build_key(3, "x") != build_key(3, "y")
+    long_name = pod_name("a" * 80, build_key(12, "token"), 2)
+    assert len(long_name) <= 63
+    assert long_name.endswith(f"-{build_key(12, 'token')}-2")

@@ -1,0 +1,124 @@
+"""Pod -> outcome and outcome -> status: the rules users script against."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from stagewright.api.reasons import Reason
+from stagewright.api.v1alpha1 import ImageBuildStatus, Phase
+from stagewright.status import classify_pod, human_size, status_patch
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+def pod(phase: str, state: dict[str, Any] | None = None, **status: Any) -> dict[str, Any]:
+    container = {"name": "kaniko", "state": state or {}}
+    return {"status": {"phase": phase, "containerStatuses": [container], **status}}
+
+
+def terminated(code: int, message: str = "", reason: str = "Error") -> dict[str, Any]:
+    return {"terminated": {"exitCode": code, "message": message, "reason": reason}}
+
+
+def test_success_needs_exit_zero_and_a_digest() -> None:
+    outcome = classify_pod(pod("Succeeded", terminated(0, DIGEST + "\n", "Completed")))
+    assert outcome.finished and outcome.succeeded and outcome.digest == DIGEST
+
+
+def test_exit_zero_without_digest_is_not_trusted() -> None:
+    outcome = classify_pod(pod("Succeeded", terminated(0, "", "Completed")))
+    assert not outcome.succeeded and outcome.reason is Reason.DIGEST_UNVERIFIED
+
+
+def test_digest_with_failure_means_the_push_failed() -> None:
+    """Kaniko writes its digest file before pushing: a digest is no proof of a push."""
+    outcome = classify_pod(pod("Failed", terminated(1, DIGEST)))
+    assert not outcome.succeeded and outcome.reason is Reason.PUSH_FAILED
+    assert DIGEST in outcome.message
+
+
+def test_build_failure_keeps_the_log_tail() -> None:
+    log = "\n".join(f"step {i}" for i in range(200)) + "\nerror building image: RUN make: exit 2"
+    outcome = classify_pod(pod("Failed", terminated(1, log)), message_limit=300)
+    assert outcome.reason is Reason.BUILD_FAILED
+    assert outcome.message.endswith("RUN make: exit 2")
+    assert len(outcome.message) <= 300
+
+
+def test_push_errors_in_the_log_are_push_failures() -> None:
+    log = "error pushing image: UNAUTHORIZED: authentication required"
+    assert classify_pod(pod("Failed", terminated(1, log))).reason is Reason.PUSH_FAILED
+
+
+@pytest.mark.parametrize(
+    ("pod_status", "reason", "infrastructure"),
+    [
+        ({"reason": "DeadlineExceeded", "message": "Pod was active too long"}, Reason.TIMEOUT,
+         False),
+        ({"reason": "Evicted", "message": "The node was low on resource: memory."},
+         Reason.EVICTED, True),
+        ({"reason": "NodeLost"}, Reason.POD_LOST, True),
+    ],
+)
+def test_pod_level_failures(pod_status: dict[str, str], reason: Reason,
+                            infrastructure: bool) -> None:
+    outcome = classify_pod(pod("Failed", {}, **pod_status))
+    assert outcome.reason is reason
+    assert outcome.infrastructure_failure is infrastructure
+
+
+def test_oom_says_what_to_change() -> None:
+    outcome = classify_pod(pod("Failed", terminated(137, "", "OOMKilled")))
+    assert outcome.reason is Reason.OUT_OF_MEMORY
+    assert "resources.limits.memory" in outcome.message
+
+
+def test_stuck_pods_are_reported_while_running_ones_are_not() -> None:
+    stuck = classify_pod(pod("Pending", {"waiting": {"reason": "ImagePullBackOff",
+                                                     "message": "pull access denied"}}))
+    assert not stuck.finished and stuck.waiting == "ImagePullBackOff: pull access denied"
+    assert classify_pod(pod("Pending", {"waiting": {"reason": "ContainerCreating"}})).waiting \
+        is None
+    assert not classify_pod(pod("Running", {"running": {}})).finished
+
+
+@pytest.mark.parametrize(
+    ("size", "text"), [(0, "0B"), (1023, "1023B"), (1536, "1.5KiB"), (5 * 2**20, "5.0MiB"),
+                       (3 * 2**40, "3072.0GiB")],
+)
+def test_human_size(size: int, text: str) -> None:
+    assert human_size(size) == text
+
+
+def conditions(patch: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in patch["conditions"]}
+
+
+def test_conditions_follow_kstatus() -> None:
+    empty = ImageBuildStatus()
+    building = status_patch(empty, phase=Phase.BUILDING, reason=Reason.BUILDING, message="b",
+                            generation=2, now="2026-11-27T00:00:00Z")
+    by_type = conditions(building)
+    assert by_type["Reconciling"]["status"] == "True"
+    assert by_type["Ready"]["status"] == "False"
+    assert by_type["Stalled"]["status"] == "False"
+    assert all(c["observedGeneration"] == 2 for c in by_type.values())
+
+    failed = status_patch(ImageBuildStatus.model_validate(building), phase=Phase.FAILED,
+                          reason=Reason.BUILD_FAILED, message="boom", generation=2,
+                          now="2026-11-27T00:05:00Z")
+    by_type = conditions(failed)
+    assert by_type["Stalled"]["status"] == "True"
+    assert by_type["Stalled"]["reason"] == "BuildFailed"
+    assert by_type["Reconciling"]["status"] == "False"
+    # Ready stayed False: its transition time is kept, as metav1.Condition requires.
+    assert by_type["Ready"]["lastTransitionTime"] == "2026-11-27T00:00:00Z"
+    assert by_type["Stalled"]["lastTransitionTime"] == "2026-11-27T00:05:00Z"
+
+
+def test_fields_given_as_none_are_cleared_by_the_merge_patch() -> None:
+    patch = status_patch(ImageBuildStatus(), phase=Phase.BUILDING, reason=Reason.BUILDING,
+                         message="", generation=1, digest=None, size_human=None, pod_name="p")
+    assert patch["digest"] is None and patch["sizeHuman"] is None and patch["podName"] == "p"
