@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Install everything the tests and the demo need on a fresh Debian 12 machine.
+#
+# apt: the registry, buildah and friends, etcd, and the Go toolchain for the apiserver build.
+# pip: the project with its test and lint extras, into .venv.
+# Then the cached builds: kube-apiserver (~5-7 min the first time) and helm/kubectl.
+# Idempotent: a second run takes seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { echo "install-deps: $*" >&2; }
+
+APT_PACKAGES=(
+  docker-registry        # the real OCI registry the tests push to
+  buildah runc skopeo busybox-static  # the sandbox kubelet's builds and base image
+  etcd-server            # kube-apiserver's storage
+  apache2-utils openssl  # htpasswd and certificates for registry/apiserver TLS
+  golang-go rsync golang-github-modern-go-reflect2-dev  # building kube-apiserver
+  git ca-certificates
+)
+missing=()
+for package in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+    || missing+=("$package")
+done
+if ((${#missing[@]})); then
+  log "apt-get install ${missing[*]}"
+  SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+PYTHON="${PYTHON:-python3}"
+if [[ ! -x .venv/bin/python ]]; then
+  log "creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+if ! .venv/bin/python -c "import stagewright, kopf, kubernetes_validate, mypy" 2>/dev/null \
+   || [[ pyproject.toml -nt .venv/.installed ]]; then
+  log "pip install -e .[test,lint]"
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e ".[test,lint]"
+  touch .venv/.installed
+fi
+
+log "kube-apiserver: $(hack/build-kube-apiserver.sh)"
+log "helm and kubectl: $(hack/install-tools.sh)"
