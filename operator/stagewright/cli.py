@@ -63,7 +63,12 @@ def _run(*, verbose: bool) -> int:
     import stagewright.handlers  # noqa: F401, PLC0415 - registers the handlers
 
     settings = Settings()
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if not verbose:  # kopf reports every event handler call; our handlers log what matters
+        logging.getLogger("kopf.objects").addFilter(
+            lambda record: not record.getMessage().endswith("' succeeded."))
     kopf.run(
         standalone=True,
         clusterwide=not settings.namespaces,

@@ -173,7 +173,9 @@ def status_patch(previous: ImageBuildStatus, *, phase: Phase, reason: Reason, me
         "reason": reason.value,
         "message": message,
         "observedGeneration": generation,
-        "conditions": [c.model_dump(mode="json", by_alias=True) for c in conditions],
+        # Empty messages are left out: the API server's merge patch turns "" in a list into null.
+        "conditions": [c.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+                       for c in conditions],
     }
     aliases = ImageBuildStatus.model_fields
     for name, value in fields.items():

@@ -75,10 +75,10 @@ class KubeApi:
 
     def _headers(self, content_type: str = "application/json") -> dict[str, str]:
         headers = {"Accept": "application/json", "Content-Type": content_type}
-        # Calling this each time lets in-cluster token rotation and exec plugins refresh.
-        token = self._configuration.get_api_key_with_prefix("authorization")
-        if token:
-            headers["Authorization"] = token
+        # Asked each time, so in-cluster token rotation and exec plugins can refresh it.
+        bearer = self._configuration.auth_settings().get("BearerToken")
+        if bearer and bearer.get("value"):
+            headers["Authorization"] = str(bearer["value"])
         return headers
 
     async def _request(self, method: str, path: str, body: Any = None,

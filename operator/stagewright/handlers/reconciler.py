@@ -36,23 +36,27 @@ from stagewright.status import PodOutcome, classify_pod, human_size, now_iso, st
 #: on it (activeDeadlineSeconds only counts once a kubelet has started the pod).
 _DEADLINE_GRACE = timedelta(minutes=2)
 
+Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
+
 
 class Reconciler:
     """Drives ImageBuilds towards a finished build of their current spec."""
 
-    def __init__(self, api: KubeApi, settings: Settings,
-                 logger: logging.Logger | logging.LoggerAdapter[logging.Logger]) -> None:
+    def __init__(self, api: KubeApi, settings: Settings) -> None:
         self.api = api
         self.settings = settings
-        self.logger = logger
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop per-object state once an ImageBuild is deleted."""
         self._locks.pop((namespace, name), None)
 
-    async def reconcile(self, namespace: str, name: str) -> None:
-        """Take the next step for one ImageBuild; serialised per object."""
+    async def reconcile(self, namespace: str, name: str, logger: Logger) -> None:
+        """Take the next step for one ImageBuild; serialised per object.
+
+        ``logger`` is kopf's per-object logger where there is one: its messages become
+        Kubernetes Events on the ImageBuild.
+        """
         async with self._locks[(namespace, name)]:
             body = await self.api.get_imagebuild(namespace, name)
             if body is None:
@@ -61,31 +65,32 @@ class Reconciler:
             try:
                 build = ImageBuild.model_validate(body)
             except ValidationError as exc:
-                await self._reject(body, exc)
+                await self._reject(body, exc, logger)
                 return
-            await self._step(build)
+            await self._step(build, logger)
 
-    async def _step(self, build: ImageBuild) -> None:
+    async def _step(self, build: ImageBuild, log: Logger) -> None:
         status = build.status
         key = build_key(build.generation, build.rebuild_token)
         if status.observed_generation is None or key != build_key(
             status.observed_generation, status.rebuild,
         ) or status.phase is None:
-            await self._start_new_build(build, key)
+            await self._start_new_build(build, log, key)
             return
         if status.phase in (Phase.SUCCEEDED, Phase.FAILED):
             return  # a finished build is never repeated; a new generation or rebuild is
-        await self._follow(build, key)
+        await self._follow(build, log, key)
 
-    async def _start_new_build(self, build: ImageBuild, key: str) -> None:
+    async def _start_new_build(self, build: ImageBuild, log: Logger, key: str) -> None:
         status = build.status
         if status.pod_name and status.phase in (Phase.PENDING, Phase.BUILDING):
             if await self.api.delete_pod(build.namespace, status.pod_name):
-                self.logger.info(f"Cancelled pod {status.pod_name}: the spec or the rebuild "
+                log.info(f"Cancelled pod {status.pod_name}: the spec or the rebuild "
                                  f"request changed while it was building.")
-        await self._launch(build, key, attempt=1, note="")
+        await self._launch(build, log, key, attempt=1, note="")
 
-    async def _launch(self, build: ImageBuild, key: str, *, attempt: int, note: str) -> None:
+    async def _launch(self, build: ImageBuild, log: Logger, key: str, *, attempt: int,
+                      note: str) -> None:
         pod = build_pod(build, self.settings, key=key, attempt=attempt)
         name = pod["metadata"]["name"]
         try:
@@ -104,7 +109,7 @@ class Reconciler:
                               message=f"Pod {name} already exists and belongs to something "
                               "else; delete it or rename the ImageBuild.", completion=True)
             return
-        self.logger.info(f"{'Created' if new else 'Adopted'} pod {name} for target "
+        log.info(f"{'Created' if new else 'Adopted'} pod {name} for target "
                          f"{build.spec.target or '(last stage)'}.")
         message = f"{note}Building target {build.spec.target or '(last stage)'} in pod {name}."
         await self._write(
@@ -114,7 +119,7 @@ class Reconciler:
             short_digest=None, size=None, size_human=None, layers=None,
         )
 
-    async def _follow(self, build: ImageBuild, key: str) -> None:
+    async def _follow(self, build: ImageBuild, log: Logger, key: str) -> None:
         status = build.status
         pod = await self.api.get_pod(build.namespace, status.pod_name or "")
         if pod is None:
@@ -123,23 +128,23 @@ class Reconciler:
         else:
             outcome = classify_pod(pod, message_limit=self.settings.message_limit)
         if not outcome.finished:
-            await self._while_running(build, outcome)
+            await self._while_running(build, log, outcome)
         elif outcome.succeeded and outcome.digest:
-            await self._succeed(build, outcome.digest)
+            await self._succeed(build, log, outcome.digest)
         elif outcome.infrastructure_failure and (status.attempt or 1) <= build.spec.retries:
-            self.logger.warning(f"Build pod {status.pod_name} failed ({outcome.reason}); "
+            log.warning(f"Build pod {status.pod_name} failed ({outcome.reason}); "
                                 "retrying.")
-            await self._launch(build, key, attempt=(status.attempt or 1) + 1,
+            await self._launch(build, log, key, attempt=(status.attempt or 1) + 1,
                                note=f"Attempt {status.attempt or 1} failed "
                                f"({outcome.reason}: {outcome.message}). ")
         else:
             assert outcome.reason is not None
-            self.logger.warning(f"Build failed ({outcome.reason}): "
+            log.warning(f"Build failed ({outcome.reason}): "
                                 f"{outcome.message.splitlines()[0] if outcome.message else ''}")
             await self._write(build, phase=Phase.FAILED, reason=outcome.reason,
                               message=outcome.message, completion=True)
 
-    async def _while_running(self, build: ImageBuild, outcome: PodOutcome) -> None:
+    async def _while_running(self, build: ImageBuild, log: Logger, outcome: PodOutcome) -> None:
         """Surface a pod that cannot start, and enforce the deadline if it never does."""
         status = build.status
         started = _parse_time(status.start_time)
@@ -156,7 +161,7 @@ class Reconciler:
             await self._write(build, phase=Phase.BUILDING, reason=Reason.BUILDING,
                               message=f"Building in pod {status.pod_name}.")
 
-    async def _succeed(self, build: ImageBuild, digest: str) -> None:
+    async def _succeed(self, build: ImageBuild, log: Logger, digest: str) -> None:
         """Confirm Kaniko's digest at the registry and record the image's size."""
         reference = ImageReference.parse(f"{build.spec.output.image}@{digest}")
         try:
@@ -171,7 +176,7 @@ class Reconciler:
                 raise  # the registry is down or busy: the resync tries again
             # Kaniko pushed (exit code 0) with credentials the operator cannot use, e.g. a
             # node's workload identity: the build succeeded, its size is unknown.
-            self.logger.warning(f"Could not check {digest} at the registry: {exc}")
+            log.warning(f"Could not check {digest} at the registry: {exc}")
             await self._write(
                 build, phase=Phase.SUCCEEDED, reason=Reason.SUCCEEDED, completion=True,
                 message=f"Pushed; digest not checked at the registry ({exc}).",
@@ -180,7 +185,7 @@ class Reconciler:
             )
             return
         size_text = human_size(info.size)
-        self.logger.info(f"Built {build.spec.output.image}@{digest} ({size_text}, "
+        log.info(f"Built {build.spec.output.image}@{digest} ({size_text}, "
                          f"{info.layers} layers).")
         await self._write(
             build, phase=Phase.SUCCEEDED, reason=Reason.SUCCEEDED,
@@ -209,7 +214,7 @@ class Reconciler:
         config: dict[str, Any] = json.loads(base64.b64decode(encoded))
         return config
 
-    async def _reject(self, body: dict[str, Any], error: ValidationError) -> None:
+    async def _reject(self, body: dict[str, Any], error: ValidationError, log: Logger) -> None:
         """An ImageBuild the API server accepted but the operator cannot build: say why."""
         generation = int(body.get("metadata", {}).get("generation") or 1)
         message = "Invalid spec: " + "; ".join(
@@ -219,7 +224,7 @@ class Reconciler:
         previous = ImageBuildStatus.model_validate(body.get("status") or {})
         if previous.observed_generation == generation and previous.reason == Reason.INVALID_SPEC:
             return  # already said; never a retry loop on bad input
-        self.logger.error(message)
+        log.error(message)
         patch = status_patch(previous, phase=Phase.FAILED, reason=Reason.INVALID_SPEC,
                              message=message, generation=generation, pod_name=None)
         meta = body["metadata"]

@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any
 
 import kopf
 
 from stagewright.api.v1alpha1 import GROUP, PLURAL, VERSION, Phase
 from stagewright.handlers.kube_api import ApiError, KubeApi, load_configuration
-from stagewright.handlers.reconciler import Reconciler
+from stagewright.handlers.reconciler import Logger, Reconciler
 from stagewright.registry import RegistryError
 from stagewright.resources.kaniko_pod import LABEL_IMAGEBUILD, LABEL_MANAGED_BY, MANAGED_BY
 from stagewright.settings import Settings
 
 _SETTLED = (Phase.SUCCEEDED.value, Phase.FAILED.value)
+_log = logging.getLogger("stagewright")
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
-    """kopf settings: our own prefix everywhere kopf would write, no peering, quiet posting."""
+    """kopf settings: our own prefix wherever kopf would write, no peering, quiet posting."""
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -32,18 +34,20 @@ def configure(settings: kopf.OperatorSettings) -> None:
     )
     settings.peering.standalone = True
     settings.scanning.disabled = True
-    settings.posting.level = 20  # INFO and above become Kubernetes Events
+    # Only warnings and errors become Kubernetes Events: a happy build then costs three
+    # writes (pod, status Building, status Succeeded) instead of one more per log line.
+    settings.posting.level = logging.WARNING
 
 
 @kopf.on.startup(id="start")
-async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger,
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo,
                 unsettled: kopf.Index[tuple[str, str], bool], **_: Any) -> None:
     """Create the API client and reconciler, and start the periodic resync."""
     configure(settings)
     operator_settings: Settings = memo.get("settings") or Settings()
     api = KubeApi(load_configuration())
     memo.api = api
-    memo.reconciler = Reconciler(api, operator_settings, logger)
+    memo.reconciler = Reconciler(api, operator_settings)
     memo.resync = asyncio.create_task(_resync(memo.reconciler, unsettled, operator_settings))
 
 
@@ -71,13 +75,13 @@ def unsettled(namespace: str, name: str, status: kopf.Status, meta: kopf.Meta,
 
 @kopf.on.event(GROUP, VERSION, PLURAL, id="imagebuild")
 async def on_imagebuild(event: kopf.RawEvent, namespace: str, name: str, memo: kopf.Memo,
-                        **_: Any) -> None:
+                        logger: kopf.Logger, **_: Any) -> None:
     """Any change to an ImageBuild (and each one at start-up): take the next step."""
     reconciler: Reconciler = memo.reconciler
     if event["type"] == "DELETED":
         reconciler.forget(namespace, name)  # its pods go with it (owner references)
         return
-    await _reconcile(reconciler, namespace, name)
+    await _reconcile(reconciler, namespace, name, logger)
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGED_BY}, id="build-pod")
@@ -86,15 +90,17 @@ async def on_build_pod(namespace: str, labels: kopf.Labels, memo: kopf.Memo,
     """A build pod changed: re-check the ImageBuild it belongs to."""
     owner = labels.get(LABEL_IMAGEBUILD)
     if owner:
-        await _reconcile(memo.reconciler, namespace, owner)
+        # Pod events log through the module logger: Events belong on the ImageBuild.
+        await _reconcile(memo.reconciler, namespace, owner, _log)
 
 
-async def _reconcile(reconciler: Reconciler, namespace: str, name: str) -> None:
-    """Reconcile, turning temporary failures into a log line: the resync retries them."""
+async def _reconcile(reconciler: Reconciler, namespace: str, name: str,
+                     logger: Logger) -> None:
+    """Reconcile, turning failures into a log line: the resync retries them."""
     try:
-        await reconciler.reconcile(namespace, name)
+        await reconciler.reconcile(namespace, name, logger)
     except (ApiError, RegistryError) as exc:
-        log = reconciler.logger.warning if exc.temporary else reconciler.logger.error
+        log = logger.warning if exc.temporary else logger.error
         log(f"Reconciling {namespace}/{name} failed, will retry: {exc}")
 
 
@@ -104,4 +110,4 @@ async def _resync(reconciler: Reconciler, unsettled: kopf.Index[tuple[str, str],
     while True:
         await asyncio.sleep(settings.resync_seconds)
         for namespace, name in list(unsettled):
-            await _reconcile(reconciler, namespace, name)
+            await _reconcile(reconciler, namespace, name, _log)

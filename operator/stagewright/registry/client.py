@@ -1,9 +1,9 @@
 """Resolve a pushed image to the registry's digest and size: the OCI distribution API on httpx.
 
 Hand-written because what the operator needs is small but must be async and bounded:
-python-dxf is synchronous (requests), and oras-py is built to push and pull artifacts and
-sizes no index children. This is one manifest GET per single-platform image, the registry
-token dance, and go-containerregistry's https-then-http fallback for insecure registries.
+python-dxf is synchronous (requests), and oras-py is built to push and pull artifacts, not
+to size images. This is one manifest GET per single-platform image, the registry token
+dance, and go-containerregistry's https-then-http fallback for insecure registries.
 """
 
 from __future__ import annotations
@@ -226,12 +226,7 @@ class RegistryClient:
         keys = tuple(str(key) for key in auths) if isinstance(auths, Mapping) else ()
         target = _Target(ref, insecure, credentials, keys)
 
-        manifest = await self._manifest(target, ref.reference)
-        if ref.digest and manifest.digest != ref.digest:
-            raise InvalidManifest(
-                f"registry {target.host} served a manifest with digest {manifest.digest} "
-                f"for {ref}; the content does not match the requested digest"
-            )
+        manifest = await self._manifest(target, ref.reference)  # checks a requested digest
         if manifest.media_type in IMAGE_MEDIA_TYPES:
             size, layers = _image_size(target, manifest)
             return ImageInfo(

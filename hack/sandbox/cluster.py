@@ -1,0 +1,163 @@
+"""Install Stagewright into the sandbox cluster and run its operator as a real process.
+
+The CRD comes from ``crds/`` and the RBAC from ``manifests/base/rbac.yaml``, exactly as a
+user installs them; the operator runs as ``stagewright run`` with the ServiceAccount's
+identity, so RBAC is enforced on every call it makes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import yaml
+from kubernetes import client, config, dynamic
+from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
+
+from sandbox.controlplane import OPERATOR_NAMESPACE, REPO_ROOT, ControlPlane
+
+CRD_FILE = REPO_ROOT / "crds" / "imagebuilds.stagewright.dev.yaml"
+RBAC_FILE = REPO_ROOT / "manifests" / "base" / "rbac.yaml"
+
+
+class Cluster:
+    """A dynamic client on the sandbox control plane, with the small verbs tests need."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        self.api_client = config.new_client_from_config(str(kubeconfig))
+        self.dynamic = dynamic.DynamicClient(self.api_client)
+
+    def resource(self, api_version: str, kind: str) -> Any:
+        """The dynamic resource for a kind (discovery is cached by the client)."""
+        return self.dynamic.resources.get(api_version=api_version, kind=kind)
+
+    def apply(self, objects: Iterable[dict[str, Any]]) -> None:
+        """Create each object, or replace its spec/data when it exists (tests re-apply)."""
+        for obj in objects:
+            resource = self.resource(obj["apiVersion"], obj["kind"])
+            namespace = obj["metadata"].get("namespace")
+            try:
+                resource.create(body=obj, namespace=namespace)
+            except ConflictError:
+                resource.patch(body=obj, namespace=namespace, name=obj["metadata"]["name"],
+                               content_type="application/merge-patch+json")
+
+    def get(self, api_version: str, kind: str, name: str,
+            namespace: str | None = None) -> dict[str, Any] | None:
+        """An object as a dict, or None when it does not exist."""
+        try:
+            found = self.resource(api_version, kind).get(name=name, namespace=namespace)
+        except NotFoundError:
+            return None
+        result: dict[str, Any] = found.to_dict()
+        return result
+
+    def list(self, api_version: str, kind: str, namespace: str | None = None,
+             label_selector: str = "") -> list[dict[str, Any]]:
+        """Objects of a kind as dicts."""
+        found = self.resource(api_version, kind).get(namespace=namespace,
+                                                     label_selector=label_selector)
+        return [item.to_dict() for item in found.items]
+
+    def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> None:
+        """Delete an object if it exists."""
+        with contextlib.suppress(NotFoundError):
+            self.resource(api_version, kind).delete(name=name, namespace=namespace)
+
+    def wait_for(self, api_version: str, kind: str, name: str, namespace: str | None,
+                 predicate: Any, timeout: float, what: str) -> dict[str, Any]:
+        """Poll until ``predicate(obj)`` holds; fail with the object's last state."""
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] | None = None
+        while time.monotonic() < deadline:
+            last = self.get(api_version, kind, name, namespace)
+            if last is not None and predicate(last):
+                return last
+            time.sleep(0.2)
+        raise TimeoutError(f"{kind} {name}: not {what} after {timeout}s; last seen:\n"
+                           + yaml.safe_dump(last))
+
+
+def install_stagewright(cluster: Cluster) -> None:
+    """Apply the CRD and the operator's namespace and RBAC, then wait for the CRD."""
+    cluster.apply([yaml.safe_load(CRD_FILE.read_text())])
+    cluster.apply([{"apiVersion": "v1", "kind": "Namespace",
+                    "metadata": {"name": OPERATOR_NAMESPACE}}])
+    rbac = [doc for doc in yaml.safe_load_all(RBAC_FILE.read_text()) if doc]
+    cluster.apply(rbac)
+    cluster.wait_for(
+        "apiextensions.k8s.io/v1", "CustomResourceDefinition", "imagebuilds.stagewright.dev",
+        None, lambda crd: any(c["type"] == "Established" and c["status"] == "True"
+                              for c in crd.get("status", {}).get("conditions") or []),
+        timeout=30, what="established",
+    )
+    cluster.dynamic.resources.invalidate_cache()
+
+
+class OperatorProcess:
+    """``stagewright run`` as a child process with the operator's own identity."""
+
+    def __init__(self, control_plane: ControlPlane, log_file: Path,
+                 env: dict[str, str] | None = None) -> None:
+        self.control_plane = control_plane
+        self.log_file = log_file
+        self.env = env or {}
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start the operator; it is ready when kopf has listed the ImageBuilds."""
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.control_plane.operator.kubeconfig),
+            "STAGEWRIGHT_RESYNC_SECONDS": "2",
+            **self.env,
+        }
+        log = self.log_file.open("ab")
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "stagewright.cli", "run"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def stop(self, kill: bool = False) -> None:
+        """Stop by PID: SIGTERM (kopf shuts down cleanly), or SIGKILL to simulate a crash."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    @property
+    def running(self) -> bool:
+        """Whether the process is alive (a crash loop would show here)."""
+        return self._process is not None and self._process.poll() is None
+
+    def log(self) -> str:
+        """Everything the operator logged so far."""
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+
+def core_v1(cluster: Cluster) -> client.CoreV1Api:
+    """A typed CoreV1 client on the same connection, for reads the kubelet and tests make."""
+    return client.CoreV1Api(cluster.api_client)
