@@ -4,6 +4,8 @@ SHELL := bash
 VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(HOME)/.cache/stagewright/bin:$(PATH)
+# The sandbox (hack/sandbox) is test and demo infrastructure, not part of the package.
+export PYTHONPATH := $(CURDIR)/hack
 
 .PHONY: help deps demo test test-unit test-cluster test-e2e lint crds kind-up kind-down clean
 

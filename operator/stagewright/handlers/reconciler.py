@@ -42,8 +42,9 @@ Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
 class Reconciler:
     """Drives ImageBuilds towards a finished build of their current spec."""
 
-    def __init__(self, api: KubeApi, settings: Settings) -> None:
+    def __init__(self, api: KubeApi, registry: RegistryClient, settings: Settings) -> None:
         self.api = api
+        self.registry = registry
         self.settings = settings
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -197,9 +198,8 @@ class Reconciler:
 
     async def _resolve(self, build: ImageBuild, reference: ImageReference) -> ImageInfo:
         docker_config = await self._docker_config(build)
-        async with RegistryClient(timeout=self.settings.registry_timeout_seconds) as registry:
-            return await registry.resolve(reference, insecure=build.spec.output.insecure,
-                                          docker_config=docker_config)
+        return await self.registry.resolve(reference, insecure=build.spec.output.insecure,
+                                           docker_config=docker_config)
 
     async def _docker_config(self, build: ImageBuild) -> dict[str, Any] | None:
         """The push Secret's dockerconfigjson, which also grants the operator read access."""

@@ -17,7 +17,7 @@ import kopf
 from stagewright.api.v1alpha1 import GROUP, PLURAL, VERSION, Phase
 from stagewright.handlers.kube_api import ApiError, KubeApi, load_configuration
 from stagewright.handlers.reconciler import Logger, Reconciler
-from stagewright.registry import RegistryError
+from stagewright.registry import RegistryClient, RegistryError
 from stagewright.resources.kaniko_pod import LABEL_IMAGEBUILD, LABEL_MANAGED_BY, MANAGED_BY
 from stagewright.settings import Settings
 
@@ -45,9 +45,12 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo,
     """Create the API client and reconciler, and start the periodic resync."""
     configure(settings)
     operator_settings: Settings = memo.get("settings") or Settings()
-    api = KubeApi(load_configuration())
-    memo.api = api
-    memo.reconciler = Reconciler(api, operator_settings)
+    memo.clients = clients = contextlib.AsyncExitStack()
+    api = await clients.enter_async_context(KubeApi(load_configuration()))
+    # One registry client for the operator's life: its bearer tokens are reused across builds.
+    registry = await clients.enter_async_context(
+        RegistryClient(timeout=operator_settings.registry_timeout_seconds))
+    memo.reconciler = Reconciler(api, registry, operator_settings)
     memo.resync = asyncio.create_task(_resync(memo.reconciler, unsettled, operator_settings))
 
 
@@ -59,9 +62,9 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    api: KubeApi | None = memo.get("api")
-    if api is not None:
-        await api.aclose()
+    clients: contextlib.AsyncExitStack | None = memo.get("clients")
+    if clients is not None:
+        await clients.aclose()
 
 
 @kopf.index(GROUP, VERSION, PLURAL, id="unsettled")

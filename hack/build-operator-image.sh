@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Build operator/Dockerfile with buildah, on a machine with no Docker engine and no image pulls.
+#
+# Why: the operator image must be buildable and runnable before anyone ships it, and the
+# project's machines can neither pull python:*-slim nor run Docker. So this script makes the
+# base locally and builds the real Dockerfile on it:
+#   1. a Debian bookworm rootfs (debootstrap --variant=minbase + python3, python3-venv), cached;
+#   2. imported with `buildah from scratch` and pushed to a throwaway local registry
+#      (Debian's docker-registry on 127.0.0.1);
+#   3. `buildah bud --build-arg BASE_IMAGE=<that registry>/...` of operator/Dockerfile;
+#   4. `stagewright --help` (and a few run-time checks) inside the built image, as uid 65532.
+# The build stage installs the operator's dependencies from PyPI, like any docker build.
+#
+# Prints `image-size-uncompressed=<bytes>` and `image-size-compressed=<bytes>` (what a
+# registry stores: config + layers) on stdout; progress goes to stderr.
+# Needs root (debootstrap, buildah's vfs storage). Cleans up after itself; the rootfs tarball
+# stays cached in $STAGEWRIGHT_CACHE (default ~/.cache/stagewright).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE_DIR="${STAGEWRIGHT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stagewright}"
+SUITE=bookworm
+BASE_PACKAGES=python3,python3-venv
+BASE_TARBALL="$CACHE_DIR/operator-image/debian-$SUITE-minbase-python3.tar"
+TAG=localhost/stagewright:dev
+
+log() { echo "build-operator-image: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+for tool in buildah debootstrap docker-registry curl python3; do
+  command -v "$tool" >/dev/null \
+    || die "$tool is missing: apt-get install -y buildah runc debootstrap docker-registry curl"
+done
+[[ $(id -u) == 0 ]] || die "needs root (debootstrap and buildah's storage)"
+
+# The Debian mirror this machine already uses, read at run time and never written anywhere
+# (the same lookup as hack/build-kube-apiserver.sh).
+mirror_uri() {
+  local uri=""
+  if [[ -f /etc/apt/sources.list.d/debian.sources ]]; then
+    uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources)
+  fi
+  if [[ -z "$uri" && -f /etc/apt/sources.list ]]; then
+    uri=$(awk '$1 == "deb" && $0 !~ /security/ {for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' /etc/apt/sources.list)
+  fi
+  [[ -n "$uri" ]] || die "no Debian mirror found in /etc/apt"
+  echo "$uri"
+}
+
+WORK=$(mktemp -d)
+REGISTRY_PID=""
+cleanup() {
+  if [[ -n "$REGISTRY_PID" ]]; then kill "$REGISTRY_PID" 2>/dev/null || true; wait "$REGISTRY_PID" 2>/dev/null || true; fi
+  # buildah's vfs storage holds root-owned layer copies; unmount before removing.
+  buildah "${STORE[@]}" umount --all >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+STORE=(--root "$WORK/storage" --runroot "$WORK/run" --storage-driver vfs)
+trap cleanup EXIT
+
+# 1. The base rootfs, cached as a tarball (debootstrap is the slow part: about a minute).
+if [[ ! -f "$BASE_TARBALL" ]]; then
+  MIRROR=$(mirror_uri)
+  log "debootstrap --variant=minbase $SUITE (+$BASE_PACKAGES)"
+  debootstrap --variant=minbase --include="$BASE_PACKAGES" "$SUITE" "$WORK/rootfs" "$MIRROR" >&2
+  # Leave no trace of this machine's mirror in the image: apt lists and logs name it.
+  printf 'deb http://deb.debian.org/debian %s main\n' "$SUITE" > "$WORK/rootfs/etc/apt/sources.list"
+  rm -rf "$WORK"/rootfs/var/lib/apt/lists/* "$WORK"/rootfs/var/cache/apt/* \
+    "$WORK"/rootfs/var/log/* "$WORK"/rootfs/debootstrap
+  host=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.urlsplit(sys.argv[1]).hostname or "")' "$MIRROR")
+  if [[ -n "$host" ]] && grep -rlsF --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev "$host" "$WORK/rootfs" >&2; then
+    die "the rootfs still names the build machine's mirror (files above)"
+  fi
+  mkdir -p "$(dirname "$BASE_TARBALL")"
+  tar -C "$WORK/rootfs" --numeric-owner --exclude='./dev/*' --exclude='./proc/*' \
+    --exclude='./sys/*' -cf "$BASE_TARBALL.tmp" .
+  mv "$BASE_TARBALL.tmp" "$BASE_TARBALL"
+  rm -rf "$WORK/rootfs"
+fi
+
+# A private containers config: only our throwaway registry, marked plain-HTTP.
+PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+REGISTRY="127.0.0.1:$PORT"
+cat > "$WORK/registries.conf" <<EOF
+unqualified-search-registries = []
+[[registry]]
+location = "$REGISTRY"
+insecure = true
+EOF
+export CONTAINERS_REGISTRIES_CONF="$WORK/registries.conf"
+
+# 2. A throwaway registry (stopped by PID on exit) and the base image in it.
+cat > "$WORK/registry.yml" <<EOF
+version: 0.1
+log: {level: warn, accesslog: {disabled: true}}
+storage: {filesystem: {rootdirectory: $WORK/registry}, delete: {enabled: true}}
+http: {addr: $REGISTRY, secret: throwaway}
+EOF
+docker-registry serve "$WORK/registry.yml" >"$WORK/registry.log" 2>&1 &
+REGISTRY_PID=$!
+for _ in $(seq 50); do curl -fsS "http://$REGISTRY/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
+curl -fsS "http://$REGISTRY/v2/" >/dev/null || die "the registry did not start: $(cat "$WORK/registry.log")"
+
+BASE_IMAGE="$REGISTRY/stagewright-base/debian-python:$SUITE"
+log "importing the base rootfs as $BASE_IMAGE"
+ctr=$(buildah "${STORE[@]}" from --name base scratch)
+mnt=$(buildah "${STORE[@]}" mount "$ctr")
+tar -C "$mnt" --numeric-owner -xf "$BASE_TARBALL"
+buildah "${STORE[@]}" umount "$ctr" >/dev/null
+buildah "${STORE[@]}" config --os linux --arch amd64 --cmd /bin/bash \
+  --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$ctr"
+buildah "${STORE[@]}" commit --quiet --rm --format docker "$ctr" localhost/stagewright-base >/dev/null
+buildah "${STORE[@]}" push --quiet --tls-verify=false localhost/stagewright-base "docker://$BASE_IMAGE"
+buildah "${STORE[@]}" rmi localhost/stagewright-base >/dev/null
+
+# 3. The real Dockerfile, its base pulled from the registry. chroot isolation: the default
+# OCI runtime cannot run RUN steps on cgroup-v1 hybrid hosts.
+log "buildah bud -f operator/Dockerfile --build-arg BASE_IMAGE=$BASE_IMAGE"
+buildah "${STORE[@]}" bud --isolation chroot --format docker --layers \
+  --build-arg "BASE_IMAGE=$BASE_IMAGE" -f "$ROOT/operator/Dockerfile" -t "$TAG" "$ROOT" >&2
+
+# 4. Run it as the Deployment will: uid 65532, entrypoint `stagewright`.
+log "running stagewright --help in the image"
+ctr=$(buildah "${STORE[@]}" from --name check "$TAG")
+in_image() { buildah "${STORE[@]}" run --isolation chroot --user 65532:65532 "$ctr" -- "$@"; }
+in_image stagewright --help >&2
+[[ $(in_image sh -c 'id -u; id -un; echo "$HOME"') == $'65532\nstagewright\n/tmp' ]] \
+  || die "the image does not run as uid 65532 (stagewright, HOME=/tmp)"
+# kopf names itself with getpass.getuser(): it must resolve without USER/LOGNAME set.
+in_image env -u USER -u LOGNAME python3 -c 'import getpass; assert getpass.getuser() == "stagewright"'
+# Nothing outside /tmp is writable by the operator's user.
+writable=$(in_image sh -c 'find / -xdev -writable ! -path "/tmp*" ! -path "/proc*" ! -path "/dev*" ! -path "/sys*" ! -path "/run*" ! -type l 2>/dev/null | head -5')
+[[ -z "$writable" ]] || die "writable by uid 65532 outside /tmp: $writable"
+in_image stagewright crd | grep -q '^kind: CustomResourceDefinition$' || die "stagewright crd failed"
+entrypoint=$(buildah "${STORE[@]}" inspect --type image --format '{{json .Docker.Config.Entrypoint}} {{json .Docker.Config.Cmd}} {{.Docker.Config.User}}' "$TAG")
+[[ "$entrypoint" == '["stagewright"] ["run"] 65532:65532' ]] || die "unexpected entrypoint/user: $entrypoint"
+buildah "${STORE[@]}" rm "$ctr" >/dev/null
+
+# Sizes: uncompressed in local storage, and compressed as a registry serves it (what an
+# ImageBuild's status.size would report for it: config + layers).
+uncompressed=$(buildah "${STORE[@]}" inspect --type image --format '{{.Image.Size}}' "$TAG" 2>/dev/null || echo "")
+buildah "${STORE[@]}" push --quiet --tls-verify=false "$TAG" "docker://$REGISTRY/stagewright:dev"
+compressed=$(curl -fsS -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
+  "http://$REGISTRY/v2/stagewright/manifests/dev" \
+  | python3 -c 'import json, sys; m = json.load(sys.stdin); print(m["config"]["size"] + sum(l["size"] for l in m["layers"]))')
+if [[ -z "$uncompressed" || "$uncompressed" == "<no value>" ]]; then
+  uncompressed=$(buildah "${STORE[@]}" images --noheading --format '{{.Size}}' "$TAG")
+fi
+log "built $TAG"
+echo "image-size-uncompressed=$uncompressed"
+echo "image-size-compressed=$compressed"

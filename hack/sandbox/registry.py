@@ -1,0 +1,202 @@
+"""A private CNCF distribution registry (Debian's ``docker-registry``) on 127.0.0.1.
+
+Debian's packaged config listens on every interface, so this writes its own (FACTS.md) and
+starts the binary by hand: there is no systemd here. Optional htpasswd auth and a self-signed
+certificate let tests exercise the same auth and TLS paths as a real private registry.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+import yaml
+
+_BINARY = "docker-registry"
+_READY_TIMEOUT = 10.0
+_STOP_TIMEOUT = 5.0
+_START_ATTEMPTS = 3
+
+
+def _free_port() -> int:
+    """A port free on 127.0.0.1 right now (the registry binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _htpasswd_line(user: str, password: str) -> str:
+    """A bcrypt htpasswd entry (the only hash distribution accepts)."""
+    try:
+        import bcrypt  # noqa: PLC0415 - optional: apache2-utils' htpasswd does the same
+    except ImportError:
+        result = subprocess.run(
+            ["htpasswd", "-Bbn", user, password], check=True, capture_output=True, text=True
+        )
+        return result.stdout.strip()
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+    return f"{user}:{hashed}"
+
+
+def _self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """A throwaway certificate valid for IP 127.0.0.1 (EC: generated in milliseconds)."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+class LocalRegistry:
+    """A real registry process for one test session; ``with LocalRegistry() as reg: ...``."""
+
+    def __init__(
+        self, *, htpasswd: tuple[str, str] | None = None, tls: bool = False
+    ) -> None:
+        self.htpasswd = htpasswd
+        self.tls = tls
+        self.port = 0
+        self.cert_path: Path | None = None
+        self._dir: Path | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        """``127.0.0.1:PORT``: the registry part of image references."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """Base URL, ``http://`` or ``https://`` as configured."""
+        return f"{'https' if self.tls else 'http'}://{self.host}"
+
+    @property
+    def root(self) -> Path:
+        """The private directory holding config, storage, htpasswd and certificate."""
+        if self._dir is None:
+            raise RuntimeError("the registry is not started")
+        return self._dir
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context that trusts this registry's certificate (and only it)."""
+        if self.cert_path is None:
+            raise RuntimeError("this registry was started without tls=True")
+        return ssl.create_default_context(cafile=str(self.cert_path))
+
+    def __enter__(self) -> LocalRegistry:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Write a private config and start the registry; raise with its stderr on failure."""
+        if shutil.which(_BINARY) is None:
+            raise RuntimeError(
+                f"{_BINARY} (CNCF distribution) is not installed: run `make deps` "
+                "(apt-get install -y docker-registry)"
+            )
+        self._dir = Path(tempfile.mkdtemp(prefix="stagewright-registry-"))
+        try:
+            for attempt in range(_START_ATTEMPTS):
+                self.port = _free_port()
+                config = self._write_config(self._dir)
+                if self._launch(config, last_attempt=attempt == _START_ATTEMPTS - 1):
+                    return
+        except BaseException:
+            self.stop()
+            raise
+
+    def _write_config(self, directory: Path) -> Path:
+        storage = directory / "storage"
+        storage.mkdir(exist_ok=True)
+        http: dict[str, object] = {
+            "addr": f"127.0.0.1:{self.port}",
+            "secret": "stagewright-sandbox-secret",
+        }
+        config: dict[str, object] = {
+            "version": 0.1,
+            "log": {"level": "warn", "accesslog": {"disabled": True}},
+            "storage": {"filesystem": {"rootdirectory": str(storage)}, "delete": {"enabled": True}},
+            "http": http,
+        }
+        if self.htpasswd is not None:
+            path = directory / "htpasswd"
+            path.write_text(_htpasswd_line(*self.htpasswd) + "\n")
+            config["auth"] = {"htpasswd": {"realm": "stagewright-sandbox", "path": str(path)}}
+        if self.tls:
+            cert, key = _self_signed_cert(directory)
+            self.cert_path = cert
+            http["tls"] = {"certificate": str(cert), "key": str(key)}
+        path = directory / "config.yml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    def _launch(self, config: Path, *, last_attempt: bool) -> bool:
+        """Start the process and wait for ``GET /v2/``; False if the port was taken meanwhile."""
+        stderr_path = self.root / "stderr.log"
+        with stderr_path.open("wb") as stderr:
+            self._process = subprocess.Popen(
+                [_BINARY, "serve", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        verify: ssl.SSLContext | bool = self.ssl_context() if self.tls else True
+        deadline = time.monotonic() + _READY_TIMEOUT
+        with httpx.Client(verify=verify, timeout=1.0, trust_env=False) as client:
+            while time.monotonic() < deadline:
+                if self._process.poll() is not None:
+                    log = stderr_path.read_text(errors="replace")
+                    self._process = None
+                    if "address already in use" in log and not last_attempt:
+                        return False
+                    raise RuntimeError(f"{_BINARY} exited at start-up:\n{log}")
+                try:
+                    # 200, or 401 with htpasswd: either way the registry answers.
+                    client.get(f"{self.url}/v2/")
+                except httpx.TransportError:
+                    time.sleep(0.05)
+                    continue
+                return True
+        log = stderr_path.read_text(errors="replace")
+        self.stop()
+        raise RuntimeError(f"{_BINARY} not ready after {_READY_TIMEOUT:.0f} s:\n{log}")
+
+    def stop(self) -> None:
+        """Stop our process by PID (terminate, wait, kill) and remove its files."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(_STOP_TIMEOUT)
+        directory, self._dir = self._dir, None
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
