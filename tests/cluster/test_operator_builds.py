@@ -1,0 +1,294 @@
+"""The build loop end to end: ImageBuild -> build pod -> real build and push -> status.
+
+The operator runs as ``stagewright run`` with only the RBAC we ship; the sandbox kubelet
+builds each pod's Dockerfile with buildah (in place of Kaniko, which cannot run here) and
+pushes to a real registry. Sizes and digests are checked against the registry directly,
+not through the operator's own client.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+from kubernetes.dynamic.exceptions import UnprocessibleEntityError
+
+from tests.cluster.registry_fixtures import docker_config
+
+from sandbox.demo import APP as DEMO_APP
+from sandbox.demo import DOCKERFILE as DEMO_DOCKERFILE
+from sandbox.registry import LocalRegistry
+from sandbox.stack import IMAGEBUILD_API, Sandbox
+
+pytestmark = pytest.mark.cluster
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+ACCEPT = ", ".join([DOCKER_MANIFEST, "application/vnd.oci.image.manifest.v1+json"])
+
+
+def context(namespace: str, dockerfile: str, name: str = "ctx",
+            files: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace},
+            "data": {"Dockerfile": dockerfile, **(files or {})}}
+
+
+def imagebuild(sandbox: Sandbox, namespace: str, name: str, **spec: Any) -> dict[str, Any]:
+    output = {"image": f"{sandbox.registry.host}/{namespace}/{name}", "insecure": True,
+              **spec.pop("output", {})}
+    return {
+        "apiVersion": IMAGEBUILD_API, "kind": "ImageBuild",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"source": {"configMap": {"name": "ctx"}},
+                 "buildArgs": {"BASE": sandbox.base_image}, "output": output, **spec},
+    }
+
+
+def manifest(sandbox: Sandbox, repository: str, reference: str) -> tuple[str, dict[str, Any]]:
+    """The registry's own answer: (Docker-Content-Digest, manifest JSON)."""
+    response = httpx.get(f"{sandbox.registry.url}/v2/{repository}/manifests/{reference}",
+                         headers={"Accept": ACCEPT}, timeout=10)
+    response.raise_for_status()
+    return response.headers["Docker-Content-Digest"], response.json()
+
+
+def pods(sandbox: Sandbox, namespace: str, build: str) -> list[dict[str, Any]]:
+    return sandbox.admin.list("v1", "Pod", namespace,
+                              label_selector=f"stagewright.dev/imagebuild={build}")
+
+
+def wait_phase(sandbox: Sandbox, namespace: str, name: str, phase: str,
+               timeout: float = 60) -> dict[str, Any]:
+    return sandbox.admin.wait_for(
+        IMAGEBUILD_API, "ImageBuild", name, namespace,
+        lambda o: (o.get("status") or {}).get("phase") == phase, timeout, phase)
+
+
+def wait_pod_running(sandbox: Sandbox, namespace: str, name: str) -> dict[str, Any]:
+    return sandbox.admin.wait_for(
+        "v1", "Pod", name, namespace,
+        lambda p: (p.get("status") or {}).get("phase") == "Running", 60, "running")
+
+
+SLOW_DOCKERFILE = """\
+ARG BASE
+FROM ${BASE}
+ARG STEP=one
+RUN echo "step ${STEP}" && sleep 6
+"""
+
+
+def test_two_targets_give_two_images_the_registry_confirms(sandbox: Sandbox,
+                                                           namespace: str) -> None:
+    admin = sandbox.admin
+    admin.apply([context(namespace, DEMO_DOCKERFILE, files={"app.sh": DEMO_APP})])
+    admin.apply([imagebuild(sandbox, namespace, "fat", target="build"),
+                 imagebuild(sandbox, namespace, "slim", target="runtime",
+                            output={"tags": ["latest", "v1"]})])
+    statuses = {}
+    for name in ("fat", "slim"):
+        obj = sandbox.wait_settled(name, namespace)
+        status = obj["status"]
+        assert status["phase"] == "Succeeded", status
+        repository = f"{namespace}/{name}"
+        digest, body = manifest(sandbox, repository, "latest")
+        assert status["digest"] == digest
+        assert status["image"] == f"{sandbox.registry.host}/{repository}@{digest}"
+        assert status["size"] == body["config"]["size"] + sum(l["size"] for l in body["layers"])
+        assert status["layers"] == len(body["layers"])
+        assert status["shortDigest"] == digest.removeprefix("sha256:")[:12]
+        ready = {c["type"]: c for c in status["conditions"]}["Ready"]
+        assert ready["status"] == "True" and ready["observedGeneration"] == 1
+        statuses[name] = status
+    assert statuses["fat"]["digest"] != statuses["slim"]["digest"]
+    assert statuses["slim"]["size"] * 10 < statuses["fat"]["size"]
+    # Every tag points at the same pushed image.
+    assert manifest(sandbox, f"{namespace}/slim", "v1")[0] == statuses["slim"]["digest"]
+
+
+def test_rebuild_of_the_same_spec_hits_the_registry_cache(sandbox: Sandbox,
+                                                          namespace: str) -> None:
+    admin = sandbox.admin
+    admin.apply([context(namespace, DEMO_DOCKERFILE, files={"app.sh": DEMO_APP})])
+    admin.apply([imagebuild(sandbox, namespace, "app", target="runtime")])
+    first = sandbox.wait_settled("app", namespace)["status"]
+    assert first["phase"] == "Succeeded"
+    first_log = sandbox.kubelet.build_log(namespace, first["podName"])
+    tags = httpx.get(f"{sandbox.registry.url}/v2/{namespace}/app/cache/tags/list", timeout=10)
+    assert tags.status_code == 200 and tags.json()["tags"], "no layers were cached"
+
+    admin.resource(IMAGEBUILD_API, "ImageBuild").patch(
+        name="app", namespace=namespace, content_type="application/merge-patch+json",
+        body={"metadata": {"annotations": {"stagewright.dev/rebuild": "again"}}})
+    second = admin.wait_for(IMAGEBUILD_API, "ImageBuild", "app", namespace,
+                            lambda o: o.get("status", {}).get("rebuild") == "again"
+                            and o["status"]["phase"] == "Succeeded", 120, "rebuilt")["status"]
+    assert second["podName"] != first["podName"]
+    second_log = sandbox.kubelet.build_log(namespace, second["podName"])
+    # A fresh build pod has an empty local store: cache hits can only come from the registry.
+    assert "Using cache" not in first_log
+    assert second_log.count("Using cache") >= 2, second_log[-2000:]
+    assert second["digest"] == first["digest"]
+
+
+def test_failing_run_step_fails_with_the_command_in_the_message(sandbox: Sandbox,
+                                                                namespace: str) -> None:
+    admin = sandbox.admin
+    dockerfile = ("ARG BASE\nFROM ${BASE}\nRUN echo preparing\n"
+                  "RUN echo compiling && ls /no/such/dir\n")
+    admin.apply([context(namespace, dockerfile)])
+    admin.apply([imagebuild(sandbox, namespace, "broken")])
+    status = sandbox.wait_settled("broken", namespace)["status"]
+    assert status["phase"] == "Failed"
+    assert status["reason"] == "BuildFailed"
+    assert "ls /no/such/dir" in status["message"]
+    stalled = {c["type"]: c for c in status["conditions"]}["Stalled"]
+    assert stalled["status"] == "True" and stalled["reason"] == "BuildFailed"
+    assert "digest" not in status or status.get("digest") is None
+    assert len(pods(sandbox, namespace, "broken")) == 1, "a failed build must not be retried"
+
+
+def test_api_server_rejects_what_the_schema_forbids(sandbox: Sandbox, namespace: str) -> None:
+    bad = imagebuild(sandbox, namespace, "two-sources")
+    bad["spec"]["source"]["url"] = "s3://bucket/ctx.tar.gz"
+    with pytest.raises(UnprocessibleEntityError) as caught:
+        sandbox.admin.apply([bad])
+    assert "source" in str(caught.value.body)
+    bad_image = imagebuild(sandbox, namespace, "bad-image", output={"image": "Reg/UPPER:tag"})
+    with pytest.raises(UnprocessibleEntityError):
+        sandbox.admin.apply([bad_image])
+
+
+def test_invalid_spec_the_schema_cannot_catch_ends_in_failed(sandbox: Sandbox,
+                                                             namespace: str) -> None:
+    admin = sandbox.admin
+    admin.apply([context(namespace, SLOW_DOCKERFILE)])
+    admin.apply([imagebuild(sandbox, namespace, "bad-args", buildArgs={"NOT-VALID": "1"})])
+    obj = sandbox.wait_settled("bad-args", namespace)
+    status = obj["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "InvalidSpec")
+    assert "buildArgs" in status["message"] and "NOT-VALID" in status["message"]
+    assert pods(sandbox, namespace, "bad-args") == []
+    # No crash loop, no retry loop: several resync periods later nothing was written again.
+    version = obj["metadata"]["resourceVersion"]
+    time.sleep(5)
+    again = sandbox.imagebuild("bad-args", namespace)
+    assert again is not None and again["metadata"]["resourceVersion"] == version
+    assert sandbox.operator.running
+
+
+def test_spec_change_mid_build_cancels_and_builds_the_new_spec(sandbox: Sandbox,
+                                                               namespace: str) -> None:
+    admin = sandbox.admin
+    admin.apply([context(namespace, SLOW_DOCKERFILE)])
+    admin.apply([imagebuild(sandbox, namespace, "moving")])
+    building = wait_phase(sandbox, namespace, "moving", "Building")["status"]
+    first_pod = building["podName"]
+    wait_pod_running(sandbox, namespace, first_pod)
+
+    admin.resource(IMAGEBUILD_API, "ImageBuild").patch(
+        name="moving", namespace=namespace, content_type="application/merge-patch+json",
+        body={"spec": {"buildArgs": {"BASE": sandbox.base_image, "STEP": "two"}}})
+    status = sandbox.wait_settled("moving", namespace, generation=2)["status"]
+    assert status["phase"] == "Succeeded"
+    assert status["podName"] != first_pod
+    assert sandbox.admin.get("v1", "Pod", first_pod, namespace) is None, "old pod not deleted"
+    assert "step two" in sandbox.kubelet.build_log(namespace, status["podName"])
+    old = sandbox.kubelet.result(namespace, first_pod)
+    assert old is None or not old.succeeded, "the cancelled build ran to completion"
+
+
+def test_operator_restart_mid_build_neither_loses_nor_duplicates(sandbox: Sandbox,
+                                                                 namespace: str) -> None:
+    admin = sandbox.admin
+    admin.apply([context(namespace, SLOW_DOCKERFILE)])
+    admin.apply([imagebuild(sandbox, namespace, "survivor")])
+    pod = wait_phase(sandbox, namespace, "survivor", "Building")["status"]["podName"]
+    wait_pod_running(sandbox, namespace, pod)
+    sandbox.operator.stop(kill=True)  # a crash, not a clean shutdown
+    try:
+        time.sleep(1)
+    finally:
+        sandbox.operator.start()
+    status = sandbox.wait_settled("survivor", namespace)["status"]
+    assert status["phase"] == "Succeeded"
+    assert status["podName"] == pod and status["attempt"] == 1
+    assert [p["metadata"]["name"] for p in pods(sandbox, namespace, "survivor")] == [pod]
+
+
+def test_finished_builds_are_not_repeated_by_a_restart(sandbox: Sandbox, namespace: str) -> None:
+    admin = sandbox.admin
+    admin.apply([context(namespace, "ARG BASE\nFROM ${BASE}\nRUN echo done > /done\n")])
+    admin.apply([imagebuild(sandbox, namespace, "finished")])
+    before = sandbox.wait_settled("finished", namespace)
+    assert before["status"]["phase"] == "Succeeded"
+    sandbox.operator.stop()
+    sandbox.operator.start()
+    time.sleep(6)  # start-up lists every ImageBuild, then a few resync periods pass
+    after = sandbox.imagebuild("finished", namespace)
+    assert after is not None
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert len(pods(sandbox, namespace, "finished")) == 1
+
+
+def test_a_build_costs_three_writes(sandbox: Sandbox, namespace: str) -> None:
+    """Create pod, status Building, status Succeeded: nothing else touches the ImageBuild."""
+    admin = sandbox.admin
+    admin.apply([context(namespace, "ARG BASE\nFROM ${BASE}\nRUN echo cheap > /cheap\n")])
+    admin.apply([imagebuild(sandbox, namespace, "cheap")])
+    created = sandbox.imagebuild("cheap", namespace)
+    assert created is not None
+    start_version = created["metadata"]["resourceVersion"]
+    final = sandbox.wait_settled("cheap", namespace)
+    events = admin.resource(IMAGEBUILD_API, "ImageBuild").watch(
+        namespace=namespace, resource_version=start_version, timeout=2)
+    modified = [e for e in events if e["type"] == "MODIFIED"]
+    assert [e["object"]["status"]["phase"] for e in modified] == ["Building", "Succeeded"]
+    metadata = final["metadata"]
+    assert not metadata.get("finalizers")
+    assert not any(k.startswith(("kopf.", "stagewright.dev/"))
+                   for k in (metadata.get("annotations") or {}))
+    assert len(pods(sandbox, namespace, "cheap")) == 1
+    k8s_events = admin.list("v1", "Event", namespace)
+    assert k8s_events == [], [e.get("message") for e in k8s_events]
+
+
+def test_timeout_ends_in_failed_timeout(sandbox: Sandbox, namespace: str) -> None:
+    admin = sandbox.admin
+    admin.apply([context(namespace, "ARG BASE\nFROM ${BASE}\nRUN sleep 60\n")])
+    admin.apply([imagebuild(sandbox, namespace, "slowpoke", timeout="3s")])
+    status = sandbox.wait_settled("slowpoke", namespace, timeout=60)["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "Timeout")
+    assert "timeout" in status["message"].lower()
+
+
+def test_push_secret_is_used_for_push_and_for_the_digest_check(sandbox: Sandbox,
+                                                                namespace: str) -> None:
+    admin = sandbox.admin
+    # FROM scratch: output.insecure covers the private registry only, not the base's.
+    admin.apply([context(namespace, "FROM scratch\nCOPY Dockerfile /Dockerfile\n")])
+    with LocalRegistry(htpasswd=("pusher", "s3cret")) as private:
+        auth = docker_config(private.host, "pusher", "s3cret")  # as kubectl writes it
+        admin.apply([{
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+            "metadata": {"name": "regcred", "namespace": namespace},
+            "stringData": {".dockerconfigjson": json.dumps(auth)},
+        }])
+        image = f"{private.host}/team/private"
+        admin.apply([
+            imagebuild(sandbox, namespace, "no-creds", cache={"enabled": False},
+                       output={"image": image}),
+            imagebuild(sandbox, namespace, "with-creds", cache={"enabled": False},
+                       output={"image": image + "-ok", "pushSecretRef": {"name": "regcred"}}),
+        ])
+        denied = sandbox.wait_settled("no-creds", namespace)["status"]
+        assert (denied["phase"], denied["reason"]) == ("Failed", "PushFailed"), denied
+        pushed = sandbox.wait_settled("with-creds", namespace)["status"]
+        assert pushed["phase"] == "Succeeded", pushed
+        response = httpx.get(f"{private.url}/v2/team/private-ok/manifests/latest",
+                             headers={"Accept": ACCEPT}, auth=("pusher", "s3cret"), timeout=10)
+        assert pushed["digest"] == response.headers["Docker-Content-Digest"]
+        assert pushed["size"] > 0
