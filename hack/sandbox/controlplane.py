@@ -15,15 +15,14 @@ import secrets
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+import httpx
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -149,20 +148,17 @@ class ControlPlane:
         ))
 
     def _wait_ready(self, ca: Path, timeout: float = 60.0) -> None:
-        context = ssl.create_default_context(cafile=str(ca))
-        request = urllib.request.Request(
-            f"{self.url}/readyz", headers={"Authorization": f"Bearer {self.admin.token}"},
-        )
+        headers = {"Authorization": f"Bearer {self.admin.token}"}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for process in self._processes:
                 if process.poll() is not None:
-                    raise RuntimeError(f"{process.args[0]} exited: see {self.work_dir}/*.log\n"
+                    raise RuntimeError(f"{process.args!r} exited: see {self.work_dir}/*.log\n"
                                        + self.logs())
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(request, context=context, timeout=2) as response:
-                    if response.status == 200:
-                        return
+            with contextlib.suppress(httpx.HTTPError):
+                ready = httpx.get(f"{self.url}/readyz", headers=headers, verify=str(ca), timeout=2)
+                if ready.status_code == 200:
+                    return
             time.sleep(0.3)
         raise RuntimeError(f"kube-apiserver not ready after {timeout}s:\n{self.logs()}")
 

@@ -66,30 +66,32 @@ def classify_pod(pod: dict[str, Any], *, message_limit: int = 2048) -> PodOutcom
     status = pod.get("status") or {}
     phase = status.get("phase")
     state = _kaniko_state(pod)
-    terminated = state.get("terminated")
-    if phase == "Failed" and status.get("reason") == "DeadlineExceeded":
-        return PodOutcome(finished=True, reason=Reason.TIMEOUT, message=_tail(
-            "The build ran past its timeout and was stopped. " + (status.get("message") or ""),
-            message_limit))
-    if phase == "Failed" and status.get("reason") == "Evicted":
-        return PodOutcome(finished=True, reason=Reason.EVICTED,
-                          message=_tail(status.get("message") or "The pod was evicted.",
-                                        message_limit))
-    if phase == "Failed" and status.get("reason") in _LOST_POD_REASONS:
-        return PodOutcome(finished=True, reason=Reason.POD_LOST, message=_tail(
-            f"{status['reason']}: {status.get('message') or 'the node lost the pod'}",
-            message_limit))
-    if terminated and phase in ("Succeeded", "Failed"):
-        return _terminated_outcome(terminated, message_limit)
     if phase in ("Succeeded", "Failed"):
-        return PodOutcome(finished=True, reason=Reason.POD_LOST, message=_tail(
-            f"The pod ended ({phase}) without a container status. "
-            + (status.get("message") or ""), message_limit))
+        return _ended_outcome(status, state.get("terminated"), message_limit)
     waiting = state.get("waiting") or {}
     if waiting.get("reason") in _STUCK_WAITING:
         text = f"{waiting['reason']}: {waiting.get('message') or ''}".strip()
         return PodOutcome(finished=False, waiting=_tail(text, message_limit))
     return PodOutcome(finished=False)
+
+
+def _ended_outcome(status: dict[str, Any], terminated: dict[str, Any] | None,
+                   message_limit: int) -> PodOutcome:
+    """A pod in a final phase: the pod-level reason first, then the container's exit."""
+    pod_reason, pod_message = status.get("reason"), status.get("message") or ""
+    if status.get("phase") == "Failed" and pod_reason == "DeadlineExceeded":
+        text = f"The build ran past its timeout and was stopped. {pod_message}"
+        return PodOutcome(finished=True, reason=Reason.TIMEOUT, message=_tail(text, message_limit))
+    if status.get("phase") == "Failed" and pod_reason == "Evicted":
+        text = pod_message or "The pod was evicted."
+        return PodOutcome(finished=True, reason=Reason.EVICTED, message=_tail(text, message_limit))
+    if status.get("phase") == "Failed" and pod_reason in _LOST_POD_REASONS:
+        text = f"{pod_reason}: {pod_message or 'the node lost the pod'}"
+        return PodOutcome(finished=True, reason=Reason.POD_LOST, message=_tail(text, message_limit))
+    if terminated:
+        return _terminated_outcome(terminated, message_limit)
+    text = f"The pod ended ({status.get('phase')}) without a container status. {pod_message}"
+    return PodOutcome(finished=True, reason=Reason.POD_LOST, message=_tail(text, message_limit))
 
 
 def _terminated_outcome(terminated: dict[str, Any], message_limit: int) -> PodOutcome:

@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import pytest
 from kubernetes.dynamic.exceptions import UnprocessibleEntityError
-
 from tests.cluster.registry_fixtures import docker_config
 
 from sandbox.demo import APP as DEMO_APP
@@ -97,11 +96,13 @@ def test_two_targets_give_two_images_the_registry_confirms(sandbox: Sandbox,
         digest, body = manifest(sandbox, repository, "latest")
         assert status["digest"] == digest
         assert status["image"] == f"{sandbox.registry.host}/{repository}@{digest}"
-        assert status["size"] == body["config"]["size"] + sum(l["size"] for l in body["layers"])
+        assert status["size"] == body["config"]["size"] + sum(
+            layer["size"] for layer in body["layers"])
         assert status["layers"] == len(body["layers"])
         assert status["shortDigest"] == digest.removeprefix("sha256:")[:12]
         ready = {c["type"]: c for c in status["conditions"]}["Ready"]
-        assert ready["status"] == "True" and ready["observedGeneration"] == 1
+        assert ready["status"] == "True"
+        assert ready["observedGeneration"] == 1
         statuses[name] = status
     assert statuses["fat"]["digest"] != statuses["slim"]["digest"]
     assert statuses["slim"]["size"] * 10 < statuses["fat"]["size"]
@@ -118,7 +119,8 @@ def test_rebuild_of_the_same_spec_hits_the_registry_cache(sandbox: Sandbox,
     assert first["phase"] == "Succeeded"
     first_log = sandbox.kubelet.build_log(namespace, first["podName"])
     tags = httpx.get(f"{sandbox.registry.url}/v2/{namespace}/app/cache/tags/list", timeout=10)
-    assert tags.status_code == 200 and tags.json()["tags"], "no layers were cached"
+    assert tags.status_code == 200
+    assert tags.json()["tags"], "no layers were cached"
 
     admin.resource(IMAGEBUILD_API, "ImageBuild").patch(
         name="app", namespace=namespace, content_type="application/merge-patch+json",
@@ -146,7 +148,8 @@ def test_failing_run_step_fails_with_the_command_in_the_message(sandbox: Sandbox
     assert status["reason"] == "BuildFailed"
     assert "ls /no/such/dir" in status["message"]
     stalled = {c["type"]: c for c in status["conditions"]}["Stalled"]
-    assert stalled["status"] == "True" and stalled["reason"] == "BuildFailed"
+    assert stalled["status"] == "True"
+    assert stalled["reason"] == "BuildFailed"
     assert "digest" not in status or status.get("digest") is None
     assert len(pods(sandbox, namespace, "broken")) == 1, "a failed build must not be retried"
 
@@ -170,13 +173,15 @@ def test_invalid_spec_the_schema_cannot_catch_ends_in_failed(sandbox: Sandbox,
     obj = sandbox.wait_settled("bad-args", namespace)
     status = obj["status"]
     assert (status["phase"], status["reason"]) == ("Failed", "InvalidSpec")
-    assert "buildArgs" in status["message"] and "NOT-VALID" in status["message"]
+    assert "buildArgs" in status["message"]
+    assert "NOT-VALID" in status["message"]
     assert pods(sandbox, namespace, "bad-args") == []
     # No crash loop, no retry loop: several resync periods later nothing was written again.
     version = obj["metadata"]["resourceVersion"]
     time.sleep(5)
     again = sandbox.imagebuild("bad-args", namespace)
-    assert again is not None and again["metadata"]["resourceVersion"] == version
+    assert again is not None
+    assert again["metadata"]["resourceVersion"] == version
     assert sandbox.operator.running
 
 
@@ -215,7 +220,8 @@ def test_operator_restart_mid_build_neither_loses_nor_duplicates(sandbox: Sandbo
         sandbox.operator.start()
     status = sandbox.wait_settled("survivor", namespace)["status"]
     assert status["phase"] == "Succeeded"
-    assert status["podName"] == pod and status["attempt"] == 1
+    assert status["podName"] == pod
+    assert status["attempt"] == 1
     assert [p["metadata"]["name"] for p in pods(sandbox, namespace, "survivor")] == [pod]
 
 

@@ -8,7 +8,6 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import pytest
-import yaml
 
 from stagewright.api.crd import imagebuild_crd, render_crd_yaml
 
@@ -39,7 +38,7 @@ def _walk(node: Any, path: str = "") -> list[str]:
     """Paths of schema nodes that break Kubernetes' structural-schema rules."""
     problems: list[str] = []
     if isinstance(node, dict):
-        if "$ref" in node or "anyOf" in node and any("type" in v for v in node["anyOf"]):
+        if "$ref" in node or ("anyOf" in node and any("type" in v for v in node["anyOf"])):
             problems.append(path)
         if "properties" in node and node.get("type") != "object":
             problems.append(f"{path} (properties without type: object)")
@@ -65,7 +64,7 @@ def test_printer_columns_name_the_status_fields_users_read() -> None:
             assert field[2] in status
 
 
-VALID = {
+VALID: dict[str, Any] = {
     "apiVersion": "stagewright.dev/v1alpha1",
     "kind": "ImageBuild",
     "metadata": {"name": "web"},

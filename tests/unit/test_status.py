@@ -24,18 +24,22 @@ def terminated(code: int, message: str = "", reason: str = "Error") -> dict[str,
 
 def test_success_needs_exit_zero_and_a_digest() -> None:
     outcome = classify_pod(pod("Succeeded", terminated(0, DIGEST + "\n", "Completed")))
-    assert outcome.finished and outcome.succeeded and outcome.digest == DIGEST
+    assert outcome.finished
+    assert outcome.succeeded
+    assert outcome.digest == DIGEST
 
 
 def test_exit_zero_without_digest_is_not_trusted() -> None:
     outcome = classify_pod(pod("Succeeded", terminated(0, "", "Completed")))
-    assert not outcome.succeeded and outcome.reason is Reason.DIGEST_UNVERIFIED
+    assert not outcome.succeeded
+    assert outcome.reason is Reason.DIGEST_UNVERIFIED
 
 
 def test_digest_with_failure_means_the_push_failed() -> None:
     """Kaniko writes its digest file before pushing: a digest is no proof of a push."""
     outcome = classify_pod(pod("Failed", terminated(1, DIGEST)))
-    assert not outcome.succeeded and outcome.reason is Reason.PUSH_FAILED
+    assert not outcome.succeeded
+    assert outcome.reason is Reason.PUSH_FAILED
     assert DIGEST in outcome.message
 
 
@@ -78,7 +82,8 @@ def test_oom_says_what_to_change() -> None:
 def test_stuck_pods_are_reported_while_running_ones_are_not() -> None:
     stuck = classify_pod(pod("Pending", {"waiting": {"reason": "ImagePullBackOff",
                                                      "message": "pull access denied"}}))
-    assert not stuck.finished and stuck.waiting == "ImagePullBackOff: pull access denied"
+    assert not stuck.finished
+    assert stuck.waiting == "ImagePullBackOff: pull access denied"
     assert classify_pod(pod("Pending", {"waiting": {"reason": "ContainerCreating"}})).waiting \
         is None
     assert not classify_pod(pod("Running", {"running": {}})).finished
@@ -121,4 +126,6 @@ def test_conditions_follow_kstatus() -> None:
 def test_fields_given_as_none_are_cleared_by_the_merge_patch() -> None:
     patch = status_patch(ImageBuildStatus(), phase=Phase.BUILDING, reason=Reason.BUILDING,
                          message="", generation=1, digest=None, size_human=None, pod_name="p")
-    assert patch["digest"] is None and patch["sizeHuman"] is None and patch["podName"] == "p"
+    assert patch["digest"] is None
+    assert patch["sizeHuman"] is None
+    assert patch["podName"] == "p"

@@ -43,39 +43,45 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         return node
     if "$ref" in node:
         target = defs[node["$ref"].rsplit("/", 1)[-1]]
-        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
-        return _structural(merged, defs)
-    node = dict(node)
-    variants = node.pop("anyOf", None)
-    if variants is not None:
-        typed = [v for v in variants if v != {"type": "null"}]
-        if len(typed) == 1:  # Optional[X]: the field may be absent, never null.
-            node = {**typed[0], **node}
-        elif all("type" in v for v in typed) and {v["type"] for v in typed} == {"string", "integer"}:
-            node = {"x-kubernetes-int-or-string": True, **node}
-        else:
-            raise ValueError(f"cannot express {variants} in a structural schema")
-        if node.get("default", ...) is None:
-            node.pop("default")
-        return _structural(node, defs)
+        return _structural({**target, **{k: v for k, v in node.items() if k != "$ref"}}, defs)
+    if "anyOf" in node:
+        return _structural(_fold_any_of(node), defs)
     out: dict[str, Any] = {}
     for key, value in node.items():
-        if key in _DROPPED:
+        if key in _DROPPED or (key == "default" and value is None):
             continue
         if key == "properties":
             out[key] = {name: _structural(prop, defs) for name, prop in value.items()}
-        elif key == "default" and value is None:
-            continue
         else:
             out[key] = _structural(value, defs)
     extra = node.get("additionalProperties")
     if isinstance(extra, dict) and extra:
         out["additionalProperties"] = _structural(extra, defs)
+    return _fix_types(out)
+
+
+def _fix_types(out: dict[str, Any]) -> dict[str, Any]:
+    """int-or-string nodes carry no type; enums of strings must say so."""
     if out.get("x-kubernetes-int-or-string"):
         out.pop("type", None)
     elif "enum" in out and "type" not in out:
         out["type"] = "string"
     return out
+
+
+def _fold_any_of(node: dict[str, Any]) -> dict[str, Any]:
+    """``Optional[X]`` becomes X (absent, never null); ``str | int`` becomes int-or-string."""
+    rest = {k: v for k, v in node.items() if k != "anyOf"}
+    typed = [v for v in node["anyOf"] if v != {"type": "null"}]
+    if len(typed) == 1:
+        folded = {**typed[0], **rest}
+    elif {v.get("type") for v in typed} == {"string", "integer"}:
+        folded = {"x-kubernetes-int-or-string": True, **rest}
+    else:
+        raise ValueError(f"cannot express {node['anyOf']} in a structural schema")
+    if folded.get("default", ...) is None:
+        folded.pop("default")
+    return folded
 
 
 def model_schema(model: type[Any]) -> dict[str, Any]:
@@ -105,7 +111,8 @@ def imagebuild_crd() -> dict[str, Any]:
         "kind": "CustomResourceDefinition",
         "metadata": {
             "name": f"{PLURAL}.{GROUP}",
-            "labels": {"app.kubernetes.io/name": "stagewright", "app.kubernetes.io/part-of": "stagewright"},
+            "labels": {"app.kubernetes.io/name": "stagewright",
+                       "app.kubernetes.io/part-of": "stagewright"},
         },
         "spec": {
             "group": GROUP,

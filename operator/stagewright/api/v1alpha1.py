@@ -13,7 +13,14 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 GROUP = "stagewright.dev"
@@ -311,8 +318,8 @@ class ImageBuild(_Model):
 
     model_config = ConfigDict(extra="ignore")
 
-    api_version: Literal["stagewright.dev/v1alpha1"] = API_VERSION
-    kind: Literal["ImageBuild"] = KIND
+    api_version: Literal["stagewright.dev/v1alpha1"] = "stagewright.dev/v1alpha1"
+    kind: Literal["ImageBuild"] = "ImageBuild"
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: ImageBuildSpec
     status: ImageBuildStatus = Field(default_factory=ImageBuildStatus)

@@ -84,9 +84,9 @@ class Reconciler:
 
     async def _start_new_build(self, build: ImageBuild, log: Logger, key: str) -> None:
         status = build.status
-        if status.pod_name and status.phase in (Phase.PENDING, Phase.BUILDING):
-            if await self.api.delete_pod(build.namespace, status.pod_name):
-                log.info(f"Cancelled pod {status.pod_name}: the spec or the rebuild "
+        running = status.pod_name and status.phase in (Phase.PENDING, Phase.BUILDING)
+        if running and await self.api.delete_pod(build.namespace, status.pod_name or ""):
+            log.info(f"Cancelled pod {status.pod_name}: the spec or the rebuild "
                                  f"request changed while it was building.")
         await self._launch(build, log, key, attempt=1, note="")
 
@@ -129,7 +129,7 @@ class Reconciler:
         else:
             outcome = classify_pod(pod, message_limit=self.settings.message_limit)
         if not outcome.finished:
-            await self._while_running(build, log, outcome)
+            await self._while_running(build, outcome)
         elif outcome.succeeded and outcome.digest:
             await self._succeed(build, log, outcome.digest)
         elif outcome.infrastructure_failure and (status.attempt or 1) <= build.spec.retries:
@@ -145,7 +145,7 @@ class Reconciler:
             await self._write(build, phase=Phase.FAILED, reason=outcome.reason,
                               message=outcome.message, completion=True)
 
-    async def _while_running(self, build: ImageBuild, log: Logger, outcome: PodOutcome) -> None:
+    async def _while_running(self, build: ImageBuild, outcome: PodOutcome) -> None:
         """Surface a pod that cannot start, and enforce the deadline if it never does."""
         status = build.status
         started = _parse_time(status.start_time)

@@ -40,10 +40,11 @@ def configure(settings: kopf.OperatorSettings) -> None:
 
 
 @kopf.on.startup(id="start")
-async def start(settings: kopf.OperatorSettings, memo: kopf.Memo,
-                unsettled: kopf.Index[tuple[str, str], bool], **_: Any) -> None:
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
     """Create the API client and reconciler, and start the periodic resync."""
     configure(settings)
+    # kopf passes each index by its handler id; it is filled as ImageBuilds are listed.
+    unsettled: kopf.Index[tuple[str, str], bool] = kwargs["unsettled"]
     operator_settings: Settings = memo.get("settings") or Settings()
     memo.clients = clients = contextlib.AsyncExitStack()
     api = await clients.enter_async_context(KubeApi(load_configuration()))
@@ -68,19 +69,20 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.index(GROUP, VERSION, PLURAL, id="unsettled")
-def unsettled(namespace: str, name: str, status: kopf.Status, meta: kopf.Meta,
+def unsettled(namespace: str | None, name: str, status: kopf.Status, meta: kopf.Meta,
               **_: Any) -> dict[tuple[str, str], bool] | None:
     """ImageBuilds whose current generation has not finished building (in memory only)."""
     done = status.get("phase") in _SETTLED and status.get("observedGeneration") == meta.get(
         "generation")
-    return None if done else {(namespace, name): True}
+    return None if done else {(namespace or "", name): True}
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, id="imagebuild")
-async def on_imagebuild(event: kopf.RawEvent, namespace: str, name: str, memo: kopf.Memo,
+async def on_imagebuild(event: kopf.RawEvent, namespace: str | None, name: str, memo: kopf.Memo,
                         logger: kopf.Logger, **_: Any) -> None:
     """Any change to an ImageBuild (and each one at start-up): take the next step."""
     reconciler: Reconciler = memo.reconciler
+    namespace = namespace or ""  # ImageBuilds are namespaced; kopf's type allows None
     if event["type"] == "DELETED":
         reconciler.forget(namespace, name)  # its pods go with it (owner references)
         return
@@ -88,11 +90,11 @@ async def on_imagebuild(event: kopf.RawEvent, namespace: str, name: str, memo: k
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGED_BY}, id="build-pod")
-async def on_build_pod(namespace: str, labels: kopf.Labels, memo: kopf.Memo,
+async def on_build_pod(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo,
                        **_: Any) -> None:
     """A build pod changed: re-check the ImageBuild it belongs to."""
     owner = labels.get(LABEL_IMAGEBUILD)
-    if owner:
+    if owner and namespace:
         # Pod events log through the module logger: Events belong on the ImageBuild.
         await _reconcile(memo.reconciler, namespace, owner, _log)
 
