@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import yaml
-from kubernetes import client, config, dynamic
+from kubernetes import config, dynamic
 from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
 
 from sandbox.controlplane import OPERATOR_NAMESPACE, REPO_ROOT, ControlPlane
@@ -149,6 +149,11 @@ class OperatorProcess:
             process.wait()
 
     @property
+    def pid(self) -> int | None:
+        """The operator's process id while it runs (benchmarks read its memory)."""
+        return self._process.pid if self._process is not None else None
+
+    @property
     def running(self) -> bool:
         """Whether the process is alive (a crash loop would show here)."""
         return self._process is not None and self._process.poll() is None
@@ -157,7 +162,3 @@ class OperatorProcess:
         """Everything the operator logged so far."""
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
-
-def core_v1(cluster: Cluster) -> client.CoreV1Api:
-    """A typed CoreV1 client on the same connection, for reads the kubelet and tests make."""
-    return client.CoreV1Api(cluster.api_client)
