@@ -15,6 +15,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -149,6 +150,7 @@ class ControlPlane:
 
     def _wait_ready(self, ca: Path, timeout: float = 60.0) -> None:
         headers = {"Authorization": f"Bearer {self.admin.token}"}
+        trust = ssl.create_default_context(cafile=str(ca))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for process in self._processes:
@@ -156,7 +158,7 @@ class ControlPlane:
                     raise RuntimeError(f"{process.args!r} exited: see {self.work_dir}/*.log\n"
                                        + self.logs())
             with contextlib.suppress(httpx.HTTPError):
-                ready = httpx.get(f"{self.url}/readyz", headers=headers, verify=str(ca), timeout=2)
+                ready = httpx.get(f"{self.url}/readyz", headers=headers, verify=trust, timeout=2)
                 if ready.status_code == 200:
                     return
             time.sleep(0.3)

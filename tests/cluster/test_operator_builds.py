@@ -298,3 +298,23 @@ def test_push_secret_is_used_for_push_and_for_the_digest_check(sandbox: Sandbox,
                              headers={"Accept": ACCEPT}, auth=("pusher", "s3cret"), timeout=10)
         assert pushed["digest"] == response.headers["Docker-Content-Digest"]
         assert pushed["size"] > 0
+
+
+@pytest.mark.parametrize(("retries", "phase"), [(1, "Succeeded"), (0, "Failed")])
+def test_a_lost_pod_is_retried_only_within_retries(sandbox: Sandbox, namespace: str,
+                                                   retries: int, phase: str) -> None:
+    """A deleted pod (a drained node) is an infrastructure failure: retried, not a build error."""
+    admin = sandbox.admin
+    admin.apply([context(namespace, SLOW_DOCKERFILE)])
+    admin.apply([imagebuild(sandbox, namespace, "drained", retries=retries)])
+    first = wait_phase(sandbox, namespace, "drained", "Building")["status"]["podName"]
+    wait_pod_running(sandbox, namespace, first)
+    admin.delete("v1", "Pod", first, namespace)
+    status = sandbox.wait_settled("drained", namespace)["status"]
+    assert status["phase"] == phase
+    if retries:
+        assert status["attempt"] == 2
+        assert status["podName"] == first.removesuffix("-1") + "-2"
+    else:
+        assert status["reason"] == "PodLost"
+        assert first in status["message"]
