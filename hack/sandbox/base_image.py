@@ -46,6 +46,7 @@ def build_base_image(
     try:
         rootfs = _make_rootfs(scratch / "rootfs")
         env = buildah_env(scratch, insecure_registries=() if tls_verify else (registry,))
+        # vfs: these steps run in this mount namespace, and vfs mounts nothing.
         buildah = ["buildah", "--root", str(scratch / "root"), "--runroot",
                    str(scratch / "runroot"), "--storage-driver", "vfs"]
         container = _run([*buildah, "from", "--name", "base", "scratch"], env).strip()

@@ -2,12 +2,11 @@
 
 Each build gets a fresh private buildah store, as a fresh Kaniko pod has an empty filesystem,
 so layer reuse can only come from the registry cache (``--cache-from/--cache-to``), exactly
-the property the operator relies on. The store uses the ``vfs`` driver: no mounts, so a killed
-build leaves nothing but files, removed afterwards.
+the property the operator relies on. The store is removed after the build.
 
-Every buildah process runs as PID 1's child in its own PID namespace (``unshare --pid
---kill-child``), like a container: killing it on cancel or deadline kills everything the
-build started, RUN steps included.
+Every buildah process runs as PID 1 of its own PID and mount namespaces (``unshare --pid
+--fork --kill-child --mount-proc``), like a container: killing it on cancel or deadline kills
+everything the build started, RUN steps included, and takes its overlay mounts with it.
 
 Where buildah 1.28 differs from Kaniko (kept visible, not papered over):
 
@@ -42,6 +41,9 @@ _LOCAL_IMAGE = "localhost/sandbox-build:latest"
 #: Exit code of a container killed with SIGKILL (deadline or deletion), as a runtime reports.
 KILLED_EXIT_CODE = 137
 _POLL_SECONDS = 0.1
+#: overlay is twice as fast as vfs here; its mounts live in each step's private mount
+#: namespace (``unshare --mount-proc``), so they vanish with the step, even when killed.
+STORAGE_DRIVER = "overlay"
 
 
 @dataclass(frozen=True)
@@ -219,7 +221,7 @@ def _build_and_push(
         )
     env = buildah_env(scratch, insecure_registries=build.insecure_registries, authfile=authfile)
     storage = ["buildah", "--root", str(scratch / "root"), "--runroot", str(scratch / "runroot"),
-               "--storage-driver", "vfs"]
+               "--storage-driver", STORAGE_DRIVER]
     bud = bud_argv(build, context_dir, dockerfile, authfile)
     if (code := _run_step(storage, bud, env=env, log=log, stop=stop)) != 0:
         raise _StepFailedError(f"error building image: buildah bud exited with {code}")
@@ -309,7 +311,7 @@ def _say(log: BinaryIO, line: str) -> None:
 
 
 def _mounts_under(path: Path) -> list[str]:
-    """Mount points below ``path`` in this mount namespace (none expected with vfs)."""
+    """Mount points below ``path`` here (none expected: steps mount in their own namespace)."""
     prefix = str(path.resolve())
     found: list[str] = []
     with contextlib.suppress(OSError), open("/proc/self/mountinfo") as mountinfo:

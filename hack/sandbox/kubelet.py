@@ -357,7 +357,7 @@ class Mounts:
 def mount_volumes(
     core: client.CoreV1Api, pod: Mapping[str, Any], root: Path
 ) -> Mounts:
-    """Write the pod's ConfigMap, Secret and emptyDir volumes under ``root``, as a kubelet does.
+    """Write the pod's ConfigMap and Secret volumes under ``root`` (others: empty dirs).
 
     Raises :class:`VolumePendingError` naming the missing object, as the kubelet's FailedMount.
     """
@@ -509,7 +509,7 @@ class SandboxKubelet:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def result(self, namespace: str, name: str) -> BuildResult | None:
-        """The finished build of a pod, if this kubelet ran it to the end."""
+        """The outcome of a pod's build once it ended (killed builds included)."""
         with self._lock:
             for pod in self._pods.values():
                 if (pod.namespace, pod.name) == (namespace, name) and pod.result is not None:
@@ -613,9 +613,11 @@ class SandboxKubelet:
 
     def _serve(self, pod: JSON, entry: _Pod) -> None:
         """Admit the pod, mount its volumes, run its build, write each status a kubelet would."""
-        start_time = _now()
+        # A pod admitted by a previous kubelet keeps its startTime, hence its deadline.
+        start_time = _parse_time((pod.get("status") or {}).get("startTime")) or _now()
         seconds = pod.get("spec", {}).get("activeDeadlineSeconds")
-        deadline = time.monotonic() + seconds if seconds else None
+        elapsed = (_now() - start_time).total_seconds()
+        deadline = time.monotonic() + seconds - elapsed if seconds else None
         pod_dir = self._work_dir / "pods" / pod["metadata"]["uid"]
         try:
             mounts = self._mount(pod, pod_dir / "volumes", entry, start_time, deadline)
@@ -635,8 +637,15 @@ class SandboxKubelet:
             ))
             logger.info("Finished build of pod %s/%s: exit code %d in %.1f s", entry.namespace,
                         entry.name, result.exit_code, result.duration_seconds)
-        except Exception:
+        except Exception as error:
+            # Never leave a pod hanging on our own bug: fail it visibly, as a crashed runtime.
             logger.exception("Sandbox kubelet failed on pod %s/%s", entry.namespace, entry.name)
+            crashed = BuildResult(exit_code=1, digest=None, log=f"{SANDBOX} error: {error!r}\n")
+            with contextlib.suppress(Exception):
+                self._patch(pod, finished_status_patch(
+                    pod, crashed, digest_file=None, start_time=start_time, started_at=start_time,
+                    finished_at=_now(),
+                ))
         finally:
             shutil.rmtree(pod_dir, ignore_errors=True)
 
@@ -733,10 +742,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--label-selector", default=LABEL_SELECTOR)
     options = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    # The kubernetes client's config loaders carry no annotations.
-    api_client = config.new_client_from_config(  # type: ignore[no-untyped-call]
-        config_file=str(options.kubeconfig)
-    )
+    api_client = config.new_client_from_config(config_file=str(options.kubeconfig))
     done = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: done.set())
