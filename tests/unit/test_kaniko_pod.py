@@ -148,3 +148,17 @@ def test_names_are_deterministic_and_bounded() -> None:
     long_name = pod_name("a" * 80, build_key(12, "token"), 2)
     assert len(long_name) <= 63
     assert long_name.endswith(f"-{build_key(12, 'token')}-2")
+    # Two long names with a common prefix still get different pods.
+    assert pod_name("a" * 80 + "x", "1", 1) != pod_name("a" * 80 + "y", "1", 1)
+
+
+def test_long_names_give_valid_labels() -> None:
+    build = ImageBuild.model_validate({
+        "metadata": {"name": "b" * 61 + "-.c" + "d" * 100},
+        "spec": {"source": {"configMap": {"name": "c"}}, "output": {"image": "r.example.com/x"}},
+    })
+    pod = pod_for(build)
+    kubernetes_validate.validate(pod, "1.33.0", strict=True)
+    label = pod["metadata"]["labels"]["stagewright.dev/imagebuild"]
+    assert len(label) <= 63
+    assert label[-1].isalnum()

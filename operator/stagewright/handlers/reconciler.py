@@ -122,7 +122,7 @@ class Reconciler:
 
     async def _follow(self, build: ImageBuild, log: Logger, key: str) -> None:
         status = build.status
-        pod = await self.api.get_pod(build.namespace, status.pod_name or "")
+        pod = await self.api.get_pod(build.namespace, status.pod_name) if status.pod_name else None
         if pod is None:
             outcome = PodOutcome(finished=True, reason=Reason.POD_LOST,
                                  message=f"Build pod {status.pod_name} disappeared.")

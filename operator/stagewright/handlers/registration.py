@@ -14,11 +14,11 @@ from typing import Any
 
 import kopf
 
-from stagewright.api.v1alpha1 import GROUP, PLURAL, VERSION, Phase
+from stagewright.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, VERSION, Phase
 from stagewright.handlers.kube_api import ApiError, KubeApi, load_configuration
 from stagewright.handlers.reconciler import Logger, Reconciler
 from stagewright.registry import RegistryClient, RegistryError
-from stagewright.resources.kaniko_pod import LABEL_IMAGEBUILD, LABEL_MANAGED_BY, MANAGED_BY
+from stagewright.resources.kaniko_pod import LABEL_MANAGED_BY, MANAGED_BY
 from stagewright.settings import Settings
 
 _SETTLED = (Phase.SUCCEEDED.value, Phase.FAILED.value)
@@ -90,10 +90,11 @@ async def on_imagebuild(event: kopf.RawEvent, namespace: str | None, name: str, 
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGED_BY}, id="build-pod")
-async def on_build_pod(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo,
+async def on_build_pod(namespace: str | None, meta: kopf.Meta, memo: kopf.Memo,
                        **_: Any) -> None:
-    """A build pod changed: re-check the ImageBuild it belongs to."""
-    owner = labels.get(LABEL_IMAGEBUILD)
+    """A build pod changed: re-check the ImageBuild that owns it."""
+    owner = next((ref.get("name") for ref in meta.get("ownerReferences") or []
+                  if ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION), None)
     if owner and namespace:
         # Pod events log through the module logger: Events belong on the ImageBuild.
         await _reconcile(memo.reconciler, namespace, owner, _log)

@@ -50,8 +50,15 @@ def build_key(generation: int, rebuild: str | None) -> str:
 
 def pod_name(build_name: str, key: str, attempt: int) -> str:
     """Deterministic per build and attempt, so a retried create finds its own pod (409)."""
-    suffix = f"-{key}-{attempt}"
-    return build_name[: _MAX_NAME - len(suffix)].rstrip("-.") + suffix
+    return f"{_bounded(build_name, _MAX_NAME - len(key) - len(str(attempt)) - 2)}-{key}-{attempt}"
+
+
+def _bounded(name: str, limit: int) -> str:
+    """``name`` if it fits, else a prefix plus a hash of the whole, so long names stay unique."""
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:6]
+    return f"{name[: limit - 7].rstrip('-.')}-{digest}"
 
 
 def kaniko_context(spec: ImageBuildSpec) -> str:
@@ -161,7 +168,7 @@ def build_pod(build: ImageBuild, settings: Settings, *, key: str, attempt: int) 
     labels = {
         "app.kubernetes.io/name": "stagewright-build",
         LABEL_MANAGED_BY: MANAGED_BY,
-        LABEL_IMAGEBUILD: build.name[:_MAX_NAME],
+        LABEL_IMAGEBUILD: _bounded(build.name, _MAX_NAME),
         LABEL_GENERATION: str(build.generation),
         LABEL_ATTEMPT: str(attempt),
     }
