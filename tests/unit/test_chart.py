@@ -1,0 +1,255 @@
+"""The Helm chart lints, renders valid objects, matches the plain manifests, rejects bad values.
+
+Runs helm offline (``helm lint``, ``helm template``) with the pinned helm from
+hack/install-tools.sh; every rendered object passes the official Kubernetes schemas.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from tests.tooling import (
+    CHART,
+    CRD_SOURCE,
+    MANIFESTS,
+    Obj,
+    by_kind,
+    helm_template,
+    kustomize,
+    load_documents,
+    normalized_rules,
+    one,
+    run,
+    tool,
+    validate,
+)
+
+from stagewright.settings import Settings
+
+NAMESPACED = "watchNamespaces={team-a,team-b}"
+
+
+@pytest.fixture(scope="module")
+def default() -> list[Obj]:
+    return helm_template()
+
+
+@pytest.fixture(scope="module")
+def namespaced() -> list[Obj]:
+    return helm_template(NAMESPACED)
+
+
+@pytest.fixture(scope="module")
+def manifests() -> list[Obj]:
+    return kustomize(MANIFESTS)
+
+
+def _container(objs: list[Obj]) -> Obj:
+    container: Obj = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def _env(objs: list[Obj]) -> dict[str, str]:
+    return {item["name"]: item["value"] for item in _container(objs)["env"]}
+
+
+@pytest.mark.parametrize("values", [[], [NAMESPACED], ["crds.enabled=false"]])
+def test_helm_lint(values: list[str]) -> None:
+    argv: list[Any] = [tool("helm"), "lint", "--strict", CHART]
+    for value in values:
+        argv += ["--set", value]
+    run(argv)
+
+
+@pytest.mark.parametrize("mode", ["default", "namespaced"])
+def test_every_rendered_object_passes_the_official_schemas(
+    mode: str, request: pytest.FixtureRequest,
+) -> None:
+    objs: list[Obj] = request.getfixturevalue(mode)
+    assert objs
+    errors = []
+    for obj in objs:
+        try:
+            validate(obj)
+        except kubernetes_validate.ValidationError as exc:
+            errors.append(f"{obj['kind']}/{obj['metadata']['name']}: {exc.message}")
+    assert not errors, "\n".join(errors)
+
+
+def test_default_renders_a_cluster_wide_install(default: list[Obj]) -> None:
+    assert sorted(obj["kind"] for obj in default) == sorted([
+        "ServiceAccount", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding",
+        "Deployment",
+    ])
+    assert one(default, "ClusterRole")["metadata"]["name"] == "stagewright-operator"
+    assert "STAGEWRIGHT_NAMESPACES" not in _env(default)
+
+
+# RBAC
+
+
+def test_cluster_wide_rbac_equals_the_plain_manifests(
+    default: list[Obj], manifests: list[Obj],
+) -> None:
+    chart_role = one(default, "ClusterRole")
+    plain_role = one(manifests, "ClusterRole")
+    # Same rules, in the same order and layout, not only the same grants.
+    assert chart_role["rules"] == plain_role["rules"]
+    assert chart_role["metadata"]["name"] == plain_role["metadata"]["name"]
+    chart_binding = one(default, "ClusterRoleBinding")
+    plain_binding = one(manifests, "ClusterRoleBinding")
+    assert chart_binding["roleRef"] == plain_binding["roleRef"]
+    assert chart_binding["subjects"] == plain_binding["subjects"]
+
+
+def test_namespaced_mode_grants_the_same_rules_only_where_watched(
+    namespaced: list[Obj], default: list[Obj],
+) -> None:
+    roles = by_kind(namespaced, "Role")
+    bindings = by_kind(namespaced, "RoleBinding")
+    assert sorted(role["metadata"]["namespace"] for role in roles) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    operator_sa = one(namespaced, "ServiceAccount")["metadata"]
+    for binding in bindings:
+        assert binding["roleRef"]["kind"] == "Role"
+        assert binding["subjects"] == [{
+            "kind": "ServiceAccount", "name": operator_sa["name"],
+            "namespace": operator_sa["namespace"],
+        }]
+    cluster_rules = normalized_rules(one(namespaced, "ClusterRole")["rules"])
+    assert cluster_rules == {
+        ("apiextensions.k8s.io", "customresourcedefinitions", verb) for verb in ("list", "watch")
+    }
+    for role in roles:
+        assert normalized_rules(role["rules"]) | cluster_rules == normalized_rules(
+            one(default, "ClusterRole")["rules"],
+        )
+    assert _env(namespaced)["STAGEWRIGHT_NAMESPACES"] == "team-a,team-b"
+
+
+def test_rules_have_no_wildcards(default: list[Obj], namespaced: list[Obj]) -> None:
+    for role in by_kind(default + namespaced, "ClusterRole") + by_kind(namespaced, "Role"):
+        for grant in normalized_rules(role["rules"]):
+            assert "*" not in grant, (role["metadata"]["name"], grant)
+
+
+# CRD
+
+
+def test_crd_is_the_generated_one_and_kept_by_default(default: list[Obj]) -> None:
+    crd = one(default, "CustomResourceDefinition")
+    source = yaml.safe_load(CRD_SOURCE.read_text())
+    assert crd["spec"] == source["spec"]
+    assert crd["metadata"]["name"] == source["metadata"]["name"]
+    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+
+
+def test_crd_keep_false_lets_helm_delete_it() -> None:
+    crd = one(helm_template("crds.keep=false"), "CustomResourceDefinition")
+    assert "helm.sh/resource-policy" not in crd["metadata"].get("annotations", {})
+
+
+def test_crds_disabled_renders_no_crd() -> None:
+    assert not by_kind(helm_template("crds.enabled=false"), "CustomResourceDefinition")
+
+
+# Deployment
+
+
+def test_deployment_matches_the_plain_manifests_security(
+    default: list[Obj], manifests: list[Obj],
+) -> None:
+    chart_pod = one(default, "Deployment")["spec"]["template"]["spec"]
+    plain_pod = one(manifests, "Deployment")["spec"]["template"]["spec"]
+    assert chart_pod["securityContext"] == plain_pod["securityContext"]
+    for key in ("securityContext", "volumeMounts", "startupProbe", "livenessProbe",
+                "readinessProbe", "ports", "resources"):
+        assert _container(default)[key] == _container(manifests)[key], key
+    assert chart_pod["volumes"] == plain_pod["volumes"]
+    deployment = one(default, "Deployment")["spec"]
+    assert deployment["replicas"] == 1
+    assert deployment["strategy"] == {"type": "Recreate"}
+
+
+def test_default_env_gives_the_operator_its_own_defaults(
+    default: list[Obj], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The chart's defaults are the operator's: the rendered env parses to Settings()."""
+    env = _env(default)
+    field_envs = {f"STAGEWRIGHT_{name.upper()}" for name in Settings.model_fields}
+    assert set(env) == field_envs - {"STAGEWRIGHT_NAMESPACES"}
+    baseline = Settings()
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    rendered = Settings()
+    assert rendered.liveness_endpoint == "http://0.0.0.0:8080/healthz"
+    assert rendered.model_copy(update={"liveness_endpoint": None}) == baseline.model_copy(
+        update={"liveness_endpoint": None},
+    )
+
+
+def test_values_reach_the_deployment() -> None:
+    objs = helm_template(
+        "image.digest=sha256:" + "a" * 64,
+        "kaniko.image=registry.example.com/kaniko:v9",
+        "build.defaultTimeout=45m",
+        "build.defaultResources.limits.memory=8Gi",
+        "nodeSelector.pool=ops",
+        "tolerations[0].key=dedicated",
+        "tolerations[0].operator=Exists",
+        "operator.healthPort=9090",
+    )
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    container = _container(objs)
+    env = _env(objs)
+    assert container["image"] == "ghcr.io/stagewright/stagewright@sha256:" + "a" * 64
+    assert env["STAGEWRIGHT_KANIKO_IMAGE"] == "registry.example.com/kaniko:v9"
+    assert env["STAGEWRIGHT_DEFAULT_TIMEOUT"] == "45m"
+    assert json.loads(env["STAGEWRIGHT_DEFAULT_RESOURCES"])["limits"]["memory"] == "8Gi"
+    assert env["STAGEWRIGHT_LIVENESS_ENDPOINT"] == "http://0.0.0.0:9090/healthz"
+    assert container["ports"][0]["containerPort"] == 9090
+    assert pod["nodeSelector"] == {"pool": "ops"}
+    assert pod["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
+    for obj in objs:
+        validate(obj)
+
+
+def test_image_tag_defaults_to_the_app_version(default: list[Obj]) -> None:
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    assert _container(default)["image"] == f"ghcr.io/stagewright/stagewright:{app_version}"
+
+
+# values.schema.json
+
+
+@pytest.mark.parametrize(("value", "error"), [
+    ("replicas=2", "additional properties 'replicas' not allowed"),
+    ("build.defaultTimeout=thirty", "/build/defaultTimeout"),
+    ("crds.keep=maybe", "/crds/keep"),
+    ("operator.messageLimit=oops", "/operator/messageLimit"),
+    ("watchNamespaces={Team_A}", "/watchNamespaces/0"),
+    ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
+    ("image.digest=latest", "/image/digest"),
+    ("operator.extraEnv[0].name=STAGEWRIGHT_NAMESPACES", "/operator/extraEnv/0"),
+])
+def test_schema_rejects_bad_values(value: str, error: str) -> None:
+    result = run([tool("helm"), "template", "x", CHART, "--set", value], check=False)
+    assert result.returncode != 0, f"--set {value} rendered"
+    assert error in result.stderr, result.stderr
+
+
+def test_notes_tell_how_to_follow_a_build() -> None:
+    result = run([
+        tool("helm"), "install", "stagewright", CHART, "--dry-run=client",
+        "--namespace", "stagewright-system",
+    ])
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert "kubectl get ib" in notes
+    assert "kubectl wait" in notes
+    assert "--for=condition=Ready ib/" in notes
+    # The rendered manifests printed by a dry run are the same objects helm template gives.
+    assert load_documents(result.stdout.split("NOTES:", 1)[0].split("MANIFEST:", 1)[1])
