@@ -19,7 +19,7 @@ demo: deps ## Build a multi-stage sample at two targets on the local sandbox, pr
 	$(PY) -m sandbox.demo
 
 test: deps lint ## Lint, then run the unit and cluster test tiers (what CI runs)
-	$(PY) -m pytest tests/unit tests/cluster
+	$(PY) -m pytest tests/unit tests/cluster tests/e2e
 
 test-unit: ## Run the unit tier only (no servers)
 	$(PY) -m pytest tests/unit
