@@ -67,8 +67,10 @@ if [[ ! -f "$BASE_TARBALL" ]]; then
   printf 'deb http://deb.debian.org/debian %s main\n' "$SUITE" > "$WORK/rootfs/etc/apt/sources.list"
   rm -rf "$WORK"/rootfs/var/lib/apt/lists/* "$WORK"/rootfs/var/cache/apt/* \
     "$WORK"/rootfs/var/log/* "$WORK"/rootfs/debootstrap
+  # deb.debian.org is Debian's public default and named by stock files (apt's examples);
+  # any other mirror host (a local proxy, a company mirror) must not ship in the image.
   host=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.urlsplit(sys.argv[1]).hostname or "")' "$MIRROR")
-  if [[ -n "$host" ]] && grep -rlsF --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev "$host" "$WORK/rootfs" >&2; then
+  if [[ -n "$host" && "$host" != "deb.debian.org" ]] && grep -rlsF --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev "$host" "$WORK/rootfs" >&2; then
     die "the rootfs still names the build machine's mirror (files above)"
   fi
   mkdir -p "$(dirname "$BASE_TARBALL")"
@@ -115,8 +117,15 @@ buildah "${STORE[@]}" rmi localhost/stagewright-base >/dev/null
 
 # 3. The real Dockerfile, its base pulled from the registry. chroot isolation: the default
 # OCI runtime cannot run RUN steps on cgroup-v1 hybrid hosts.
+# RUN steps trust the CAs this machine trusts (networks that inspect TLS to PyPI): a mount
+# for the build only, never part of a layer.
+TRUST=()
+if [[ -f /etc/ssl/certs/ca-certificates.crt ]]; then
+  TRUST=(--volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
+fi
 log "buildah bud -f operator/Dockerfile --build-arg BASE_IMAGE=$BASE_IMAGE"
-buildah "${STORE[@]}" bud --isolation chroot --format docker --layers \
+# No --layers: the store is thrown away, and vfs copies every intermediate layer in full.
+buildah "${STORE[@]}" bud --isolation chroot --format docker "${TRUST[@]}" \
   --build-arg "BASE_IMAGE=$BASE_IMAGE" -f "$ROOT/operator/Dockerfile" -t "$TAG" "$ROOT" >&2
 
 # 4. Run it as the Deployment will: uid 65532, entrypoint `stagewright`.
@@ -124,28 +133,32 @@ log "running stagewright --help in the image"
 ctr=$(buildah "${STORE[@]}" from --name check "$TAG")
 in_image() { buildah "${STORE[@]}" run --isolation chroot --user 65532:65532 "$ctr" -- "$@"; }
 in_image stagewright --help >&2
+# shellcheck disable=SC2016  # $HOME must expand inside the image, not here.
 [[ $(in_image sh -c 'id -u; id -un; echo "$HOME"') == $'65532\nstagewright\n/tmp' ]] \
   || die "the image does not run as uid 65532 (stagewright, HOME=/tmp)"
 # kopf names itself with getpass.getuser(): it must resolve without USER/LOGNAME set.
 in_image env -u USER -u LOGNAME python3 -c 'import getpass; assert getpass.getuser() == "stagewright"'
-# Nothing outside /tmp is writable by the operator's user.
-writable=$(in_image sh -c 'find / -xdev -writable ! -path "/tmp*" ! -path "/proc*" ! -path "/dev*" ! -path "/sys*" ! -path "/run*" ! -type l 2>/dev/null | head -5')
+# Nothing outside /tmp is writable by the operator's user (/var/tmp is Debian's sticky
+# world-writable dir; readOnlyRootFilesystem closes it, and TMPDIR-less Python uses /tmp).
+writable=$(in_image sh -c 'find / -xdev -writable ! -path "/tmp*" ! -path "/var/tmp" ! -path "/proc*" ! -path "/dev*" ! -path "/sys*" ! -path "/run*" ! -type l 2>/dev/null | head -5')
 [[ -z "$writable" ]] || die "writable by uid 65532 outside /tmp: $writable"
 in_image stagewright crd | grep -q '^kind: CustomResourceDefinition$' || die "stagewright crd failed"
-entrypoint=$(buildah "${STORE[@]}" inspect --type image --format '{{json .Docker.Config.Entrypoint}} {{json .Docker.Config.Cmd}} {{.Docker.Config.User}}' "$TAG")
-[[ "$entrypoint" == '["stagewright"] ["run"] 65532:65532' ]] || die "unexpected entrypoint/user: $entrypoint"
-buildah "${STORE[@]}" rm "$ctr" >/dev/null
+config=$(buildah "${STORE[@]}" inspect --type image "$TAG" \
+  | python3 -c 'import json, sys; c = json.load(sys.stdin)["OCIv1"]["config"]; print(json.dumps([c.get("Entrypoint"), c.get("Cmd"), c.get("User")]))')
+[[ "$config" == '[["stagewright"], ["run"], "65532:65532"]' ]] || die "unexpected entrypoint/cmd/user: $config"
 
-# Sizes: uncompressed in local storage, and compressed as a registry serves it (what an
+# Sizes: the unpacked root filesystem, and compressed as a registry serves it (what an
 # ImageBuild's status.size would report for it: config + layers).
-uncompressed=$(buildah "${STORE[@]}" inspect --type image --format '{{.Image.Size}}' "$TAG" 2>/dev/null || echo "")
+mnt=$(buildah "${STORE[@]}" mount "$ctr")
+uncompressed=$(du -sb "$mnt" | cut -f1)
+buildah "${STORE[@]}" umount "$ctr" >/dev/null
+buildah "${STORE[@]}" rm "$ctr" >/dev/null
 buildah "${STORE[@]}" push --quiet --tls-verify=false "$TAG" "docker://$REGISTRY/stagewright:dev"
 compressed=$(curl -fsS -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
   "http://$REGISTRY/v2/stagewright/manifests/dev" \
-  | python3 -c 'import json, sys; m = json.load(sys.stdin); print(m["config"]["size"] + sum(l["size"] for l in m["layers"]))')
-if [[ -z "$uncompressed" || "$uncompressed" == "<no value>" ]]; then
-  uncompressed=$(buildah "${STORE[@]}" images --noheading --format '{{.Size}}' "$TAG")
-fi
+  | python3 -c 'import json, sys; m = json.load(sys.stdin); print(m["config"]["size"] + sum(l["size"] for l in m["layers"]), *(l["size"] for l in m["layers"]))')
+log "compressed layer sizes (base first): ${compressed#* }"
+compressed=${compressed%% *}
 log "built $TAG"
 echo "image-size-uncompressed=$uncompressed"
 echo "image-size-compressed=$compressed"

@@ -14,6 +14,7 @@ class Reason(StrEnum):
     RETRYING = "Retrying"
     SUCCEEDED = "Succeeded"
     INVALID_SPEC = "InvalidSpec"
+    POD_CONFLICT = "PodConflict"
     BUILD_FAILED = "BuildFailed"
     PUSH_FAILED = "PushFailed"
     OUT_OF_MEMORY = "OutOfMemory"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import json
 import logging
 from collections import defaultdict
@@ -83,12 +84,16 @@ class Reconciler:
         await self._follow(build, log, key)
 
     async def _start_new_build(self, build: ImageBuild, log: Logger, key: str) -> None:
-        status = build.status
-        running = status.pod_name and status.phase in (Phase.PENDING, Phase.BUILDING)
-        if running and await self.api.delete_pod(build.namespace, status.pod_name or ""):
-            log.info(f"Cancelled pod {status.pod_name}: the spec or the rebuild "
-                                 f"request changed while it was building.")
+        await self._cancel_running(build.namespace, build.status, log)
         await self._launch(build, log, key, attempt=1, note="")
+
+    async def _cancel_running(self, namespace: str, status: ImageBuildStatus,
+                              log: Logger) -> None:
+        """Delete the pod of a superseded build: one build per generation, never two."""
+        running = status.phase in (Phase.PENDING, Phase.BUILDING)
+        if running and status.pod_name and await self.api.delete_pod(namespace, status.pod_name):
+            log.info(f"Cancelled pod {status.pod_name}: the spec or the rebuild request "
+                     "changed while it was building.")
 
     async def _launch(self, build: ImageBuild, log: Logger, key: str, *, attempt: int,
                       note: str) -> None:
@@ -106,9 +111,11 @@ class Reconciler:
             return
         owners = created["metadata"].get("ownerReferences") or []
         if build.uid and not any(o.get("uid") == build.uid for o in owners):
-            await self._write(build, phase=Phase.FAILED, reason=Reason.BUILD_FAILED,
-                              message=f"Pod {name} already exists and belongs to something "
-                              "else; delete it or rename the ImageBuild.", completion=True)
+            await self._write(build, phase=Phase.FAILED, reason=Reason.POD_CONFLICT,
+                              message=f"Pod {name} already exists and is not owned by this "
+                              "ImageBuild. Delete or rename that pod, then set the "
+                              "stagewright.dev/rebuild annotation to build again.",
+                              completion=True)
             return
         log.info(f"{'Created' if new else 'Adopted'} pod {name} for target "
                          f"{build.spec.target or '(last stage)'}.")
@@ -211,7 +218,13 @@ class Reconciler:
         if not encoded:
             raise RegistryError(f"Secret {ref.name} has no .dockerconfigjson key; the "
                                 "operator cannot check the pushed image")
-        config: dict[str, Any] = json.loads(base64.b64decode(encoded))
+        try:
+            config = json.loads(base64.b64decode(encoded, validate=True))
+        except (binascii.Error, ValueError) as exc:
+            raise RegistryError(f"Secret {ref.name} holds no valid .dockerconfigjson "
+                                f"({exc})") from exc
+        if not isinstance(config, dict):
+            raise RegistryError(f"Secret {ref.name}: .dockerconfigjson is not a JSON object")
         return config
 
     async def _reject(self, body: dict[str, Any], error: ValidationError, log: Logger) -> None:
@@ -224,10 +237,12 @@ class Reconciler:
         previous = ImageBuildStatus.model_validate(body.get("status") or {})
         if previous.observed_generation == generation and previous.reason == Reason.INVALID_SPEC:
             return  # already said; never a retry loop on bad input
+        meta = body["metadata"]
+        await self._cancel_running(meta["namespace"], previous, log)
         log.error(message)
         patch = status_patch(previous, phase=Phase.FAILED, reason=Reason.INVALID_SPEC,
-                             message=message, generation=generation, pod_name=None)
-        meta = body["metadata"]
+                             message=message, generation=generation, pod_name=None,
+                             completion_time=now_iso())
         await self.api.patch_imagebuild_status(meta["namespace"], meta["name"], patch)
 
     async def _write(self, build: ImageBuild, *, phase: Phase, reason: Reason, message: str,

@@ -116,4 +116,7 @@ async def _resync(reconciler: Reconciler, unsettled: kopf.Index[tuple[str, str],
     while True:
         await asyncio.sleep(settings.resync_seconds)
         for namespace, name in list(unsettled):
-            await _reconcile(reconciler, namespace, name, _log)
+            try:
+                await _reconcile(reconciler, namespace, name, _log)
+            except Exception:  # one broken object must not end the resync of all others
+                _log.exception(f"Resync of {namespace}/{name} failed")
