@@ -47,9 +47,9 @@ apt-get "${APT_OPTS[@]}" update -qq >&2
 (cd "$WORK" && apt-get "${APT_OPTS[@]}" source --download-only kubernetes >&2)
 
 log "unpacking"
-ORIG=$(ls "$WORK"/kubernetes_*.orig.tar.* | head -n 1)
+origs=("$WORK"/kubernetes_*.orig.tar.*)
 mkdir -p "$WORK/src"
-tar -xf "$ORIG" -C "$WORK/src" --strip-components=1
+tar -xf "${origs[0]}" -C "$WORK/src" --strip-components=1
 
 # The vendored reflect2 1.0.1 segfaults under Go >= 1.18 on the first custom-resource write.
 log "replacing vendored modern-go/reflect2 with Debian's 1.0.2"

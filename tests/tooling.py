@@ -25,10 +25,7 @@ SAMPLES = MANIFESTS / "samples"
 CRD_NAME = "imagebuilds.stagewright.dev.yaml"
 #: The generated CRD (the lead's generator writes it) and the copies that must equal it.
 CRD_SOURCE = ROOT / "crds" / CRD_NAME
-CRD_COPIES = (
-    CHART / "files" / "crds" / CRD_NAME,
-    MANIFESTS / "base" / "crd" / CRD_NAME,
-)
+CRD_COPIES = (CHART / "files" / "crds" / CRD_NAME,)
 #: The Kubernetes version whose official schemas every rendered object must pass.
 KUBERNETES_VERSION = "1.33.0"
 
