@@ -30,10 +30,11 @@ test-cluster: deps ## Run the cluster tier (real apiserver, registry, buildah)
 test-e2e: ## Run the kind e2e tier (needs a kind cluster: make kind-up)
 	$(PY) -m pytest tests/e2e --e2e
 
-lint: ## ruff, mypy --strict, import layering, CRD drift
+lint: ## ruff, mypy --strict, import layering, shellcheck
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	shellcheck hack/*.sh .ci/run
 
 crds: ## Regenerate crds/ and the chart's copy from the API models
 	$(PY) -m stagewright.cli crd > crds/imagebuilds.stagewright.dev.yaml

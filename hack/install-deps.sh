@@ -16,7 +16,7 @@ APT_PACKAGES=(
   etcd-server            # kube-apiserver's storage
   apache2-utils openssl  # htpasswd and certificates for registry/apiserver TLS
   golang-go rsync golang-github-modern-go-reflect2-dev  # building kube-apiserver
-  git ca-certificates
+  git ca-certificates shellcheck
 )
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
