@@ -86,13 +86,19 @@ class Cluster:
                            + yaml.safe_dump(last))
 
 
-def install_stagewright(cluster: Cluster) -> None:
-    """Apply the CRD and the operator's namespace and RBAC, then wait for the CRD."""
-    cluster.apply([yaml.safe_load(CRD_FILE.read_text())])
+def install_stagewright(cluster: Cluster, *, crd: bool = True) -> None:
+    """Apply the operator's namespace and RBAC, and the CRD unless told not to."""
     cluster.apply([{"apiVersion": "v1", "kind": "Namespace",
                     "metadata": {"name": OPERATOR_NAMESPACE}}])
     rbac = [doc for doc in yaml.safe_load_all(RBAC_FILE.read_text()) if doc]
     cluster.apply(rbac)
+    if crd:
+        install_crd(cluster)
+
+
+def install_crd(cluster: Cluster) -> None:
+    """Apply the generated CRD and wait until the API server serves ImageBuilds."""
+    cluster.apply([yaml.safe_load(CRD_FILE.read_text())])
     cluster.wait_for(
         "apiextensions.k8s.io/v1", "CustomResourceDefinition", "imagebuilds.stagewright.dev",
         None, lambda crd: any(c["type"] == "Established" and c["status"] == "True"

@@ -33,7 +33,9 @@ def configure(settings: kopf.OperatorSettings) -> None:
         prefix=GROUP, key="last-handled-configuration",
     )
     settings.peering.standalone = True
-    settings.scanning.disabled = True
+    # kopf watches CRDs (RBAC: list, watch), so ImageBuilds are served even when their CRD
+    # is established after the operator starts, as with `kubectl apply -k manifests/`.
+    settings.scanning.disabled = False
     # Only warnings and errors become Kubernetes Events: a happy build then costs three
     # writes (pod, status Building, status Succeeded) instead of one more per log line.
     settings.posting.level = logging.WARNING
