@@ -16,6 +16,7 @@ APT_PACKAGES=(
   etcd-server            # kube-apiserver's storage
   apache2-utils openssl  # htpasswd and certificates for registry/apiserver TLS
   golang-go rsync golang-github-modern-go-reflect2-dev  # building kube-apiserver
+  debootstrap curl       # the operator image test's Debian base (hack/build-operator-image.sh)
   git ca-certificates shellcheck
 )
 missing=()
