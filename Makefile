@@ -34,7 +34,7 @@ lint: ## ruff, mypy --strict, import layering, shellcheck
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
-	shellcheck hack/*.sh .ci/run
+	shellcheck -x hack/*.sh hack/lib/*.sh .ci/run
 
 crds: ## Regenerate crds/ and the chart's copy from the API models
 	$(PY) -m stagewright.cli crd > crds/imagebuilds.stagewright.dev.yaml

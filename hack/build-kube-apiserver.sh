@@ -19,18 +19,8 @@ fi
 
 log() { echo "build-kube-apiserver: $*" >&2; }
 
-# The Debian mirror this machine already uses, read at run time (never hard-coded).
-mirror_uri() {
-  local uri=""
-  if [[ -f /etc/apt/sources.list.d/debian.sources ]]; then
-    uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources)
-  fi
-  if [[ -z "$uri" && -f /etc/apt/sources.list ]]; then
-    uri=$(awk '$1 == "deb" && $0 !~ /security/ {for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' /etc/apt/sources.list)
-  fi
-  [[ -n "$uri" ]] || { log "no Debian mirror found in /etc/apt"; exit 1; }
-  echo "$uri"
-}
+# shellcheck source=hack/lib/debian-mirror.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/debian-mirror.sh"
 
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
@@ -40,7 +30,7 @@ DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go rsync golang-git
 
 log "downloading Debian's kubernetes source package"
 mkdir -p "$WORK/lists/partial"
-echo "deb-src $(mirror_uri) bookworm main" > "$WORK/sources.list"
+echo "deb-src $(debian_mirror) bookworm main" > "$WORK/sources.list"
 APT_OPTS=(-o "Dir::Etc::SourceList=$WORK/sources.list" -o Dir::Etc::SourceParts=/dev/null
           -o "Dir::State::Lists=$WORK/lists")
 apt-get "${APT_OPTS[@]}" update -qq >&2

@@ -33,19 +33,8 @@ for tool in buildah debootstrap docker-registry curl python3; do
 done
 [[ $(id -u) == 0 ]] || die "needs root (debootstrap and buildah's storage)"
 
-# The Debian mirror this machine already uses, read at run time and never written anywhere
-# (the same lookup as hack/build-kube-apiserver.sh).
-mirror_uri() {
-  local uri=""
-  if [[ -f /etc/apt/sources.list.d/debian.sources ]]; then
-    uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources)
-  fi
-  if [[ -z "$uri" && -f /etc/apt/sources.list ]]; then
-    uri=$(awk '$1 == "deb" && $0 !~ /security/ {for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' /etc/apt/sources.list)
-  fi
-  [[ -n "$uri" ]] || die "no Debian mirror found in /etc/apt"
-  echo "$uri"
-}
+# shellcheck source=hack/lib/debian-mirror.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/debian-mirror.sh"
 
 WORK=$(mktemp -d)
 REGISTRY_PID=""
@@ -60,7 +49,7 @@ trap cleanup EXIT
 
 # 1. The base rootfs, cached as a tarball (debootstrap is the slow part: about a minute).
 if [[ ! -f "$BASE_TARBALL" ]]; then
-  MIRROR=$(mirror_uri)
+  MIRROR=$(debian_mirror)
   log "debootstrap --variant=minbase $SUITE (+$BASE_PACKAGES)"
   debootstrap --variant=minbase --include="$BASE_PACKAGES" "$SUITE" "$WORK/rootfs" "$MIRROR" >&2
   # Leave no trace of this machine's mirror in the image: apt lists and logs name it.

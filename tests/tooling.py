@@ -90,6 +90,17 @@ def validate(obj: Mapping[str, Any]) -> None:
     kubernetes_validate.validate(dict(obj), KUBERNETES_VERSION, strict=True)
 
 
+def schema_errors(objs: Iterable[Obj]) -> list[str]:
+    """One line per object that fails the official schemas, so a test reports all at once."""
+    errors = []
+    for obj in objs:
+        try:
+            validate(obj)
+        except kubernetes_validate.ValidationError as exc:
+            errors.append(f"{obj['kind']}/{obj['metadata']['name']}: {exc.message}")
+    return errors
+
+
 def by_kind(objs: Iterable[Obj], kind: str) -> list[Obj]:
     """The objects of one kind."""
     return [obj for obj in objs if obj.get("kind") == kind]

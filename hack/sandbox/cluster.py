@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from kubernetes import config, dynamic
 from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
 
 from sandbox.controlplane import OPERATOR_NAMESPACE, REPO_ROOT, ControlPlane
+from sandbox.processes import stop_group
 
 CRD_FILE = REPO_ROOT / "crds" / "imagebuilds.stagewright.dev.yaml"
 RBAC_FILE = REPO_ROOT / "manifests" / "base" / "rbac.yaml"
@@ -143,16 +143,8 @@ class OperatorProcess:
     def stop(self, kill: bool = False) -> None:
         """Stop by PID: SIGTERM (kopf shuts down cleanly), or SIGKILL to simulate a crash."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        if process is not None:
+            stop_group(process, kill=kill, timeout=15)
 
     @property
     def pid(self) -> int | None:

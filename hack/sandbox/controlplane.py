@@ -10,11 +10,8 @@ operator makes is checked against the RBAC we ship.
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -26,6 +23,8 @@ from typing import Self
 import httpx
 import yaml
 
+from sandbox.processes import free_port, stop_group
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "hack" / "build-kube-apiserver.sh"
 
@@ -34,14 +33,6 @@ OPERATOR_SERVICE_ACCOUNT = "stagewright-operator"
 #: The user name Kubernetes gives a ServiceAccount: RBAC matches it to ServiceAccount subjects.
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}"
 OPERATOR_GROUPS = ("system:serviceaccounts", f"system:serviceaccounts:{OPERATOR_NAMESPACE}")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def kube_apiserver_binary() -> Path:
@@ -189,14 +180,6 @@ class ControlPlane:
     def stop(self) -> None:
         """Stop the apiserver, then etcd (reverse order), by PID."""
         for process in reversed(self._processes):
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
+            stop_group(process)
         self._processes.clear()
         shutil.rmtree(self.work_dir / "etcd", ignore_errors=True)

@@ -8,7 +8,6 @@ certificate let tests exercise the same auth and TLS paths as a real private reg
 from __future__ import annotations
 
 import shutil
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -19,18 +18,12 @@ from types import TracebackType
 import httpx
 import yaml
 
+from sandbox.processes import free_port
+
 _BINARY = "docker-registry"
 _READY_TIMEOUT = 10.0
 _STOP_TIMEOUT = 5.0
 _START_ATTEMPTS = 3
-
-
-def _free_port() -> int:
-    """A port free on 127.0.0.1 right now (the registry binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _htpasswd_line(user: str, password: str) -> str:
@@ -123,7 +116,7 @@ class LocalRegistry:
         self._dir = Path(tempfile.mkdtemp(prefix="stagewright-registry-"))
         try:
             for attempt in range(_START_ATTEMPTS):
-                self.port = _free_port()
+                self.port = free_port()
                 config = self._write_config(self._dir)
                 if self._launch(config, last_attempt=attempt == _START_ATTEMPTS - 1):
                     return

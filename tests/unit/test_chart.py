@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import kubernetes_validate
 import pytest
 import yaml
 from tests.tooling import (
@@ -24,6 +23,7 @@ from tests.tooling import (
     normalized_rules,
     one,
     run,
+    schema_errors,
     tool,
     validate,
 )
@@ -71,12 +71,7 @@ def test_every_rendered_object_passes_the_official_schemas(
 ) -> None:
     objs: list[Obj] = request.getfixturevalue(mode)
     assert objs
-    errors = []
-    for obj in objs:
-        try:
-            validate(obj)
-        except kubernetes_validate.ValidationError as exc:
-            errors.append(f"{obj['kind']}/{obj['metadata']['name']}: {exc.message}")
+    errors = schema_errors(objs)
     assert not errors, "\n".join(errors)
 
 

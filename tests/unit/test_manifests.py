@@ -29,6 +29,7 @@ from tests.tooling import (
     load_documents,
     normalized_rules,
     one,
+    schema_errors,
     validate,
 )
 
@@ -76,12 +77,7 @@ def test_kustomize_renders_the_install(rendered: list[Obj]) -> None:
 
 
 def test_every_rendered_object_passes_the_official_schemas(rendered: list[Obj]) -> None:
-    errors = []
-    for obj in rendered:
-        try:
-            validate(obj)
-        except kubernetes_validate.ValidationError as exc:
-            errors.append(f"{obj['kind']}/{obj['metadata']['name']}: {exc.message}")
+    errors = schema_errors(rendered)
     assert not errors, "\n".join(errors)
 
 

@@ -1,0 +1,36 @@
+"""Ports and child processes of the sandbox: bind to 127.0.0.1, stop by PID."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (bound a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def stop_group(process: subprocess.Popen[bytes], *, kill: bool = False,
+               timeout: float = 10.0) -> None:
+    """Stop a child started with ``start_new_session=True`` and everything it spawned.
+
+    SIGTERM first (a clean shutdown), SIGKILL if it is still there after ``timeout``, or at
+    once when ``kill`` is set (to simulate a crash).
+    """
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
