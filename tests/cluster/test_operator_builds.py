@@ -318,3 +318,17 @@ def test_a_lost_pod_is_retried_only_within_retries(sandbox: Sandbox, namespace: 
     else:
         assert status["reason"] == "PodLost"
         assert first in status["message"]
+
+
+def test_a_missing_context_is_reported_and_the_build_starts_once_it_exists(
+        sandbox: Sandbox, namespace: str) -> None:
+    admin = sandbox.admin
+    admin.apply([imagebuild(sandbox, namespace, "early")])  # its ConfigMap comes later
+    pending = wait_phase(sandbox, namespace, "early", "Pending")["status"]
+    assert pending["reason"] == "ReferenceNotFound"
+    assert "ConfigMap ctx" in pending["message"]
+    assert pods(sandbox, namespace, "early") == []
+    admin.apply([context(namespace, "ARG BASE\nFROM ${BASE}\nRUN echo late > /late\n")])
+    status = sandbox.wait_settled("early", namespace)["status"]
+    assert status["phase"] == "Succeeded"
+    assert len(pods(sandbox, namespace, "early")) == 1

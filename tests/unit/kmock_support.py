@@ -24,6 +24,8 @@ from stagewright.handlers.kube_api import KubeApi
 
 IMAGEBUILDS = resource("stagewright.dev", "v1alpha1", "imagebuilds")
 PODS = resource("", "v1", "pods")
+CONFIGMAPS = resource("", "v1", "configmaps")
+SECRETS = resource("", "v1", "secrets")
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 

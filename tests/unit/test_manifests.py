@@ -53,6 +53,7 @@ EXPECTED_GRANTS = {
     ("", "pods", "list"),
     ("", "pods", "watch"),
     ("", "secrets", "get"),
+    ("", "configmaps", "get"),
     ("", "events", "create"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),

@@ -20,8 +20,10 @@ from typing import Any
 import pytest
 from kmock import KubernetesError, Server, subresource
 from tests.unit.kmock_support import (
+    CONFIGMAPS,
     IMAGEBUILDS,
     PODS,
+    SECRETS,
     FaultyEmulator,
     configuration_for,
     emulated_api,
@@ -36,6 +38,7 @@ from stagewright.settings import Settings
 NS, NAME, UID = "team-a", "web", "0b9e6c1e-uid-of-web"
 POD = pod_name(NAME, build_key(1, None), 1)
 LOG = logging.getLogger("test")
+CONTEXT = {"metadata": {"name": "ctx", "namespace": NS}, "data": {"Dockerfile": "FROM scratch"}}
 
 
 def imagebuild(**spec: Any) -> dict[str, Any]:
@@ -70,7 +73,10 @@ async def served() -> AsyncIterator[tuple[FaultyEmulator, Server, KubeApi]]:
 
 @pytest.fixture
 def emu(served: tuple[FaultyEmulator, Server, KubeApi]) -> FaultyEmulator:
-    return served[0]
+    """The emulator, holding the ConfigMap context every ImageBuild here refers to."""
+    emulator = served[0]
+    emulator.objects[CONFIGMAPS, NS, "ctx"] = CONTEXT
+    return emulator
 
 
 @pytest.fixture
@@ -234,3 +240,27 @@ async def test_spec_our_models_reject_fails_once_and_names_the_field(
     assert status_of(emu)["observedGeneration"] == 1
     assert pod_posts(emu) == 0
     assert len(emu.writes()) == 1
+
+
+async def test_missing_context_waits_in_pending_then_builds_when_it_appears(
+        emu: FaultyEmulator, reconciler: Reconciler) -> None:
+    """A pod would hang on a missing volume without a word: the status says what is missing."""
+    del emu.objects[CONFIGMAPS, NS, "ctx"]
+    emu.objects[IMAGEBUILDS, NS, NAME] = imagebuild(output={
+        "image": "registry.example.com/acme/web", "pushSecretRef": {"name": "regcred"}})
+    await reconciler.reconcile(NS, NAME, LOG)
+    status = status_of(emu)
+    assert (status["phase"], status["reason"]) == ("Pending", "ReferenceNotFound")
+    assert "ConfigMap ctx" in status["message"]
+    assert "Secret regcred" in status["message"]
+    assert pod_posts(emu) == 0
+
+    await reconciler.reconcile(NS, NAME, LOG)  # the resync: nothing new to say
+    assert len(status_patches(emu)) == 1
+
+    emu.objects[CONFIGMAPS, NS, "ctx"] = CONTEXT
+    emu.objects[SECRETS, NS, "regcred"] = {"metadata": {"name": "regcred", "namespace": NS}}
+    await reconciler.reconcile(NS, NAME, LOG)
+    status = status_of(emu)
+    assert (status["phase"], status["podName"]) == ("Building", POD)
+    assert pod_posts(emu) == 1

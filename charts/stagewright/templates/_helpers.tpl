@@ -74,10 +74,12 @@ compares the rendered rules), so the reasons are repeated here as well.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["create", "delete", "get", "list", "watch"]
-# Push Secrets, read by name to check the pushed digest and size at the registry. get only:
-# the operator cannot enumerate Secrets.
+# Secrets and ConfigMaps an ImageBuild names (push and git credentials, a ConfigMap
+# context), read by name: to report a missing one in status before a pod waits on it, and to
+# check the pushed digest and size with the push credentials. get only: the operator cannot
+# enumerate them.
 - apiGroups: [""]
-  resources: ["secrets"]
+  resources: ["configmaps", "secrets"]
   verbs: ["get"]
 # kopf posts its log messages as core v1 Events (create only; never patched, no events.k8s.io).
 - apiGroups: [""]

@@ -11,6 +11,7 @@ class Reason(StrEnum):
 
     BUILDING = "Building"
     WAITING = "PodWaiting"
+    REFERENCE_NOT_FOUND = "ReferenceNotFound"
     RETRYING = "Retrying"
     SUCCEEDED = "Succeeded"
     INVALID_SPEC = "InvalidSpec"

@@ -145,11 +145,15 @@ class KubeApi:
         )
         return deleted is not None
 
-    # Secrets
+    # Objects an ImageBuild refers to
 
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """A Secret (the push credentials), or None when it does not exist."""
+        """A Secret (push or git credentials), or None when it does not exist."""
         return await self._request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+
+    async def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A ConfigMap (a build context), or None when it does not exist."""
+        return await self._request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{name}")
 
 
 def _imagebuild_path(namespace: str, name: str) -> str:

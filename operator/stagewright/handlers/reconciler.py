@@ -74,9 +74,10 @@ class Reconciler:
     async def _step(self, build: ImageBuild, log: Logger) -> None:
         status = build.status
         key = build_key(build.generation, build.rebuild_token)
-        if status.observed_generation is None or key != build_key(
-            status.observed_generation, status.rebuild,
-        ) or status.phase is None:
+        new_request = status.observed_generation is None or key != build_key(
+            status.observed_generation, status.rebuild)
+        waiting_to_launch = status.phase is Phase.PENDING and not status.pod_name
+        if new_request or status.phase is None or waiting_to_launch:
             await self._start_new_build(build, log, key)
             return
         if status.phase in (Phase.SUCCEEDED, Phase.FAILED):
@@ -85,7 +86,31 @@ class Reconciler:
 
     async def _start_new_build(self, build: ImageBuild, log: Logger, key: str) -> None:
         await self._cancel_running(build.namespace, build.status, log)
+        missing = await self._missing_references(build)
+        if missing:
+            # A pod would only wait on the missing volume without saying why: say it here,
+            # and launch once the object exists (the resync looks again).
+            message = (f"Waiting for {', '.join(missing)} in namespace {build.namespace}; "
+                       "the build starts when it exists.")
+            if build.status.message != message or build.status.pod_name:
+                log.warning(message)
+                await self._write(build, phase=Phase.PENDING, reason=Reason.REFERENCE_NOT_FOUND,
+                                  message=message, rebuild=build.rebuild_token, pod_name=None)
+            return
         await self._launch(build, log, key, attempt=1, note="")
+
+    async def _missing_references(self, build: ImageBuild) -> list[str]:
+        """The ConfigMap and Secrets the build pod would mount or read, that do not exist."""
+        spec, namespace = build.spec, build.namespace
+        secrets = [ref.name for ref in (spec.output.push_secret_ref,
+                                        spec.source.git.secret_ref if spec.source.git else None)
+                   if ref is not None]
+        missing = [f"Secret {name}" for name in secrets
+                   if await self.api.get_secret(namespace, name) is None]
+        config_map = spec.source.config_map
+        if config_map and await self.api.get_configmap(namespace, config_map.name) is None:
+            missing.insert(0, f"ConfigMap {config_map.name}")
+        return missing
 
     async def _cancel_running(self, namespace: str, status: ImageBuildStatus,
                               log: Logger) -> None:
