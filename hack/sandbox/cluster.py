@@ -17,12 +17,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+import httpx
 import yaml
 from kubernetes import config, dynamic
 from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
 
 from sandbox.controlplane import OPERATOR_NAMESPACE, REPO_ROOT, ControlPlane
-from sandbox.processes import stop_group
+from sandbox.processes import free_port, stop_group
 
 CRD_FILE = REPO_ROOT / "crds" / "imagebuilds.stagewright.dev.yaml"
 RBAC_FILE = REPO_ROOT / "manifests" / "base" / "rbac.yaml"
@@ -126,12 +127,18 @@ class OperatorProcess:
                  tb: TracebackType | None) -> None:
         self.stop()
 
-    def start(self) -> None:
-        """Start the operator; it is ready when kopf has listed the ImageBuilds."""
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the operator and return once its liveness endpoint answers.
+
+        kopf serves /healthz after its start-up handlers ran, so from then on every
+        ImageBuild event reaches a configured reconciler.
+        """
+        health = f"http://127.0.0.1:{free_port()}/healthz"
         env = {
             **os.environ,
             "KUBECONFIG": str(self.control_plane.operator.kubeconfig),
             "STAGEWRIGHT_RESYNC_SECONDS": "2",
+            "STAGEWRIGHT_LIVENESS_ENDPOINT": health,
             **self.env,
         }
         log = self.log_file.open("ab")
@@ -139,6 +146,15 @@ class OperatorProcess:
             [sys.executable, "-m", "stagewright.cli", "run"],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise RuntimeError(f"the operator exited:\n{self.log()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(health, timeout=1).status_code == 200:
+                    return
+            time.sleep(0.2)
+        raise TimeoutError(f"the operator was not live after {timeout}s:\n{self.log()[-3000:]}")
 
     def stop(self, kill: bool = False) -> None:
         """Stop by PID: SIGTERM (kopf shuts down cleanly), or SIGKILL to simulate a crash."""

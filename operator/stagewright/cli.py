@@ -63,8 +63,8 @@ def _run(*, verbose: bool) -> int:
     import stagewright.handlers  # noqa: F401, PLC0415 - registers the handlers
 
     settings = Settings()
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # kopf's formatter prefixes each message about an object with [namespace/name].
+    kopf.configure(verbose=verbose, log_prefix=True)
     logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
     if not verbose:  # kopf reports every event handler call; our handlers log what matters
         logging.getLogger("kopf.objects").addFilter(

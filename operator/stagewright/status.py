@@ -16,11 +16,11 @@ from stagewright.api.reasons import INFRASTRUCTURE_FAILURES, Reason
 from stagewright.api.v1alpha1 import Condition, ImageBuildStatus, Phase
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-#: Words in Kaniko's output that mean the image was built but could not be pushed.
+#: Kaniko's own words when the image was built but could not be pushed (its final error
+#: line, or the push-permission check it makes before building). Registry error codes alone
+#: (UNAUTHORIZED, DENIED) are not enough: pulling a private base image fails with them too.
 _PUSH_ERRORS = re.compile(
-    r"error pushing|failed to push|checking push permissions|push permission|"
-    r"UNAUTHORIZED|DENIED|unauthorized: |denied: ",
-    re.IGNORECASE,
+    r"error pushing image|failed to push to destination|error checking push permissions",
 )
 #: Pod-level reasons a kubelet or the control plane gives when the node, not the build, failed.
 _LOST_POD_REASONS = frozenset({"NodeLost", "Shutdown", "NodeShutdown", "Terminated",
@@ -46,6 +46,7 @@ class PodOutcome:
     reason: Reason | None = None
     message: str = ""
     waiting: str | None = None
+    finished_at: str | None = None
 
     @property
     def infrastructure_failure(self) -> bool:
@@ -99,7 +100,8 @@ def _terminated_outcome(terminated: dict[str, Any], message_limit: int) -> PodOu
     text = (terminated.get("message") or "").strip()
     if exit_code == 0:
         if _DIGEST.match(text):
-            return PodOutcome(finished=True, succeeded=True, digest=text)
+            return PodOutcome(finished=True, succeeded=True, digest=text,
+                              finished_at=terminated.get("finishedAt"))
         return PodOutcome(finished=True, reason=Reason.DIGEST_UNVERIFIED, message=_tail(
             "Kaniko exited 0 but wrote no digest to the termination log "
             f"(got {text[:100]!r}).", message_limit))

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from kmock import KubernetesError, Server, subresource
+from kmock import name as named
 from tests.unit.kmock_support import (
     CONFIGMAPS,
     IMAGEBUILDS,
@@ -93,14 +94,14 @@ async def test_lost_status_write_is_retried_without_a_second_pod(
                          "etcdserver: request timed out")
 
     with pytest.raises(ApiError) as caught:
-        await reconciler.reconcile(NS, NAME, LOG)
+        await reconciler.reconcile(NS, NAME)
     assert caught.value.status == 500
     assert caught.value.temporary
     assert len(refused) == 1
     assert pod_posts(emu) == 1
     assert status_of(emu) == {}
 
-    await reconciler.reconcile(NS, NAME, LOG)  # what the periodic resync does
+    await reconciler.reconcile(NS, NAME)  # what the periodic resync does
 
     assert pod_posts(emu) == 2  # the second was answered 409 by the emulator
     assert emu.versions(PODS, NS, POD) == 1  # created once, never replaced
@@ -118,15 +119,15 @@ async def test_status_write_that_committed_then_failed_is_not_repeated(
         status=500, reason="InternalError", message="timeout after commit")
 
     with pytest.raises(ApiError) as caught:
-        await reconciler.reconcile(NS, NAME, LOG)
+        await reconciler.reconcile(NS, NAME)
     assert caught.value.temporary
     assert status_of(emu)["phase"] == "Building"
 
-    await reconciler.reconcile(NS, NAME, LOG)
+    await reconciler.reconcile(NS, NAME)
 
     assert pod_posts(emu) == 1
     assert len(status_patches(emu)) == 1
-    assert len(emu["get", PODS]) == 1  # the second run looked at its pod instead
+    assert len(emu["get", PODS, named(POD)]) == 1  # the second run looked at its pod instead
     assert status_of(emu)["podName"] == POD
 
 
@@ -138,7 +139,7 @@ async def test_conflict_with_our_own_pod_adopts_it(
         {"apiVersion": "stagewright.dev/v1alpha1", "kind": "ImageBuild", "name": NAME,
          "uid": UID, "controller": True}]}}
 
-    await reconciler.reconcile(NS, NAME, LOG)
+    await reconciler.reconcile(NS, NAME)
 
     assert pod_posts(emu) == 1
     assert emu.versions(PODS, NS, POD) == 1
@@ -154,7 +155,7 @@ async def test_conflict_with_someone_elses_pod_fails_and_names_it(
         {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "other", "uid": "other-uid"}]}}
     emu.objects[PODS, NS, POD] = foreign
 
-    await reconciler.reconcile(NS, NAME, LOG)
+    await reconciler.reconcile(NS, NAME)
 
     status = status_of(emu)
     assert status["phase"] == "Failed"
@@ -182,8 +183,8 @@ async def test_pod_rejected_by_the_server_fails_once_as_invalid_spec(
     emu.objects[IMAGEBUILDS, NS, NAME] = imagebuild(**spec)
     emu.refuse(emu["post", PODS], code, "Invalid", server_message, times=99)
 
-    await reconciler.reconcile(NS, NAME, LOG)
-    await reconciler.reconcile(NS, NAME, LOG)
+    await reconciler.reconcile(NS, NAME)
+    await reconciler.reconcile(NS, NAME)
 
     status = status_of(emu)
     assert (status["phase"], status["reason"], status["observedGeneration"]) == (
@@ -202,7 +203,7 @@ async def test_throttled_or_unavailable_read_is_temporary_and_writes_nothing(
     emu["get", IMAGEBUILDS][:1] << KubernetesError(status=code, reason=reason, message="busy")
 
     with pytest.raises(ApiError) as caught:
-        await reconciler.reconcile(NS, NAME, LOG)
+        await reconciler.reconcile(NS, NAME)
 
     assert (caught.value.status, caught.value.temporary) == (code, True)
     assert len(emu["get", IMAGEBUILDS]) == 1
@@ -219,7 +220,7 @@ async def test_unreachable_server_is_a_temporary_503() -> None:
         async with KubeApi(configuration) as api:
             reconciler = Reconciler(api, RegistryClient(timeout=5), Settings())
             with pytest.raises(ApiError) as caught:
-                await reconciler.reconcile(NS, NAME, LOG)
+                await reconciler.reconcile(NS, NAME)
     assert (caught.value.status, caught.value.temporary) == (503, True)
     assert "ConnectError" in caught.value.message
     assert len(emulator) == 0
@@ -230,8 +231,8 @@ async def test_spec_our_models_reject_fails_once_and_names_the_field(
     """The CRD accepts any buildArgs key; the models do not. Say so once, never loop."""
     emu.objects[IMAGEBUILDS, NS, NAME] = imagebuild(buildArgs={"BAD-NAME": "x"})
 
-    await reconciler.reconcile(NS, NAME, LOG)
-    await reconciler.reconcile(NS, NAME, LOG)
+    await reconciler.reconcile(NS, NAME)
+    await reconciler.reconcile(NS, NAME)
 
     patches = status_patches(emu)
     assert len(patches) == 1
@@ -248,19 +249,19 @@ async def test_missing_context_waits_in_pending_then_builds_when_it_appears(
     del emu.objects[CONFIGMAPS, NS, "ctx"]
     emu.objects[IMAGEBUILDS, NS, NAME] = imagebuild(output={
         "image": "registry.example.com/acme/web", "pushSecretRef": {"name": "regcred"}})
-    await reconciler.reconcile(NS, NAME, LOG)
+    await reconciler.reconcile(NS, NAME)
     status = status_of(emu)
     assert (status["phase"], status["reason"]) == ("Pending", "ReferenceNotFound")
     assert "ConfigMap ctx" in status["message"]
     assert "Secret regcred" in status["message"]
     assert pod_posts(emu) == 0
 
-    await reconciler.reconcile(NS, NAME, LOG)  # the resync: nothing new to say
+    await reconciler.reconcile(NS, NAME)  # the resync: nothing new to say
     assert len(status_patches(emu)) == 1
 
     emu.objects[CONFIGMAPS, NS, "ctx"] = CONTEXT
     emu.objects[SECRETS, NS, "regcred"] = {"metadata": {"name": "regcred", "namespace": NS}}
-    await reconciler.reconcile(NS, NAME, LOG)
+    await reconciler.reconcile(NS, NAME)
     status = status_of(emu)
     assert (status["phase"], status["podName"]) == ("Building", POD)
     assert pod_posts(emu) == 1

@@ -51,9 +51,21 @@ def test_build_failure_keeps_the_log_tail() -> None:
     assert len(outcome.message) <= 300
 
 
-def test_push_errors_in_the_log_are_push_failures() -> None:
-    log = "error pushing image: UNAUTHORIZED: authentication required"
-    assert classify_pod(pod("Failed", terminated(1, log))).reason is Reason.PUSH_FAILED
+@pytest.mark.parametrize(
+    ("log", "reason"),
+    [
+        ("error pushing image: failed to push to destination r/x:latest: UNAUTHORIZED: "
+         "authentication required", Reason.PUSH_FAILED),
+        ("error checking push permissions -- make sure you entered the correct tag name, and "
+         "that you are authenticated correctly, and try again: DENIED", Reason.PUSH_FAILED),
+        ("error building image: unable to pull base image r/private:1: UNAUTHORIZED: "
+         "authentication required", Reason.BUILD_FAILED),
+        ("RUN ./install.sh\n/bin/sh: ./install.sh: Permission denied\n"
+         "error building image: error building stage: exit status 126", Reason.BUILD_FAILED),
+    ],
+)
+def test_only_kaniko_push_errors_are_push_failures(log: str, reason: Reason) -> None:
+    assert classify_pod(pod("Failed", terminated(1, log))).reason is reason
 
 
 @pytest.mark.parametrize(

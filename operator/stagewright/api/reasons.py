@@ -16,6 +16,7 @@ class Reason(StrEnum):
     SUCCEEDED = "Succeeded"
     INVALID_SPEC = "InvalidSpec"
     POD_CONFLICT = "PodConflict"
+    POD_REJECTED = "PodRejected"
     BUILD_FAILED = "BuildFailed"
     PUSH_FAILED = "PushFailed"
     OUT_OF_MEMORY = "OutOfMemory"
@@ -23,7 +24,6 @@ class Reason(StrEnum):
     EVICTED = "Evicted"
     POD_LOST = "PodLost"
     DIGEST_UNVERIFIED = "DigestUnverified"
-    CANCELLED = "Cancelled"
 
 
 #: Failures of the infrastructure, not of the build: retried up to spec.retries times.

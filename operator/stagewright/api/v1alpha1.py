@@ -172,9 +172,10 @@ class Output(_Model):
 
     @property
     def registry(self) -> str:
-        """The registry host[:port]; Docker Hub when the first part is not a host."""
+        """The registry host[:port], by Docker's rule (as stagewright.registry parses it)."""
         first, _, rest = self.image.partition("/")
-        if rest and ("." in first or ":" in first or first == "localhost"):
+        if rest and ("." in first or ":" in first or first == "localhost"
+                     or first != first.lower()):
             return first
         return "index.docker.io"
 
@@ -288,7 +289,9 @@ class Condition(_Model):
 class ImageBuildStatus(_Model):
     """What the operator observed; the only part of an ImageBuild it writes."""
 
-    model_config = ConfigDict(frozen=False)
+    # Fields it does not know (written by a newer operator before a rollback) are ignored:
+    # a status is never a reason to stop building.
+    model_config = ConfigDict(frozen=False, extra="ignore")
 
     phase: Phase | None = Field(default=None, description="Pending, Building, Succeeded, Failed.")
     reason: str | None = Field(default=None, description="Machine-readable cause of the phase.")

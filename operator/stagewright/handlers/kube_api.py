@@ -82,15 +82,16 @@ class KubeApi:
         return headers
 
     async def _request(self, method: str, path: str, body: Any = None,
-                       content_type: str = "application/json") -> dict[str, Any] | None:
-        """One API call; None for a 404 on GET/DELETE, ApiError for any other failure."""
+                       content_type: str = "application/json",
+                       params: dict[str, str] | None = None) -> dict[str, Any] | None:
+        """One API call; None for a 404 (the object is gone), ApiError for other failures."""
         try:
             response = await self._http.request(
-                method, path, json=body, headers=self._headers(content_type),
+                method, path, json=body, headers=self._headers(content_type), params=params,
             )
         except httpx.HTTPError as exc:
             raise ApiError(503, f"{type(exc).__name__}: {exc}", "Unreachable") from exc
-        if response.status_code == 404 and method in ("GET", "DELETE"):
+        if response.status_code == 404 and method in ("GET", "DELETE", "PATCH"):
             return None
         if response.is_error:
             try:
@@ -110,13 +111,22 @@ class KubeApi:
 
     async def patch_imagebuild_status(self, namespace: str, name: str,
                                       status: dict[str, Any]) -> dict[str, Any] | None:
-        """Merge-patch ``status`` through the status subresource (spec is never written)."""
+        """Merge-patch ``status`` through the status subresource (spec is never written).
+
+        None when the ImageBuild was deleted meanwhile: there is nothing left to report to.
+        """
         return await self._request(
             "PATCH", _imagebuild_path(namespace, name) + "/status", {"status": status},
             content_type="application/merge-patch+json",
         )
 
     # Pods
+
+    async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        """Pods matching a label selector (selected by the server)."""
+        found = await self._request("GET", f"/api/v1/namespaces/{namespace}/pods",
+                                    params={"labelSelector": label_selector})
+        return list((found or {}).get("items") or [])
 
     async def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The Pod, or None when it does not exist."""

@@ -1,7 +1,7 @@
 """Level-based reconciliation of one ImageBuild: read the truth, take one step, record it.
 
 Every trigger (an ImageBuild event, a build pod event, the periodic resync) lands here, and
-each run re-reads the ImageBuild and its pod, so a lost event or an operator restart never
+each run re-reads the ImageBuild and its pods, so a lost event or an operator restart never
 loses or duplicates a build. State lives in ``status`` only: no finalizer, no annotations.
 A happy build costs three writes: create the pod, status Building, status Succeeded.
 """
@@ -15,8 +15,9 @@ import json
 import logging
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
+import kopf
 from pydantic import ValidationError
 
 from stagewright.api.reasons import Reason
@@ -26,50 +27,74 @@ from stagewright.registry import (
     ImageInfo,
     ImageNotFound,
     ImageReference,
+    InvalidManifest,
     RegistryClient,
     RegistryError,
 )
-from stagewright.resources.kaniko_pod import build_key, build_pod, deadline_seconds
+from stagewright.resources.kaniko_pod import (
+    LABEL_IMAGEBUILD,
+    build_key,
+    build_pod,
+    deadline_seconds,
+    imagebuild_label,
+    pod_name,
+)
 from stagewright.settings import Settings
 from stagewright.status import PodOutcome, classify_pod, human_size, now_iso, status_patch
 
 #: How long past its deadline a pod that never started is given before the operator gives up
 #: on it (activeDeadlineSeconds only counts once a kubelet has started the pod).
 _DEADLINE_GRACE = timedelta(minutes=2)
+#: How long after Kaniko's exit a registry that does not (yet) serve the digest, or cannot be
+#: reached, is asked again before the operator records what it knows.
+_VERIFY_GRACE = timedelta(minutes=5)
+#: The status fields of a build's result, cleared when a new build starts.
+_NO_RESULT: dict[str, Any] = dict(
+    image=None, digest=None, short_digest=None, size=None, size_human=None, layers=None,
+)
 
-Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+_log = logging.getLogger("stagewright")
 
 
 class Reconciler:
     """Drives ImageBuilds towards a finished build of their current spec."""
 
-    def __init__(self, api: KubeApi, registry: RegistryClient, settings: Settings) -> None:
+    def __init__(self, api: KubeApi, registry: RegistryClient, settings: Settings,
+                 kopf_settings: kopf.OperatorSettings | None = None) -> None:
         self.api = api
         self.registry = registry
         self.settings = settings
+        # With kopf's settings, warnings become Kubernetes Events on the ImageBuild.
+        self._kopf_settings = kopf_settings
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop per-object state once an ImageBuild is deleted."""
         self._locks.pop((namespace, name), None)
 
-    async def reconcile(self, namespace: str, name: str, logger: Logger) -> None:
-        """Take the next step for one ImageBuild; serialised per object.
-
-        ``logger`` is kopf's per-object logger where there is one: its messages become
-        Kubernetes Events on the ImageBuild.
-        """
+    async def reconcile(self, namespace: str, name: str) -> None:
+        """Take the next step for one ImageBuild; serialised per object."""
         async with self._locks[(namespace, name)]:
             body = await self.api.get_imagebuild(namespace, name)
             if body is None:
                 self.forget(namespace, name)
                 return
+            if body["metadata"].get("deletionTimestamp"):
+                return  # going away: its pods go with it; never start another
+            log = self._logger(body)
             try:
                 build = ImageBuild.model_validate(body)
             except ValidationError as exc:
-                await self._reject(body, exc, logger)
+                await self._reject(body, exc, log)
                 return
-            await self._step(build, logger)
+            await self._step(build, log)
+
+    def _logger(self, body: dict[str, Any]) -> Logger:
+        if self._kopf_settings is None:
+            return _log
+        return kopf.ObjectLogger(body=kopf.Body(cast(kopf.RawBody, body)),
+                                 settings=self._kopf_settings)
 
     async def _step(self, build: ImageBuild, log: Logger) -> None:
         status = build.status
@@ -85,40 +110,53 @@ class Reconciler:
         await self._follow(build, log, key)
 
     async def _start_new_build(self, build: ImageBuild, log: Logger, key: str) -> None:
-        await self._cancel_running(build.namespace, build.status, log)
+        await self._clean_up_pods(build.namespace, build.name, build.uid, build.status, log,
+                                  current=pod_name(build.name, key, 1))
         missing = await self._missing_references(build)
         if missing:
             # A pod would only wait on the missing volume without saying why: say it here,
             # and launch once the object exists (the resync looks again).
-            message = (f"Waiting for {', '.join(missing)} in namespace {build.namespace}; "
-                       "the build starts when it exists.")
-            if build.status.message != message or build.status.pod_name:
-                log.warning(message)
-                await self._write(build, phase=Phase.PENDING, reason=Reason.REFERENCE_NOT_FOUND,
-                                  message=message, rebuild=build.rebuild_token, pod_name=None)
+            await self._write_if_changed(
+                build, log, phase=Phase.PENDING, reason=Reason.REFERENCE_NOT_FOUND,
+                message=f"Waiting for {', '.join(missing)} in namespace {build.namespace}; "
+                "the build starts when it exists.")
             return
         await self._launch(build, log, key, attempt=1, note="")
 
     async def _missing_references(self, build: ImageBuild) -> list[str]:
         """The ConfigMap and Secrets the build pod would mount or read, that do not exist."""
         spec, namespace = build.spec, build.namespace
-        secrets = [ref.name for ref in (spec.output.push_secret_ref,
-                                        spec.source.git.secret_ref if spec.source.git else None)
-                   if ref is not None]
-        missing = [f"Secret {name}" for name in secrets
-                   if await self.api.get_secret(namespace, name) is None]
+        missing = []
         config_map = spec.source.config_map
         if config_map and await self.api.get_configmap(namespace, config_map.name) is None:
-            missing.insert(0, f"ConfigMap {config_map.name}")
+            missing.append(f"ConfigMap {config_map.name}")
+        git_secret = spec.source.git.secret_ref if spec.source.git else None
+        for ref in (spec.output.push_secret_ref, git_secret):
+            if ref is not None and await self.api.get_secret(namespace, ref.name) is None:
+                missing.append(f"Secret {ref.name}")
         return missing
 
-    async def _cancel_running(self, namespace: str, status: ImageBuildStatus,
-                              log: Logger) -> None:
-        """Delete the pod of a superseded build: one build per generation, never two."""
-        running = status.phase in (Phase.PENDING, Phase.BUILDING)
-        if running and status.pod_name and await self.api.delete_pod(namespace, status.pod_name):
-            log.info(f"Cancelled pod {status.pod_name}: the spec or the rebuild request "
-                     "changed while it was building.")
+    async def _clean_up_pods(self, namespace: str, name: str, uid: str,
+                             status: ImageBuildStatus, log: Logger,
+                             current: str | None = None) -> None:
+        """Cancel every unfinished build but ``current``; keep only the last finished pod.
+
+        Found by label and owner, not from status alone, so a pod whose status write was lost
+        (an operator crash between the two) is cancelled too, and old pods do not pile up.
+        ``current`` is the pod this build request would create: launching adopts it.
+        """
+        pods = await self.api.list_pods(namespace, f"{LABEL_IMAGEBUILD}={imagebuild_label(name)}")
+        for pod in pods:
+            meta = pod["metadata"]
+            if not any(ref.get("uid") == uid for ref in meta.get("ownerReferences") or []):
+                continue
+            finished = (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+            if meta["name"] == current or (finished and meta["name"] == status.pod_name):
+                continue  # the pod to adopt, or the last build's pod (kept for its logs)
+            deleted = await self.api.delete_pod(namespace, meta["name"])
+            if deleted and not finished:
+                log.info(f"Cancelled pod {meta['name']}: the spec or the rebuild request "
+                         "changed while it was building.")
 
     async def _launch(self, build: ImageBuild, log: Logger, key: str, *, attempt: int,
                       note: str) -> None:
@@ -127,12 +165,7 @@ class Reconciler:
         try:
             created, new = await self.api.create_pod(pod)
         except ApiError as exc:
-            if exc.status not in (400, 422):
-                raise
-            # The spec passed the CRD schema but makes an invalid Pod (e.g. a bad quantity).
-            await self._write(build, phase=Phase.FAILED, reason=Reason.INVALID_SPEC,
-                              message=f"The API server rejected the build pod: {exc.message}",
-                              rebuild=build.rebuild_token, pod_name=None, completion=True)
+            await self._pod_refused(build, log, exc)
             return
         owners = created["metadata"].get("ownerReferences") or []
         if build.uid and not any(o.get("uid") == build.uid for o in owners):
@@ -140,17 +173,36 @@ class Reconciler:
                               message=f"Pod {name} already exists and is not owned by this "
                               "ImageBuild. Delete or rename that pod, then set the "
                               "stagewright.dev/rebuild annotation to build again.",
-                              completion=True)
+                              completion=True, pod_name=None)
             return
         log.info(f"{'Created' if new else 'Adopted'} pod {name} for target "
-                         f"{build.spec.target or '(last stage)'}.")
+                 f"{build.spec.target or '(last stage)'}.")
         message = f"{note}Building target {build.spec.target or '(last stage)'} in pod {name}."
         await self._write(
             build, phase=Phase.BUILDING, reason=Reason.RETRYING if note else Reason.BUILDING,
-            message=message, rebuild=build.rebuild_token, pod_name=name, attempt=attempt,
-            start_time=now_iso(), completion_time=None, image=None, digest=None,
-            short_digest=None, size=None, size_human=None, layers=None,
+            message=message, pod_name=name, attempt=attempt, start_time=now_iso(),
+            completion_time=None, **_NO_RESULT,
         )
+
+    async def _pod_refused(self, build: ImageBuild, log: Logger, exc: ApiError) -> None:
+        """The API server would not create the build pod: say why in status, or retry."""
+        if exc.status in (400, 422):
+            # The spec passed the CRD schema but makes an invalid Pod (e.g. a bad quantity).
+            await self._write(build, phase=Phase.FAILED, reason=Reason.INVALID_SPEC,
+                              message=f"The API server rejected the build pod: {exc.message}",
+                              pod_name=None, completion=True)
+        elif exc.status == 403 and "exceeded quota" in exc.message:
+            # A ResourceQuota: the build starts when capacity frees up (the resync retries).
+            await self._write_if_changed(build, log, phase=Phase.PENDING,
+                                         reason=Reason.POD_REJECTED, message=exc.message)
+        elif exc.status == 403:
+            # Pod Security admission, a policy webhook, or the operator's own RBAC.
+            log.error(f"The build pod was refused: {exc.message}")
+            await self._write(build, phase=Phase.FAILED, reason=Reason.POD_REJECTED,
+                              message=f"The API server refused the build pod: {exc.message}",
+                              pod_name=None, completion=True)
+        else:
+            raise exc
 
     async def _follow(self, build: ImageBuild, log: Logger, key: str) -> None:
         status = build.status
@@ -161,23 +213,22 @@ class Reconciler:
         else:
             outcome = classify_pod(pod, message_limit=self.settings.message_limit)
         if not outcome.finished:
-            await self._while_running(build, outcome)
+            await self._while_running(build, log, outcome)
         elif outcome.succeeded and outcome.digest:
-            await self._succeed(build, log, outcome.digest)
+            await self._succeed(build, log, outcome.digest, outcome.finished_at)
         elif outcome.infrastructure_failure and (status.attempt or 1) <= build.spec.retries:
-            log.warning(f"Build pod {status.pod_name} failed ({outcome.reason}); "
-                                "retrying.")
+            log.warning(f"Build pod {status.pod_name} failed ({outcome.reason}); retrying.")
             await self._launch(build, log, key, attempt=(status.attempt or 1) + 1,
                                note=f"Attempt {status.attempt or 1} failed "
                                f"({outcome.reason}: {outcome.message}). ")
         else:
             assert outcome.reason is not None
-            log.warning(f"Build failed ({outcome.reason}): "
-                                f"{outcome.message.splitlines()[0] if outcome.message else ''}")
+            first_line = outcome.message.splitlines()[0] if outcome.message else ""
+            log.warning(f"Build failed ({outcome.reason}): {first_line}")
             await self._write(build, phase=Phase.FAILED, reason=outcome.reason,
                               message=outcome.message, completion=True)
 
-    async def _while_running(self, build: ImageBuild, outcome: PodOutcome) -> None:
+    async def _while_running(self, build: ImageBuild, log: Logger, outcome: PodOutcome) -> None:
         """Surface a pod that cannot start, and enforce the deadline if it never does."""
         status = build.status
         started = _parse_time(status.start_time)
@@ -187,44 +238,48 @@ class Reconciler:
             await self._write(build, phase=Phase.FAILED, reason=Reason.TIMEOUT,
                               message=f"The build did not finish within {deadline} "
                               f"(pod {status.pod_name} never completed).", completion=True)
-        elif outcome.waiting and status.message != outcome.waiting:
-            await self._write(build, phase=Phase.PENDING, reason=Reason.WAITING,
-                              message=outcome.waiting)
-        elif not outcome.waiting and status.phase is Phase.PENDING:
+        elif outcome.waiting:
+            await self._write_if_changed(build, log, phase=Phase.PENDING,
+                                         reason=Reason.WAITING, message=outcome.waiting,
+                                         keep_pod=True)
+        elif status.phase is Phase.PENDING:
             await self._write(build, phase=Phase.BUILDING, reason=Reason.BUILDING,
                               message=f"Building in pod {status.pod_name}.")
 
-    async def _succeed(self, build: ImageBuild, log: Logger, digest: str) -> None:
+    async def _succeed(self, build: ImageBuild, log: Logger, digest: str,
+                       finished_at: str | None) -> None:
         """Confirm Kaniko's digest at the registry and record the image's size."""
-        reference = ImageReference.parse(f"{build.spec.output.image}@{digest}")
+        image = f"{build.spec.output.image}@{digest}"
+        finished = _parse_time(finished_at) or datetime.now(UTC)
+        patient = datetime.now(UTC) - finished < _VERIFY_GRACE
         try:
-            info = await self._resolve(build, reference)
-        except ImageNotFound as exc:
+            info = await self._resolve(build, ImageReference.parse(image))
+        except (ImageNotFound, InvalidManifest) as exc:
+            if isinstance(exc, ImageNotFound) and patient:
+                raise  # a replicated registry may lag behind the push: the resync asks again
             await self._write(build, phase=Phase.FAILED, reason=Reason.DIGEST_UNVERIFIED,
                               message=f"Kaniko reported {digest}, but the registry does not "
                               f"serve it: {exc}", completion=True)
             return
         except RegistryError as exc:
-            if exc.temporary:
+            if exc.temporary and patient:
                 raise  # the registry is down or busy: the resync tries again
-            # Kaniko pushed (exit code 0) with credentials the operator cannot use, e.g. a
-            # node's workload identity: the build succeeded, its size is unknown.
+            # Kaniko pushed (exit code 0) with access the operator lacks (a node's workload
+            # identity, a network policy): the build succeeded, its size is unknown.
             log.warning(f"Could not check {digest} at the registry: {exc}")
             await self._write(
                 build, phase=Phase.SUCCEEDED, reason=Reason.SUCCEEDED, completion=True,
                 message=f"Pushed; digest not checked at the registry ({exc}).",
-                image=f"{build.spec.output.image}@{digest}", digest=digest,
-                short_digest=digest.split(":", 1)[1][:12],
+                image=image, digest=digest, short_digest=_short(digest),
             )
             return
         size_text = human_size(info.size)
-        log.info(f"Built {build.spec.output.image}@{digest} ({size_text}, "
-                         f"{info.layers} layers).")
+        log.info(f"Built {image} ({size_text}, {info.layers} layers).")
         await self._write(
             build, phase=Phase.SUCCEEDED, reason=Reason.SUCCEEDED,
             message=f"Pushed {len(build.spec.output.tags)} tag(s), {size_text}.",
             completion=True, image=f"{build.spec.output.image}@{info.digest}",
-            digest=info.digest, short_digest=info.digest.split(":", 1)[1][:12],
+            digest=info.digest, short_digest=_short(info.digest),
             size=info.size, size_human=size_text, layers=info.layers,
         )
 
@@ -239,7 +294,10 @@ class Reconciler:
         if ref is None:
             return None
         secret = await self.api.get_secret(build.namespace, ref.name)
-        encoded = ((secret or {}).get("data") or {}).get(".dockerconfigjson")
+        if secret is None:
+            raise RegistryError(f"Secret {ref.name} was deleted after the push; the operator "
+                                "cannot check the pushed image")
+        encoded = (secret.get("data") or {}).get(".dockerconfigjson")
         if not encoded:
             raise RegistryError(f"Secret {ref.name} has no .dockerconfigjson key; the "
                                 "operator cannot check the pushed image")
@@ -254,30 +312,55 @@ class Reconciler:
 
     async def _reject(self, body: dict[str, Any], error: ValidationError, log: Logger) -> None:
         """An ImageBuild the API server accepted but the operator cannot build: say why."""
-        generation = int(body.get("metadata", {}).get("generation") or 1)
+        meta = body["metadata"]
+        generation = int(meta.get("generation") or 1)
         message = "Invalid spec: " + "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}"
             for e in error.errors(include_url=False)
         )
-        previous = ImageBuildStatus.model_validate(body.get("status") or {})
+        try:
+            previous = ImageBuildStatus.model_validate(body.get("status") or {})
+        except ValidationError:
+            previous = ImageBuildStatus()  # an unreadable status is overwritten, not obeyed
         if previous.observed_generation == generation and previous.reason == Reason.INVALID_SPEC:
             return  # already said; never a retry loop on bad input
-        meta = body["metadata"]
-        await self._cancel_running(meta["namespace"], previous, log)
+        await self._clean_up_pods(meta["namespace"], meta["name"], str(meta.get("uid") or ""),
+                                  previous, log)
         log.error(message)
         patch = status_patch(previous, phase=Phase.FAILED, reason=Reason.INVALID_SPEC,
                              message=message, generation=generation, pod_name=None,
-                             completion_time=now_iso())
+                             completion_time=now_iso(), **_NO_RESULT)
         await self.api.patch_imagebuild_status(meta["namespace"], meta["name"], patch)
+
+    async def _write_if_changed(self, build: ImageBuild, log: Logger, *, phase: Phase,
+                                reason: Reason, message: str, keep_pod: bool = False) -> None:
+        """A waiting state, written once: the resync re-checks it without re-writing it.
+
+        Unless the wait is for this build's pod (``keep_pod``), there is no pod, attempt or
+        result to show, so the last build's are cleared.
+        """
+        status = build.status
+        if (status.phase, status.reason, status.message, status.observed_generation,
+                status.rebuild) == (phase, reason, message, build.generation, build.rebuild_token):
+            return
+        log.warning(message)
+        fields: dict[str, Any] = {} if keep_pod else dict(
+            pod_name=None, attempt=None, start_time=None, completion_time=None, **_NO_RESULT)
+        await self._write(build, phase=phase, reason=reason, message=message, **fields)
 
     async def _write(self, build: ImageBuild, *, phase: Phase, reason: Reason, message: str,
                      completion: bool = False, **fields: Any) -> None:
-        """One status patch for one transition."""
+        """One status patch for one transition of the current generation and rebuild."""
         if completion:
             fields["completion_time"] = now_iso()
         patch = status_patch(build.status, phase=phase, reason=reason, message=message,
-                             generation=build.generation, **fields)
+                             generation=build.generation, rebuild=build.rebuild_token, **fields)
         await self.api.patch_imagebuild_status(build.namespace, build.name, patch)
+
+
+def _short(digest: str) -> str:
+    """The first 12 hex digits, as the printer column shows them."""
+    return digest.split(":", 1)[1][:12]
 
 
 def _parse_time(value: str | None) -> datetime | None:

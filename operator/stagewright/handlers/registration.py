@@ -14,9 +14,17 @@ from typing import Any
 
 import kopf
 
-from stagewright.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, VERSION, Phase
+from stagewright.api.v1alpha1 import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    PLURAL,
+    REBUILD_ANNOTATION,
+    VERSION,
+    Phase,
+)
 from stagewright.handlers.kube_api import ApiError, KubeApi, load_configuration
-from stagewright.handlers.reconciler import Logger, Reconciler
+from stagewright.handlers.reconciler import Reconciler
 from stagewright.registry import RegistryClient, RegistryError
 from stagewright.resources.kaniko_pod import LABEL_MANAGED_BY, MANAGED_BY
 from stagewright.settings import Settings
@@ -53,7 +61,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any)
     # One registry client for the operator's life: its bearer tokens are reused across builds.
     registry = await clients.enter_async_context(
         RegistryClient(timeout=operator_settings.registry_timeout_seconds))
-    memo.reconciler = Reconciler(api, registry, operator_settings)
+    memo.reconciler = Reconciler(api, registry, operator_settings, kopf_settings=settings)
     memo.resync = asyncio.create_task(_resync(memo.reconciler, unsettled, operator_settings))
 
 
@@ -72,23 +80,24 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.index(GROUP, VERSION, PLURAL, id="unsettled")
 def unsettled(namespace: str | None, name: str, status: kopf.Status, meta: kopf.Meta,
-              **_: Any) -> dict[tuple[str, str], bool] | None:
-    """ImageBuilds whose current generation has not finished building (in memory only)."""
-    done = status.get("phase") in _SETTLED and status.get("observedGeneration") == meta.get(
-        "generation")
+              annotations: kopf.Annotations, **_: Any) -> dict[tuple[str, str], bool] | None:
+    """ImageBuilds whose current generation or rebuild request has not finished building."""
+    done = (status.get("phase") in _SETTLED
+            and status.get("observedGeneration") == meta.get("generation")
+            and status.get("rebuild") == (annotations.get(REBUILD_ANNOTATION) or None))
     return None if done else {(namespace or "", name): True}
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, id="imagebuild")
 async def on_imagebuild(event: kopf.RawEvent, namespace: str | None, name: str, memo: kopf.Memo,
-                        logger: kopf.Logger, **_: Any) -> None:
+                        **_: Any) -> None:
     """Any change to an ImageBuild (and each one at start-up): take the next step."""
     reconciler: Reconciler = memo.reconciler
     namespace = namespace or ""  # ImageBuilds are namespaced; kopf's type allows None
     if event["type"] == "DELETED":
         reconciler.forget(namespace, name)  # its pods go with it (owner references)
         return
-    await _reconcile(reconciler, namespace, name, logger)
+    await _reconcile(reconciler, namespace, name)
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGED_BY}, id="build-pod")
@@ -98,17 +107,15 @@ async def on_build_pod(namespace: str | None, meta: kopf.Meta, memo: kopf.Memo,
     owner = next((ref.get("name") for ref in meta.get("ownerReferences") or []
                   if ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION), None)
     if owner and namespace:
-        # Pod events log through the module logger: Events belong on the ImageBuild.
-        await _reconcile(memo.reconciler, namespace, owner, _log)
+        await _reconcile(memo.reconciler, namespace, owner)
 
 
-async def _reconcile(reconciler: Reconciler, namespace: str, name: str,
-                     logger: Logger) -> None:
-    """Reconcile, turning failures into a log line: the resync retries them."""
+async def _reconcile(reconciler: Reconciler, namespace: str, name: str) -> None:
+    """Reconcile, turning failures into a log line: the resync retries unsettled builds."""
     try:
-        await reconciler.reconcile(namespace, name, logger)
+        await reconciler.reconcile(namespace, name)
     except (ApiError, RegistryError) as exc:
-        log = logger.warning if exc.temporary else logger.error
+        log = _log.warning if exc.temporary else _log.error
         log(f"Reconciling {namespace}/{name} failed, will retry: {exc}")
 
 
@@ -119,6 +126,6 @@ async def _resync(reconciler: Reconciler, unsettled: kopf.Index[tuple[str, str],
         await asyncio.sleep(settings.resync_seconds)
         for namespace, name in list(unsettled):
             try:
-                await _reconcile(reconciler, namespace, name, _log)
+                await _reconcile(reconciler, namespace, name)
             except Exception:  # one broken object must not end the resync of all others
                 _log.exception(f"Resync of {namespace}/{name} failed")

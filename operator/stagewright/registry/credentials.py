@@ -15,9 +15,7 @@ import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from stagewright.registry.reference import DOCKER_HUB, DOCKER_HUB_API
-
-_DOCKER_HUB_ALIASES = frozenset({"docker.io", DOCKER_HUB, DOCKER_HUB_API})
+from stagewright.registry.reference import DOCKER_HUB, DOCKER_HUB_ALIASES
 
 
 @dataclass(frozen=True)
@@ -47,7 +45,7 @@ def normalize_host(key: str) -> str:
             host = host[len(scheme):]
             break
     host = host.split("/", 1)[0]
-    return DOCKER_HUB if host in _DOCKER_HUB_ALIASES else host
+    return DOCKER_HUB if host in DOCKER_HUB_ALIASES else host
 
 
 def find_credentials(

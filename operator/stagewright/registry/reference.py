@@ -16,7 +16,7 @@ DOCKER_HUB = "index.docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
 #: The key ``docker login`` writes for Docker Hub in a docker config's ``auths``.
 DOCKER_HUB_CONFIG_KEY = "https://index.docker.io/v1/"
-_DOCKER_HUB_ALIASES = frozenset({"docker.io", DOCKER_HUB, DOCKER_HUB_API})
+DOCKER_HUB_ALIASES = frozenset({"docker.io", DOCKER_HUB, DOCKER_HUB_API})
 
 DEFAULT_TAG = "latest"
 _MAX_NAME = 255
@@ -66,7 +66,7 @@ class ImageReference:
             )
         _check_registry(text, registry)
         _check_path(text, path)
-        if registry in _DOCKER_HUB_ALIASES:
+        if registry in DOCKER_HUB_ALIASES:
             registry = DOCKER_HUB
             if "/" not in path:
                 path = f"library/{path}"

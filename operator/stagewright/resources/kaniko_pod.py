@@ -13,6 +13,7 @@ from stagewright.api.v1alpha1 import (
     API_VERSION,
     GROUP,
     KIND,
+    REBUILD_ANNOTATION,
     ImageBuild,
     ImageBuildSpec,
     parse_duration,
@@ -32,7 +33,6 @@ LABEL_IMAGEBUILD = f"{GROUP}/imagebuild"
 LABEL_GENERATION = f"{GROUP}/generation"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
 ANNOTATION_TARGET = f"{GROUP}/target"
-ANNOTATION_REBUILD = f"{GROUP}/rebuild"
 
 #: Kaniko runs as root inside its container to unpack base images and run RUN steps; these
 #: are the capabilities that needs (the runtime's defaults minus network and device ones).
@@ -51,6 +51,11 @@ def build_key(generation: int, rebuild: str | None) -> str:
 def pod_name(build_name: str, key: str, attempt: int) -> str:
     """Deterministic per build and attempt, so a retried create finds its own pod (409)."""
     return f"{_bounded(build_name, _MAX_NAME - len(key) - len(str(attempt)) - 2)}-{key}-{attempt}"
+
+
+def imagebuild_label(name: str) -> str:
+    """The ``stagewright.dev/imagebuild`` label value of an ImageBuild's pods (max. 63)."""
+    return _bounded(name, _MAX_NAME)
 
 
 def _bounded(name: str, limit: int) -> str:
@@ -168,13 +173,13 @@ def build_pod(build: ImageBuild, settings: Settings, *, key: str, attempt: int) 
     labels = {
         "app.kubernetes.io/name": "stagewright-build",
         LABEL_MANAGED_BY: MANAGED_BY,
-        LABEL_IMAGEBUILD: _bounded(build.name, _MAX_NAME),
+        LABEL_IMAGEBUILD: imagebuild_label(build.name),
         LABEL_GENERATION: str(build.generation),
         LABEL_ATTEMPT: str(attempt),
     }
     annotations = {ANNOTATION_TARGET: spec.target or "(last stage)"}
     if build.rebuild_token:
-        annotations[ANNOTATION_REBUILD] = build.rebuild_token
+        annotations[REBUILD_ANNOTATION] = build.rebuild_token
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": settings.kaniko_image,
