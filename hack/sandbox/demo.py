@@ -92,7 +92,7 @@ def table(rows: list[tuple[str, dict[str, Any]]]) -> str:
                       status.get("sizeHuman", "-"), str(status.get("layers", "-")),
                       (status.get("digest") or "-")[:19], duration(status)))
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
                      for row in lines)
 
 
