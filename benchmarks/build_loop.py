@@ -116,15 +116,10 @@ def cache_effect(sandbox: Sandbox, rounds: int) -> dict[str, Any]:
     admin.apply([cm, imagebuild("cached", "runtime", sandbox.registry.host, sandbox.base_image,
                                 namespace=NAMESPACE)])
     durations = [_duration(sandbox.wait_settled("cached", NAMESPACE))]
-    resource = admin.resource(IMAGEBUILD_API, "ImageBuild")
     for round_ in range(rounds):
-        token = f"bench-{round_}"
-        resource.patch(name="cached", namespace=NAMESPACE,
-                       content_type="application/merge-patch+json",
-                       body={"metadata": {"annotations": {"stagewright.dev/rebuild": token}}})
-        done = admin.wait_for(IMAGEBUILD_API, "ImageBuild", "cached", NAMESPACE,
-                              lambda o, t=token: (o.get("status") or {}).get("rebuild") == t
-                              and o["status"].get("phase") == "Succeeded", 180, "rebuilt")
+        done = sandbox.rebuild("cached", NAMESPACE, request=f"bench-{round_}")
+        if done["status"]["phase"] != "Succeeded":
+            raise RuntimeError(f"rebuild failed: {done['status'].get('message')}")
         durations.append(_duration(done))
     return {"cold_seconds": durations[0], "warm_seconds_median": statistics.median(durations[1:]),
             "warm_seconds": durations[1:]}

@@ -73,6 +73,20 @@ class Sandbox:
         """The ImageBuild as stored, or None."""
         return self.admin.get(IMAGEBUILD_API, "ImageBuild", name, namespace)
 
+    def rebuild(self, name: str, namespace: str = "default", *, request: str,
+                timeout: float = 180) -> dict[str, Any]:
+        """Ask for a rebuild (annotation ``stagewright.dev/rebuild``) and wait until it ended."""
+        self.admin.resource(IMAGEBUILD_API, "ImageBuild").patch(
+            name=name, namespace=namespace, content_type="application/merge-patch+json",
+            body={"metadata": {"annotations": {"stagewright.dev/rebuild": request}}})
+
+        def rebuilt(obj: dict[str, Any]) -> bool:
+            status = obj.get("status") or {}
+            return status.get("rebuild") == request and status.get("phase") in SETTLED
+
+        return self.admin.wait_for(IMAGEBUILD_API, "ImageBuild", name, namespace, rebuilt,
+                                   timeout, "rebuilt")
+
     def wait_settled(self, name: str, namespace: str = "default", *, generation: int | None = None,
                      timeout: float = 180) -> dict[str, Any]:
         """Wait until the build of the ImageBuild's current (or given) generation has ended."""

@@ -122,12 +122,8 @@ def test_rebuild_of_the_same_spec_hits_the_registry_cache(sandbox: Sandbox,
     assert tags.status_code == 200
     assert tags.json()["tags"], "no layers were cached"
 
-    admin.resource(IMAGEBUILD_API, "ImageBuild").patch(
-        name="app", namespace=namespace, content_type="application/merge-patch+json",
-        body={"metadata": {"annotations": {"stagewright.dev/rebuild": "again"}}})
-    second = admin.wait_for(IMAGEBUILD_API, "ImageBuild", "app", namespace,
-                            lambda o: o.get("status", {}).get("rebuild") == "again"
-                            and o["status"]["phase"] == "Succeeded", 120, "rebuilt")["status"]
+    second = sandbox.rebuild("app", namespace, request="again")["status"]
+    assert second["phase"] == "Succeeded", second
     assert second["podName"] != first["podName"]
     second_log = sandbox.kubelet.build_log(namespace, second["podName"])
     # A fresh build pod has an empty local store: cache hits can only come from the registry.
