@@ -44,5 +44,5 @@ if ! .venv/bin/python -c "import stagewright, kopf, kubernetes_validate, mypy" 2
   touch .venv/.installed
 fi
 
-log "kube-apiserver: $(hack/build-kube-apiserver.sh)"
+log "kubernetes binaries: $(hack/build-kubernetes.sh)"
 log "helm and kubectl: $(hack/install-tools.sh)"

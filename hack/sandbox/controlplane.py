@@ -1,7 +1,7 @@
 """A real Kubernetes control plane on 127.0.0.1: etcd plus kube-apiserver, RBAC on.
 
 The apiserver binary is built from Debian's source package by
-``hack/build-kube-apiserver.sh`` (cached). Identities come from a static token file: an
+``hack/build-kubernetes.sh`` (cached). Identities come from a static token file: an
 admin, the sandbox kubelet, and the operator, whose user name is that of the chart's
 ServiceAccount, so the chart's ClusterRoleBinding applies to it unchanged and every call the
 operator makes is checked against the RBAC we ship.
@@ -26,7 +26,7 @@ import yaml
 from sandbox.processes import free_port, stop_group
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-BUILD_SCRIPT = REPO_ROOT / "hack" / "build-kube-apiserver.sh"
+BUILD_SCRIPT = REPO_ROOT / "hack" / "build-kubernetes.sh"
 
 OPERATOR_NAMESPACE = "stagewright-system"
 OPERATOR_SERVICE_ACCOUNT = "stagewright-operator"
@@ -35,10 +35,10 @@ OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_A
 OPERATOR_GROUPS = ("system:serviceaccounts", f"system:serviceaccounts:{OPERATOR_NAMESPACE}")
 
 
-def kube_apiserver_binary() -> Path:
-    """The cached kube-apiserver, built on first use (about 5 minutes)."""
+def kubernetes_binary(name: str) -> Path:
+    """A cached Kubernetes binary (kube-apiserver, kubelet, ...), built on first use (~8 min)."""
     result = subprocess.run([str(BUILD_SCRIPT)], check=True, capture_output=True, text=True)
-    return Path(result.stdout.strip().splitlines()[-1])
+    return Path(result.stdout.strip().splitlines()[-1]) / name
 
 
 def _openssl(*args: str) -> None:
@@ -96,7 +96,7 @@ class ControlPlane:
 
     def start(self) -> None:
         """Start etcd and kube-apiserver and wait until the API answers."""
-        binary = kube_apiserver_binary()
+        binary = kubernetes_binary("kube-apiserver")
         pki = self.work_dir / "pki"
         pki.mkdir(parents=True, exist_ok=True)
         _make_certificates(pki)

@@ -1,23 +1,30 @@
 #!/usr/bin/env bash
-# Build kube-apiserver from Debian's `kubernetes` source package and cache the binary.
+# Build the Kubernetes binaries the sandbox runs from Debian's `kubernetes` source package, cached.
 #
-# Why: Debian ships no apiserver binary and no image can be pulled here, yet the cluster
-# test tier needs a real API server (CRD validation, status subresource, RBAC). The source
-# package carries the whole tree with vendor/, and builds offline with Debian's Go.
-# The binary is cached by version, so only the first run pays the ~5 minute build.
+# Why: Debian ships no apiserver, kubelet, scheduler or controller-manager binary and no image
+# can be pulled here, yet the sandbox runs a real single-node cluster (CRD validation, status
+# subresource, RBAC, the real scheduler, kubelet and garbage collector). The source package
+# carries the whole tree with vendor/, and builds offline with Debian's Go. The binaries are
+# cached by version, so only the first run pays the build (~8 minutes on 2 cores).
 #
-# Prints the binary's path on stdout; all progress goes to stderr.
+# Prints the directory holding the binaries on stdout; all progress goes to stderr.
 set -euo pipefail
 
 VERSION="v1.20.2"
+BINARIES=(kube-apiserver kubelet kube-scheduler kube-controller-manager)
 CACHE_DIR="${STAGEWRIGHT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stagewright}"
-BIN="$CACHE_DIR/kube-apiserver-$VERSION"
-if [[ -x "$BIN" ]]; then
-  echo "$BIN"
+OUT="$CACHE_DIR/kubernetes-$VERSION"
+
+complete=1
+for binary in "${BINARIES[@]}"; do
+  [[ -x "$OUT/$binary" ]] || complete=0
+done
+if ((complete)); then
+  echo "$OUT"
   exit 0
 fi
 
-log() { echo "build-kube-apiserver: $*" >&2; }
+log() { echo "build-kubernetes: $*" >&2; }
 
 # shellcheck source=hack/lib/debian-mirror.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/debian-mirror.sh"
@@ -46,16 +53,21 @@ log "replacing vendored modern-go/reflect2 with Debian's 1.0.2"
 rsync -a --delete /usr/share/gocode/src/github.com/modern-go/reflect2/ \
   "$WORK/src/vendor/github.com/modern-go/reflect2/"
 
-log "compiling kube-apiserver (about 5 minutes on 2 cores)"
+log "compiling ${BINARIES[*]} (about 8 minutes on 2 cores)"
 cd "$WORK/src"
 mkdir -p .go/src/k8s.io
 ln -sfn ../../.. .go/src/k8s.io/kubernetes
+what=""
+for binary in "${BINARIES[@]}"; do what+="cmd/$binary "; done
 GOPATH="$PWD/.go" GOCACHE="$WORK/gocache" CGO_ENABLED=0 KUBE_GIT_VERSION="$VERSION" \
   KUBE_GIT_TREE_STATE=clean GOPROXY=off \
-  make WHAT=cmd/kube-apiserver >&2
+  make WHAT="${what% }" >&2
 
-mkdir -p "$CACHE_DIR"
-install -m 0755 "_output/local/bin/linux/amd64/kube-apiserver" "$BIN.tmp"
-mv "$BIN.tmp" "$BIN"
-log "cached $BIN"
-echo "$BIN"
+mkdir -p "$OUT.tmp"
+for binary in "${BINARIES[@]}"; do
+  install -m 0755 "_output/local/bin/linux/amd64/$binary" "$OUT.tmp/$binary"
+done
+rm -rf "$OUT"
+mv "$OUT.tmp" "$OUT"
+log "cached $OUT"
+echo "$OUT"
