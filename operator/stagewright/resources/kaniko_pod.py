@@ -29,6 +29,10 @@ DOCKER_CONFIG_DIR = "/kaniko/.docker"
 #: Kaniko's documented default context directory; ConfigMap contexts are mounted here.
 WORKSPACE_DIR = "/workspace"
 TERMINATION_LOG = "/dev/termination-log"
+#: Where the Kaniko image keeps its CA certificates (upstream's deploy/Dockerfile sets
+#: SSL_CERT_DIR to it), and where the operator's extra CA bundle is mounted beside them.
+KANIKO_CERT_DIR = "/kaniko/ssl/certs"
+EXTRA_CA_DIR = "/kaniko/ssl/extra-certs"
 
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "stagewright"
@@ -174,6 +178,24 @@ def _volumes(spec: ImageBuildSpec, files: Sequence[ContextFile],
     return volumes, mounts
 
 
+def _ca_bundle(settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
+                                            list[dict[str, Any]]]:
+    """Volume, mount and env that add the CA bundle to Kaniko's trust.
+
+    Go reads every PEM file in each directory of a colon-separated SSL_CERT_DIR, so listing
+    the bundle's directory after the image's own adds to the default trust for every
+    registry (push, cache and base images) instead of replacing it.
+    """
+    if not settings.ca_bundle_configmap:
+        return [], [], []
+    volume = {"name": "ca-bundle", "configMap": {
+        "name": settings.ca_bundle_configmap,
+        "items": [{"key": settings.ca_bundle_key, "path": "ca-bundle.crt"}]}}
+    mount = {"name": "ca-bundle", "mountPath": EXTRA_CA_DIR, "readOnly": True}
+    env = {"name": "SSL_CERT_DIR", "value": f"{KANIKO_CERT_DIR}:{EXTRA_CA_DIR}"}
+    return [volume], [mount], [env]
+
+
 def _env(spec: ImageBuildSpec) -> list[dict[str, Any]]:
     git = spec.source.git
     if git is None:
@@ -208,6 +230,8 @@ def build_pod(build: ImageBuild, settings: Settings, *, key: str, attempt: int,
     """
     spec = build.spec
     volumes, mounts = _volumes(spec, files)
+    ca_volumes, ca_mounts, ca_env = _ca_bundle(settings)
+    volumes, mounts = volumes + ca_volumes, mounts + ca_mounts
     resources = spec.resources or settings.default_resources
     labels = {
         "app.kubernetes.io/name": "stagewright-build",
@@ -223,7 +247,7 @@ def build_pod(build: ImageBuild, settings: Settings, *, key: str, attempt: int,
         "name": CONTAINER_NAME,
         "image": settings.kaniko_image,
         "args": kaniko_args(spec),
-        "env": _env(spec),
+        "env": _env(spec) + ca_env,
         "volumeMounts": mounts,
         "resources": resources.model_dump(mode="json", exclude_defaults=False),
         "terminationMessagePath": TERMINATION_LOG,
