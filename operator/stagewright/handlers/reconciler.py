@@ -20,8 +20,8 @@ from typing import Any, cast
 import kopf
 from pydantic import ValidationError
 
-from stagewright.api.reasons import Reason
-from stagewright.api.v1alpha1 import ImageBuild, ImageBuildStatus, Phase
+from stagewright.api.reasons import WARNINGS, Reason
+from stagewright.api.v1alpha1 import ContextFile, ImageBuild, ImageBuildStatus, Phase
 from stagewright.handlers.kube_api import ApiError, KubeApi
 from stagewright.registry import (
     ImageInfo,
@@ -31,12 +31,15 @@ from stagewright.registry import (
     RegistryClient,
     RegistryError,
 )
+from stagewright.resources.events import build_event
 from stagewright.resources.kaniko_pod import (
     LABEL_IMAGEBUILD,
     build_key,
     build_pod,
+    context_files,
     deadline_seconds,
     imagebuild_label,
+    missing_context_keys,
     pod_name,
 )
 from stagewright.settings import Settings
@@ -65,7 +68,7 @@ class Reconciler:
         self.api = api
         self.registry = registry
         self.settings = settings
-        # With kopf's settings, warnings become Kubernetes Events on the ImageBuild.
+        # With kopf's settings, log lines name the ImageBuild as kopf's own do.
         self._kopf_settings = kopf_settings
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -112,7 +115,7 @@ class Reconciler:
     async def _start_new_build(self, build: ImageBuild, log: Logger, key: str) -> None:
         await self._clean_up_pods(build.namespace, build.name, build.uid, build.status, log,
                                   current=pod_name(build.name, key, 1))
-        missing = await self._missing_references(build)
+        missing, files = await self._references(build)
         if missing:
             # A pod would only wait on the missing volume without saying why: say it here,
             # and launch once the object exists (the resync looks again).
@@ -121,20 +124,35 @@ class Reconciler:
                 message=f"Waiting for {', '.join(missing)} in namespace {build.namespace}; "
                 "the build starts when it exists.")
             return
-        await self._launch(build, log, key, attempt=1, note="")
+        await self._launch(build, log, key, attempt=1, note="", files=files)
 
-    async def _missing_references(self, build: ImageBuild) -> list[str]:
-        """The ConfigMap and Secrets the build pod would mount or read, that do not exist."""
+    async def _references(self, build: ImageBuild) -> tuple[list[str], list[ContextFile]]:
+        """What the build pod would mount or read that does not exist, and the context files.
+
+        The ConfigMap context is read here anyway (to report it missing), so its keys, which
+        the pod mounts one by one, come from the same read.
+        """
         spec, namespace = build.spec, build.namespace
-        missing = []
-        config_map = spec.source.config_map
-        if config_map and await self.api.get_configmap(namespace, config_map.name) is None:
-            missing.append(f"ConfigMap {config_map.name}")
+        missing: list[str] = []
+        files: list[ContextFile] = []
+        source = spec.source.config_map
+        if source is not None:
+            config_map = await self.api.get_configmap(namespace, source.name)
+            if config_map is None:
+                missing.append(f"ConfigMap {source.name}")
+            else:
+                keys = [*(config_map.get("data") or {}), *(config_map.get("binaryData") or {})]
+                missing += [f"key {key} of ConfigMap {source.name}"
+                            for key in missing_context_keys(source, keys)]
+                files = context_files(source, keys)
+        bundle = self.settings.ca_bundle_configmap
+        if bundle and await self.api.get_configmap(namespace, bundle) is None:
+            missing.append(f"ConfigMap {bundle} (the operator's CA bundle)")
         git_secret = spec.source.git.secret_ref if spec.source.git else None
         for ref in (spec.output.push_secret_ref, git_secret):
             if ref is not None and await self.api.get_secret(namespace, ref.name) is None:
                 missing.append(f"Secret {ref.name}")
-        return missing
+        return missing, files
 
     async def _clean_up_pods(self, namespace: str, name: str, uid: str,
                              status: ImageBuildStatus, log: Logger,
@@ -159,8 +177,8 @@ class Reconciler:
                          "changed while it was building.")
 
     async def _launch(self, build: ImageBuild, log: Logger, key: str, *, attempt: int,
-                      note: str) -> None:
-        pod = build_pod(build, self.settings, key=key, attempt=attempt)
+                      note: str, files: list[ContextFile]) -> None:
+        pod = build_pod(build, self.settings, key=key, attempt=attempt, files=files)
         name = pod["metadata"]["name"]
         try:
             created, new = await self.api.create_pod(pod)
@@ -218,9 +236,10 @@ class Reconciler:
             await self._succeed(build, log, outcome.digest, outcome.finished_at)
         elif outcome.infrastructure_failure and (status.attempt or 1) <= build.spec.retries:
             log.warning(f"Build pod {status.pod_name} failed ({outcome.reason}); retrying.")
+            _, files = await self._references(build)
             await self._launch(build, log, key, attempt=(status.attempt or 1) + 1,
                                note=f"Attempt {status.attempt or 1} failed "
-                               f"({outcome.reason}: {outcome.message}). ")
+                               f"({outcome.reason}: {outcome.message}). ", files=files)
         else:
             assert outcome.reason is not None
             first_line = outcome.message.splitlines()[0] if outcome.message else ""
@@ -240,8 +259,8 @@ class Reconciler:
                               f"(pod {status.pod_name} never completed).", completion=True)
         elif outcome.waiting:
             await self._write_if_changed(build, log, phase=Phase.PENDING,
-                                         reason=Reason.WAITING, message=outcome.waiting,
-                                         keep_pod=True)
+                                         reason=outcome.waiting_reason,
+                                         message=outcome.waiting, keep_pod=True)
         elif status.phase is Phase.PENDING:
             await self._write(build, phase=Phase.BUILDING, reason=Reason.BUILDING,
                               message=f"Building in pod {status.pod_name}.")
@@ -331,6 +350,7 @@ class Reconciler:
                              message=message, generation=generation, pod_name=None,
                              completion_time=now_iso(), **_NO_RESULT)
         await self.api.patch_imagebuild_status(meta["namespace"], meta["name"], patch)
+        await self._post_event(meta, Reason.INVALID_SPEC, message)
 
     async def _write_if_changed(self, build: ImageBuild, log: Logger, *, phase: Phase,
                                 reason: Reason, message: str, keep_pod: bool = False) -> None:
@@ -356,6 +376,18 @@ class Reconciler:
         patch = status_patch(build.status, phase=phase, reason=reason, message=message,
                              generation=build.generation, rebuild=build.rebuild_token, **fields)
         await self.api.patch_imagebuild_status(build.namespace, build.name, patch)
+        if reason in WARNINGS:
+            await self._post_event(build.metadata, reason, message)
+
+    async def _post_event(self, metadata: dict[str, Any], reason: Reason, message: str) -> None:
+        """Tell a person through a Warning Event; a refused Event never stops a build."""
+        event = build_event({"namespace": "default", **metadata}, reason=reason.value,
+                            message=message, now=now_iso())
+        try:
+            await self.api.create_event(event)
+        except ApiError as exc:
+            _log.warning(f"Could not post the {reason} Event for "
+                         f"{event['metadata']['namespace']}/{metadata.get('name')}: {exc}")
 
 
 def _short(digest: str) -> str:
