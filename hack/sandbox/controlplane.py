@@ -83,11 +83,17 @@ class Identity:
 class ControlPlane:
     """etcd + kube-apiserver in a work directory; stopped and cleaned up on exit."""
 
-    def __init__(self, work_dir: Path) -> None:
+    def __init__(self, work_dir: Path, *, pod_security_policy: bool = False) -> None:
         self.work_dir = work_dir
         self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
-        self._processes: list[subprocess.Popen[bytes]] = []
+        #: With the PodSecurityPolicy admission plugin, no pod is admitted without a policy
+        #: its creator (or its ServiceAccount) may use: the caller must install some.
+        self.pod_security_policy = pod_security_policy
+        #: Running components by name (etcd, kube-apiserver), in start order.
+        self._processes: dict[str, subprocess.Popen[bytes]] = {}
+        #: Each component's command line, kept so a fault test can restart it unchanged.
+        self._commands: dict[str, list[str]] = {}
         self.admin = Identity("sandbox-admin", secrets.token_hex(16), ("system:masters",))
         self.operator = Identity(OPERATOR_USER, secrets.token_hex(16), OPERATOR_GROUPS)
         # The node's components, as kubeadm names them: the Node authorizer and the default
@@ -129,6 +135,9 @@ class ControlPlane:
         for identity in identities:
             identity.kubeconfig = self._write_kubeconfig(identity, pki / "ca.crt")
         etcd_port, etcd_peer = free_port(), free_port()
+        admission = ["--disable-admission-plugins", "ServiceAccount"]
+        if self.pod_security_policy:
+            admission += ["--enable-admission-plugins", "PodSecurityPolicy"]
         self._spawn("etcd", [
             "etcd", "--data-dir", str(self.work_dir / "etcd"), "--name", "sandbox",
             "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
@@ -155,23 +164,41 @@ class ControlPlane:
             "--service-account-key-file", str(pki / "sa.key"),
             "--service-account-signing-key-file", str(pki / "sa.key"),
             "--service-cluster-ip-range", "10.96.0.0/24",
-            "--disable-admission-plugins", "ServiceAccount",
+            *admission,
             "--cert-dir", str(pki / "generated"),
         ])
         self._wait_ready(pki / "ca.crt")
 
     def _spawn(self, name: str, command: list[str]) -> None:
-        log = (self.work_dir / f"{name}.log").open("wb")
-        self._processes.append(subprocess.Popen(
+        self._commands[name] = command
+        log = (self.work_dir / f"{name}.log").open("ab")
+        self._processes[name] = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        ))
+        )
+
+    def stop_component(self, name: str, *, kill: bool = False) -> None:
+        """Stop etcd or kube-apiserver alone (a fault); its ports, certificates and data stay.
+
+        ``kill`` sends SIGKILL (a crash) instead of SIGTERM (a clean shutdown).
+        """
+        process = self._processes.pop(name)
+        stop_group(process, kill=kill)
+
+    def start_component(self, name: str) -> None:
+        """Start a stopped component again with its old command line, and wait until the API
+        answers (etcd's return shows there: the apiserver's readiness checks etcd).
+        """
+        if name in self._processes:
+            raise RuntimeError(f"{name} is running")
+        self._spawn(name, self._commands[name])
+        self._wait_ready(self.pki / "ca.crt")
 
     def _wait_ready(self, ca: Path, timeout: float = 60.0) -> None:
         headers = {"Authorization": f"Bearer {self.admin.token}"}
         trust = ssl.create_default_context(cafile=str(ca))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for process in self._processes:
+            for process in self._processes.values():
                 if process.poll() is not None:
                     raise RuntimeError(f"{process.args!r} exited: see {self.work_dir}/*.log\n"
                                        + self.logs())
@@ -206,7 +233,6 @@ class ControlPlane:
 
     def stop(self) -> None:
         """Stop the apiserver, then etcd (reverse order), by PID."""
-        for process in reversed(self._processes):
-            stop_group(process)
-        self._processes.clear()
+        for name in reversed(list(self._processes)):
+            stop_group(self._processes.pop(name))
         shutil.rmtree(self.work_dir / "etcd", ignore_errors=True)

@@ -183,6 +183,19 @@ class LocalRegistry:
         self.stop()
         raise RuntimeError(f"{_BINARY} not ready after {_READY_TIMEOUT:.0f} s:\n{log}")
 
+    def pause(self) -> None:
+        """Stop serving (a fault): the process ends, its port, storage and config stay."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            process.wait(_STOP_TIMEOUT)
+
+    def resume(self) -> None:
+        """Serve again on the same address and port, with the images pushed before."""
+        if self._process is not None:
+            raise RuntimeError("the registry is running")
+        self._launch(self.root / "config.yml", last_attempt=True)
+
     def stop(self) -> None:
         """Stop our process by PID (terminate, wait, kill) and remove its files."""
         process, self._process = self._process, None

@@ -1,10 +1,11 @@
 """The whole local sandbox in one context manager: what ``make demo`` and the cluster tier run.
 
-Control plane (etcd + kube-apiserver, Node and RBAC authorisation) -> Stagewright's CRD and
-RBAC -> the node's host side (lock, bridge) -> a registry on the bridge's gateway -> the
-sandbox's images in it (busybox base, pause, real Kaniko) -> the node (containerd, scheduler,
-controller-manager, kubelet) -> the operator as a real ``stagewright run`` process whose build
-pods run the Kaniko image. Everything stops, by PID, on exit; host changes are undone.
+Control plane (etcd + kube-apiserver, Node and RBAC authorisation, PodSecurityPolicy
+admission) -> Stagewright's CRD and RBAC, the pod security policies -> the node's host side
+(lock, bridge) -> a registry on the bridge's gateway -> the sandbox's images in it (busybox
+base, pause, real Kaniko) -> the node (containerd, scheduler, controller-manager, kubelet) ->
+the operator as a real ``stagewright run`` process whose build pods run the Kaniko image.
+Everything stops, by PID, on exit; host changes are undone.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+import yaml
 from kubernetes import client
 
 from sandbox.cluster import Cluster, OperatorProcess, install_stagewright
@@ -25,6 +27,8 @@ from sandbox.registry import LocalRegistry
 
 IMAGEBUILD_API = "stagewright.dev/v1alpha1"
 SETTLED = ("Succeeded", "Failed")
+#: PodSecurityPolicies equal to the baseline and restricted levels, and their use grants.
+POD_SECURITY = Path(__file__).with_name("pod-security.yaml")
 
 
 class Sandbox:
@@ -33,7 +37,7 @@ class Sandbox:
     def __init__(self, work_dir: Path, operator_env: dict[str, str] | None = None) -> None:
         self.work_dir = work_dir
         self._stack = contextlib.ExitStack()
-        self.control_plane = ControlPlane(work_dir / "control-plane")
+        self.control_plane = ControlPlane(work_dir / "control-plane", pod_security_policy=True)
         self.node_host = NodeHost()
         #: On the bridge's gateway: containerd pulls from it and Kaniko pushes to it.
         self.registry = LocalRegistry(address=GATEWAY)
@@ -67,6 +71,7 @@ class Sandbox:
         self._timed("control plane", started)
         self.admin = Cluster(self.control_plane.admin.kubeconfig)
         install_stagewright(self.admin)
+        self.admin.apply(doc for doc in yaml.safe_load_all(POD_SECURITY.read_text()) if doc)
         started = time.monotonic()
         self._stack.enter_context(self.node_host)
         self._stack.enter_context(self.registry)

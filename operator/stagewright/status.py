@@ -76,8 +76,18 @@ def classify_pod(pod: dict[str, Any], *, message_limit: int = 2048) -> PodOutcom
     status = pod.get("status") or {}
     phase = status.get("phase")
     state = _kaniko_state(pod)
-    if phase in ("Succeeded", "Failed"):
-        return _ended_outcome(status, state.get("terminated"), message_limit)
+    ended = (_ended_outcome(status, state.get("terminated"), message_limit)
+             if phase in ("Succeeded", "Failed") else None)
+    meta = pod.get("metadata") or {}
+    if meta.get("deletionTimestamp") and not (ended and ended.succeeded):
+        # Deleted from outside before it finished: the Eviction API (a drain) and a deletion
+        # by hand, which 1.20 cannot tell apart, both end here. Kaniko then dies of SIGTERM,
+        # which would read as a failed build; it is the infrastructure's doing: retried.
+        return PodOutcome(finished=True, reason=Reason.EVICTED, message=(
+            f"Build pod {meta.get('name', '')} was deleted before it finished (evicted, e.g. "
+            "by a node drain, or deleted by hand)."))
+    if ended is not None:
+        return ended
     waiting = state.get("waiting") or {}
     if waiting.get("reason") in _STUCK_WAITING:
         text = f"{waiting['reason']}: {waiting.get('message') or ''}".strip()

@@ -85,6 +85,26 @@ def test_pod_level_failures(pod_status: dict[str, str], reason: Reason,
     assert outcome.infrastructure_failure is infrastructure
 
 
+@pytest.mark.parametrize("state", [
+    {"running": {}},                      # just marked for deletion
+    terminated(143, "INFO[0003] RUN sleep 60"),  # Kaniko killed by the kubelet's SIGTERM
+])
+def test_a_pod_deleted_before_it_finished_was_evicted_and_is_retried(
+        state: dict[str, Any]) -> None:
+    """The Eviction API deletes the pod: Kaniko's death by SIGTERM is not a failed build."""
+    deleted = {**pod("Failed" if "terminated" in state else "Running", state),
+               "metadata": {"deletionTimestamp": "2026-11-30T02:00:00Z"}}
+    outcome = classify_pod(deleted)
+    assert (outcome.finished, outcome.reason) == (True, Reason.EVICTED)
+    assert outcome.infrastructure_failure
+
+
+def test_a_finished_build_deleted_afterwards_still_succeeded() -> None:
+    done = {**pod("Succeeded", terminated(0, DIGEST, "Completed")),
+            "metadata": {"deletionTimestamp": "2026-11-30T02:00:00Z"}}
+    assert classify_pod(done).succeeded
+
+
 def test_oom_says_what_to_change() -> None:
     outcome = classify_pod(pod("Failed", terminated(137, "", "OOMKilled")))
     assert outcome.reason is Reason.OUT_OF_MEMORY

@@ -77,6 +77,23 @@ class Reconciler:
         """Drop per-object state once an ImageBuild is deleted."""
         self._locks.pop((namespace, name), None)
 
+    async def stop_orphan(self, pod: dict[str, Any]) -> None:
+        """Delete an unfinished build pod whose ImageBuild is gone (deleted as an orphan).
+
+        Its build would push an image that no status records. A pod whose ImageBuild exists
+        (one made by hand from ``stagewright render``, say) is left alone.
+        """
+        meta = pod["metadata"]
+        phase = (pod.get("status") or {}).get("phase")
+        if meta.get("deletionTimestamp") or phase not in ("Pending", "Running"):
+            return
+        build = (meta.get("labels") or {}).get(LABEL_IMAGEBUILD)
+        if build and await self.api.get_imagebuild(meta["namespace"], build) is not None:
+            return
+        if await self.api.delete_pod(meta["namespace"], meta["name"]):
+            _log.info(f"Deleted pod {meta['namespace']}/{meta['name']}: its ImageBuild "
+                      f"{build} was deleted and orphaned it.")
+
     async def reconcile(self, namespace: str, name: str) -> None:
         """Take the next step for one ImageBuild; serialised per object."""
         async with self._locks[(namespace, name)]:

@@ -104,13 +104,23 @@ async def on_imagebuild(event: kopf.RawEvent, namespace: str | None, name: str, 
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGED_BY}, id="build-pod")
-async def on_build_pod(namespace: str | None, meta: kopf.Meta, memo: kopf.Memo,
-                       **_: Any) -> None:
-    """A build pod changed: re-check the ImageBuild that owns it."""
+async def on_build_pod(event: kopf.RawEvent, namespace: str | None, meta: kopf.Meta,
+                       memo: kopf.Memo, **_: Any) -> None:
+    """A build pod changed: re-check the ImageBuild that owns it, or stop it if none does."""
     owner = next((ref.get("name") for ref in meta.get("ownerReferences") or []
                   if ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION), None)
-    if owner and namespace:
+    if not namespace:
+        return
+    if owner is not None:
         await _reconcile(memo.reconciler, namespace, owner)
+    elif event["type"] != "DELETED":
+        # Every build pod is created with its owner: none left means the ImageBuild was
+        # deleted with propagationPolicy Orphan, and the garbage collector will not stop it.
+        try:
+            await memo.reconciler.stop_orphan(event["object"])
+        except ApiError as exc:
+            _log.warning(f"Stopping orphaned build pod {namespace}/{meta.get('name')} "
+                         f"failed: {exc}")
 
 
 async def _reconcile(reconciler: Reconciler, namespace: str, name: str) -> None:
