@@ -245,6 +245,9 @@ class Reconciler:
             await self._write(build, phase=Phase.FAILED, reason=Reason.INVALID_SPEC,
                               message=f"The API server rejected the build pod: {exc.message}",
                               pod_name=None, completion=True)
+        elif exc.status == 403 and "being terminated" in exc.message:
+            # The namespace is being deleted, this ImageBuild with it: nothing to build or say.
+            log.info(f"Not retrying: namespace {build.namespace} is being deleted.")
         elif exc.status == 403 and "exceeded quota" in exc.message:
             # A ResourceQuota: the build starts when capacity frees up (the resync retries).
             await self._write_if_changed(build, log, phase=Phase.PENDING,
