@@ -227,7 +227,7 @@ def test_an_imagebuild_deleted_mid_build_as_an_orphan_the_operator_stops_it(
     wait_pod_running(sandbox, namespace, pod)
     log_start = len(sandbox.operator.log())
     _delete(sandbox, namespace, "orphaned", "Orphan")
-    _marked_within(sandbox, namespace, pod, 15)
+    _marked_within(sandbox, namespace, pod, 30)
     assert f"Deleted pod {namespace}/{pod}" in sandbox.operator.log()[log_start:]
     _wait_gone(sandbox, namespace, "orphaned", 60)
     assert_still_serving(sandbox, namespace)

@@ -81,14 +81,18 @@ class Reconciler:
         """Delete an unfinished build pod whose ImageBuild is gone (deleted as an orphan).
 
         Its build would push an image that no status records. A pod whose ImageBuild exists
-        (one made by hand from ``stagewright render``, say) is left alone.
+        and is not being deleted (one made by hand from ``stagewright render``, say) is left
+        alone.
         """
         meta = pod["metadata"]
         phase = (pod.get("status") or {}).get("phase")
         if meta.get("deletionTimestamp") or phase not in ("Pending", "Running"):
             return
         build = (meta.get("labels") or {}).get(LABEL_IMAGEBUILD)
-        if build and await self.api.get_imagebuild(meta["namespace"], build) is not None:
+        owner = await self.api.get_imagebuild(meta["namespace"], build) if build else None
+        # Orphan deletion strips the pods' owner references before the ImageBuild goes: one
+        # still there but marked for deletion is as good as gone.
+        if owner is not None and not owner["metadata"].get("deletionTimestamp"):
             return
         if await self.api.delete_pod(meta["namespace"], meta["name"]):
             _log.info(f"Deleted pod {meta['namespace']}/{meta['name']}: its ImageBuild "
