@@ -57,6 +57,7 @@ def test_no_secret_value_in_logs_events_status_or_render(sandbox: Sandbox, names
     admin = sandbox.admin
     log_start = len(sandbox.operator.log())
     admin.apply([context(namespace, "FROM scratch\nCOPY Dockerfile /Dockerfile\n")])
+    (tmp_path / "git").mkdir()
     with LocalRegistry(htpasswd=(PUSHER, PASSWORD), address=GATEWAY) as private, \
             GitServer(tmp_path / "git", address=GATEWAY, user=CLONER, password=TOKEN) as git:
         git.create_repository("app", {"Dockerfile": GIT_DOCKERFILE, "marker.txt": "one\n"})
