@@ -303,3 +303,29 @@ async def test_a_registry_outside_the_allow_list_never_gets_a_pod(
     assert "evil.example" in status["message"]
     assert pod_posts(emu) == 0
     assert writes(emu) == ["PATCH imagebuilds", "POST events"]
+
+
+ORPHAN = {"apiVersion": "v1", "kind": "Pod",
+          "metadata": {"name": POD, "namespace": NS,
+                       "labels": {"stagewright.dev/imagebuild": NAME}},
+          "status": {"phase": "Running"}}
+
+
+@pytest.mark.parametrize(("owner", "stopped"), [
+    (None, True),  # the ImageBuild is gone
+    ({"deletionTimestamp": "2026-11-30T02:00:00Z", "finalizers": ["orphan"]}, True),
+    ({}, False),  # it exists and stays: a pod made by hand from `stagewright render`
+])
+async def test_a_build_pod_nothing_owns_is_stopped_while_its_imagebuild_goes(
+        emu: FaultyEmulator, reconciler: Reconciler, owner: dict[str, Any] | None,
+        stopped: bool) -> None:
+    """Orphan deletion strips the owner reference while the ImageBuild is still there, being
+    deleted (the orphan finalizer): the operator must stop the build then, not wait for it."""
+    emu.objects[PODS, NS, POD] = ORPHAN
+    if owner is not None:
+        body = imagebuild()
+        body["metadata"].update(owner)
+        emu.objects[IMAGEBUILDS, NS, NAME] = body
+    await reconciler.stop_orphan(ORPHAN)
+    assert len(emu["delete", PODS]) == (1 if stopped else 0)
+    assert (emu.stored(PODS, NS, POD) is None) is stopped
