@@ -329,3 +329,15 @@ async def test_a_build_pod_nothing_owns_is_stopped_while_its_imagebuild_goes(
     await reconciler.stop_orphan(ORPHAN)
     assert len(emu["delete", PODS]) == (1 if stopped else 0)
     assert (emu.stored(PODS, NS, POD) is None) is stopped
+
+
+async def test_a_pod_refused_by_a_terminating_namespace_is_not_reported_as_rejected(
+        emu: FaultyEmulator, reconciler: Reconciler) -> None:
+    """The namespace is being deleted, the ImageBuild with it: no Failed status, no Event."""
+    emu.objects[IMAGEBUILDS, NS, NAME] = imagebuild()
+    emu.refuse(emu["post", PODS], 403, "Forbidden",
+               f'pods "{POD}" is forbidden: unable to create new content in namespace {NS} '
+               "because it is being terminated")
+    await reconciler.reconcile(NS, NAME)
+    assert status_of(emu) == {}
+    assert warning_reasons(emu) == []
