@@ -162,6 +162,10 @@ def failure_message(headline: str, log: str, limit: int) -> str:
     ``limit``).
     """
     lines = [line.strip() for line in strip_ansi(log).splitlines() if line.strip()]
+    if "Usage:" in lines[1:]:
+        # Kaniko's command line prints its whole usage (~100 lines) after a fatal error: it
+        # would push the error itself out of the tail.
+        lines = lines[: lines.index("Usage:", 1)]
     error = next((line for line in reversed(lines) if _ERROR_LINE.match(line)), None)
     step = next((m.group(1) for m in map(_STEP_LINE.match, reversed(lines)) if m), None)
     first = headline + (f" at step {step}" if step else "") + (f": {error}" if error else ".")
