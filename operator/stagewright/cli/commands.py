@@ -15,7 +15,7 @@ from stagewright.api.v1alpha1 import KIND, ImageBuild, parse_duration
 from stagewright.cli import apply as applying
 from stagewright.cli.apply import Applied, NotFoundError, Wanted
 from stagewright.cli.describe import describe
-from stagewright.cli.display import Reporter, make_console
+from stagewright.cli.display import Reporter, emit, make_console
 from stagewright.cli.follow import Deadline, Follower
 from stagewright.cli.kube import Kube
 from stagewright.cli.outcome import EXIT_FAILED, EXIT_SUCCEEDED, Outcome
@@ -38,11 +38,15 @@ class FollowOptions:
     show_log: bool = True
 
 
-def build(kube: Kube, filename: str, *, follow: bool, rebuild: bool,
+def read_file(filename: str) -> list[dict[str, Any]]:
+    """The objects of a ``-f`` file ('-' is stdin), checked before anything is applied."""
+    text = sys.stdin.read() if filename == "-" else Path(filename).read_text()
+    return applying.load_documents(text, filename)
+
+
+def build(kube: Kube, documents: list[dict[str, Any]], *, follow: bool, rebuild: bool,
           options: FollowOptions) -> int:
     """``stagewright build -f FILE``: apply, then (with --follow) follow each build to its end."""
-    text = sys.stdin.read() if filename == "-" else Path(filename).read_text()
-    documents = applying.load_documents(text, filename)
     placed = [applying.placed(d, kube.namespace) for d in documents]
     console = make_console()
     applied: list[tuple[Applied, dict[str, Any]]] = []
@@ -166,7 +170,7 @@ def get(kube: Kube, name: str | None, *, all_namespaces: bool) -> int:
         where = "any namespace" if all_namespaces else f"namespace {kube.namespace}"
         print(f"No ImageBuilds found in {where}.", file=sys.stderr)
         return EXIT_SUCCEEDED
-    console.print(columns_table(get_columns(all_namespaces=all_namespaces),
+    emit(console, columns_table(get_columns(all_namespaces=all_namespaces),
                                 get_rows(builds, all_namespaces=all_namespaces)))
     return EXIT_SUCCEEDED
 

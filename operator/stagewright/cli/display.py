@@ -35,6 +35,16 @@ def make_console(stream: IO[str] | None = None, *, tty: bool | None = None) -> C
     return Console(file=stream, highlight=False, force_terminal=True)
 
 
+def emit(console: Console, renderable: RenderableType) -> None:
+    """Print a table; in plain output without the padding rich adds at line ends."""
+    if console.is_terminal:
+        console.print(renderable)
+        return
+    with console.capture() as captured:
+        console.print(renderable)
+    console.file.write("".join(f"{line.rstrip()}\n" for line in captured.get().splitlines()))
+
+
 class Reporter:
     """Receives what happens to a followed build; prints it as the console allows."""
 
@@ -79,9 +89,9 @@ class Reporter:
         self._status.name = name
         self._status.phase = phase or "Pending"
 
-    def show(self, renderable: RenderableType | Table) -> None:
+    def show(self, renderable: RenderableType) -> None:
         """The end-of-build table (after the live line is gone)."""
-        self.console.print(renderable)
+        emit(self.console, renderable)
 
     def last_line(self, text: str) -> None:
         """The outcome, always the last thing printed."""

@@ -115,7 +115,8 @@ def _cluster_verb(args: argparse.Namespace) -> Callable[[Kube], int]:
     timeout = getattr(args, "timeout", None)
     if args.command == "build":
         options = FollowOptions(timeout=timeout)
-        return lambda kube: commands.build(kube, args.filename,
+        documents = commands.read_file(args.filename)  # a bad file fails before connecting
+        return lambda kube: commands.build(kube, documents,
                                            follow=args.follow or timeout is not None,
                                            rebuild=args.rebuild, options=options)
     if args.command == "logs":
@@ -136,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     code = _offline(args)
     if code is not None:
         return code
-    verb = _cluster_verb(args)
     try:
+        verb = _cluster_verb(args)
         return verb(Kube(KubeTarget(args.kubeconfig, args.context, args.namespace)))
     except KeyboardInterrupt:
         print("error: interrupted; the build goes on in the cluster", file=sys.stderr)

@@ -131,6 +131,7 @@ class Follower:
 
     def run(self, wanted: Wanted, timeout_text: str) -> Outcome:
         """Follow until the wanted build settles; the outcome says how it ended."""
+        self.reporter.phase(wanted.name, "Pending")
         try:
             return self._follow(BuildTracker(wanted))
         except FollowTimeoutError:
@@ -160,29 +161,36 @@ class Follower:
         wanted = tracker.wanted
         for build in self.kube.watch_build(wanted.name, wanted.namespace,
                                            self.deadline.remaining()):
-            self._seen(build)
+            self._seen(build, wanted)
             step, pod = tracker.next_step(build)
             if step is not Step.WAIT:
                 return step, pod
             self.deadline.remaining()
         return None, None
 
-    def _seen(self, build: dict[str, Any]) -> None:
-        """Report a phase or reason change once."""
+    def _seen(self, build: dict[str, Any], wanted: Wanted) -> None:
+        """Report each phase, reason or attempt of the wanted build once (earlier builds'
+        statuses, still there until the operator picks the request up, are not news)."""
         before = dict((self.last or {}).get("status") or {})
         status = dict(build.get("status") or {})
         self.last = build
+        if not wanted.answered_by(status):
+            self.reporter.phase(build["metadata"]["name"], "Pending")
+            return
+        if not wanted.answered_by(before):
+            before = {}
         self.reporter.phase(build["metadata"]["name"], status.get("phase"))
         seen = (status.get("phase"), status.get("reason"), status.get("attempt"))
         if seen != (before.get("phase"), before.get("reason"), before.get("attempt")) and seen[0]:
             message = str(status.get("message") or "").strip().splitlines()
             self.reporter.note(f"ImageBuild {build['metadata']['name']}: {seen[0]}"
-                               + (f" ({seen[1]})" if seen[1] else "")
+                               + (f" ({seen[1]})" if seen[1] not in (None, seen[0]) else "")
                                + (f": {message[0]}" if message else ""))
 
     def follow_pod(self, pod: str, namespace: str) -> None:
         """Stream every container of one build pod, in order, until the pod is done."""
         parser = ProgressParser(self.stages)
+        self.reporter.progress(parser.progress)
         done: list[str] = []
         while True:
             container = None
