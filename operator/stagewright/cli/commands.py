@@ -13,7 +13,7 @@ from typing import Any
 
 from stagewright.api.v1alpha1 import KIND, ImageBuild, parse_duration
 from stagewright.cli import apply as applying
-from stagewright.cli.apply import Applied, NotFoundError, Wanted
+from stagewright.cli.apply import Action, Applied, NotFoundError, Wanted
 from stagewright.cli.describe import describe
 from stagewright.cli.display import Reporter, emit, make_console
 from stagewright.cli.follow import Deadline, Follower
@@ -61,6 +61,11 @@ def build(kube: Kube, documents: list[dict[str, Any]], *, follow: bool, rebuild:
             console.print(f"imagebuild.stagewright.dev/{result.wanted.name} "
                           f"{result.action.value}", markup=False)
             applied.append((result, document))
+    if follow:
+        for result, _ in applied:
+            if result.action is Action.UNCHANGED:
+                console.print(f"==> ImageBuild {result.wanted.name} is unchanged: its last "
+                              "build follows (--rebuild builds again)", markup=False)
     if not follow:
         return EXIT_SUCCEEDED
     codes = [wait_for(kube, result.wanted, options, _stages(document, placed))
