@@ -52,7 +52,8 @@ INSIGHT = {
     "cache": {"hits": 3, "misses": 1},
     "layersTop": [{"size": 10_485_760, "instruction": "RUN make"},
                   {"sizeHuman": "2.0MiB", "createdBy": "COPY . /src"}],
-    "checks": [{"stage": "test", "result": "Passed", "duration": "12s"}],
+    "checks": [{"stage": "test", "result": "Passed", "durationSeconds": 12},
+               {"stage": "lint", "result": "NotRun"}],
     "sizeDelta": -1024,
     "history": [{"phase": "Succeeded", "generation": 1, "sizeHuman": "12.3MiB",
                  "digest": DIGEST, "completionTime": "2026-11-29T10:00:00Z"}],
@@ -78,6 +79,7 @@ def test_the_final_table_shows_newer_status_fields_when_present() -> None:
     assert ("Largest layers", "10.0MiB  RUN make") in rows
     assert ("", "2.0MiB  COPY . /src") in rows
     assert ("Checks", "test: Passed (12s)") in rows
+    assert ("", "lint: NotRun") in rows
 
 
 def test_status_fields_in_unexpected_shapes_do_not_break_the_table() -> None:

@@ -86,7 +86,9 @@ def check_lines(status: Mapping[str, Any]) -> list[str]:
             lines.append(str(check))
             continue
         result = check.get("result") or check.get("phase") or check.get("status") or "?"
-        duration = check.get("duration")
+        duration = check.get("duration") or (f"{check['durationSeconds']}s"
+                                             if check.get("durationSeconds") is not None
+                                             else None)
         lines.append(f"{check.get('stage') or check.get('name') or '?'}: {result}"
                      + (f" ({duration})" if duration else ""))
     return lines
