@@ -20,7 +20,10 @@ import yaml
 from pydantic import ValidationError
 
 from stagewright.api.v1alpha1 import KIND, REBUILD_ANNOTATION, ImageBuild
-from stagewright.cli.kube import Kube
+from stagewright.cli.kube import ApiException, Kube
+
+#: Attempts at an update that meets a concurrent write (409) before giving up.
+_CONFLICT_TRIES = 3
 
 
 class Action(StrEnum):
@@ -149,6 +152,17 @@ def request_rebuild(kube: Kube, name: str, namespace: str) -> Wanted:
 def apply_build(kube: Kube, document: dict[str, Any], *, rebuild: bool) -> Applied:
     """Create or update one ImageBuild (already placed in its namespace)."""
     name, namespace = document["metadata"]["name"], document["metadata"]["namespace"]
+    for _ in range(_CONFLICT_TRIES - 1):
+        try:
+            return _apply_once(kube, document, name, namespace, rebuild=rebuild)
+        except ApiException as exc:
+            if exc.status != 409:  # 409: written meanwhile (the operator, a person): re-read
+                raise
+    return _apply_once(kube, document, name, namespace, rebuild=rebuild)
+
+
+def _apply_once(kube: Kube, document: dict[str, Any], name: str, namespace: str, *,
+                rebuild: bool) -> Applied:
     existing = kube.get_build(name, namespace)
     if existing is None:
         return Applied(Action.CREATED, Wanted.current(kube.create_build(document, namespace)))

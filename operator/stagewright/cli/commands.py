@@ -68,24 +68,27 @@ def build(kube: Kube, documents: list[dict[str, Any]], *, follow: bool, rebuild:
                               "build follows (--rebuild builds again)", markup=False)
     if not follow:
         return EXIT_SUCCEEDED
-    codes = [wait_for(kube, result.wanted, options, _stages(document, placed))
+    codes = [wait_for(kube, result.wanted, options, _stages(kube, document, placed))
              for result, document in applied]
     return max(codes)
 
 
-def _stages(build_doc: dict[str, Any], documents: list[dict[str, Any]]) -> list[Stage]:
-    """The Dockerfile's stages when the context is a ConfigMap in the same file (step counts)."""
+def _stages(kube: Kube, build_doc: dict[str, Any],
+            documents: list[dict[str, Any]] | None = None) -> list[Stage]:
+    """The Dockerfile's stages (for step counts) when the context is a ConfigMap: from the
+    file being applied, else from the cluster; none for other sources."""
     spec = ImageBuild.model_validate(build_doc).spec
     source = spec.source.config_map
     if source is None:
         return []
-    keys = {item.path: item.key for item in source.items or []}
-    key = keys.get(spec.dockerfile, spec.dockerfile)
-    for document in documents:
-        if document["kind"] == "ConfigMap" and document["metadata"]["name"] == source.name:
-            dockerfile = (document.get("data") or {}).get(key)
-            return dockerfile_stages(dockerfile) if isinstance(dockerfile, str) else []
-    return []
+    path = "/".join(p for p in (spec.source.context_dir, spec.dockerfile) if p)
+    key = next((item.key for item in source.items or [] if item.path == path), path)
+    data = next((d.get("data") or {} for d in documents or []
+                 if d["kind"] == "ConfigMap" and d["metadata"]["name"] == source.name), None)
+    if data is None:
+        data = kube.config_map_data(source.name, build_doc["metadata"]["namespace"])
+    dockerfile = data.get(key)
+    return dockerfile_stages(dockerfile) if isinstance(dockerfile, str) else []
 
 
 def wait_for(kube: Kube, wanted: Wanted, options: FollowOptions,
@@ -115,7 +118,7 @@ def rebuild(kube: Kube, name: str, *, wait: bool, options: FollowOptions) -> int
                          f"({wanted.rebuild})", markup=False)
     if not wait:
         return EXIT_SUCCEEDED
-    return wait_for(kube, wanted, options)
+    return wait_for(kube, wanted, options, _stages(kube, _require(kube, name)))
 
 
 def logs(kube: Kube, name: str, *, follow: bool, attempt: int | None,
@@ -124,7 +127,7 @@ def logs(kube: Kube, name: str, *, follow: bool, attempt: int | None,
     current = _require(kube, name)
     wanted = Wanted.current(current)
     if follow and attempt is None:
-        return wait_for(kube, wanted, options)
+        return wait_for(kube, wanted, options, _stages(kube, current))
     pods = _attempt_pods(kube, wanted)
     if attempt is not None:
         pods = [(n, pod) for n, pod in pods if n == attempt]

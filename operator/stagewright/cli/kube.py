@@ -133,6 +133,14 @@ class Kube:
         resource.replace(body=body, name=name, namespace=target_namespace)
         return "configured"
 
+    def config_map_data(self, name: str, namespace: str) -> dict[str, str]:
+        """A ConfigMap's data, or nothing when it is absent or not readable by the user."""
+        try:
+            found = self.core.read_namespaced_config_map(name, namespace)
+        except ApiException:
+            return {}
+        return dict(found.data or {})
+
     # Pods, logs and events ----------------------------------------------------------------
 
     def build_pods(self, name: str, namespace: str) -> list[dict[str, Any]]:
