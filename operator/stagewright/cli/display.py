@@ -73,7 +73,7 @@ class Reporter:
         if self.live_enabled:
             self.console.print(Text(text, style="bold cyan"))
         else:
-            self.console.print(f"==> {text}", markup=False, highlight=False)
+            self.console.print(f"==> {text}", markup=False, highlight=False, soft_wrap=True)
 
     def log(self, line: str) -> None:
         """One line of the build log, as the container wrote it (escape codes removed)."""
