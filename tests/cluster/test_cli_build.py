@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -200,7 +201,10 @@ def test_the_current_contexts_namespace_and_the_kubectl_plugin(
 def test_timeout_gives_up_with_exit_3_and_the_build_goes_on(
         sandbox: Sandbox, namespace: str, tmp_path: Path) -> None:
     path = build_file(sandbox, tmp_path, namespace, "slow", SLOW)
+    started = time.monotonic()
     result = cli(sandbox, "build", "-f", str(path), "--timeout", "3s", "-n", namespace)
+    # Promptly, while the build step is silent (a blocked log read once held it to the end).
+    assert time.monotonic() - started < 20, result.stdout
     assert result.returncode == 3, result.stdout + result.stderr
     assert re.match(r"ImageBuild slow Timeout: not finished after 3s \(phase \w+\)",
                     last_line(result))

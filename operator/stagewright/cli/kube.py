@@ -8,8 +8,10 @@ the other CLI modules make goes through :class:`Kube`, so they stay free of clie
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -210,11 +212,11 @@ class LogStream:
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
                     self._lines.put(line.decode(errors="replace"))
-            if pending:
-                self._lines.put(pending.decode(errors="replace"))
         except Exception as exc:  # a dropped stream is reported by the caller, not raised
             self.error = exc
         finally:
+            if pending:  # a last line without a newline, or cut off by a broken stream
+                self._lines.put(pending.decode(errors="replace"))
             self._lines.put(self._END)
 
     def next_line(self, timeout: float) -> str | None:
@@ -231,9 +233,21 @@ class LogStream:
         return str(item)
 
     def close(self) -> None:
-        """Stop reading (the connection is closed; the thread ends with it)."""
-        self._response.release_conn()
-        self._response.close()
+        """Stop reading, at once even while the container is silent.
+
+        Closing the response would wait for the reading thread's buffer lock, which it holds
+        until the next byte comes (seen: a timed-out follow hung until the build ended); shutting
+        the socket down ends that read instead, and the thread with it.
+        """
+        if not self._thread.is_alive():
+            self._response.release_conn()
+            return
+        connection = getattr(self._response, "connection", None)
+        sock = getattr(connection, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(timeout=2)
 
 
 def _connect(target: KubeTarget) -> tuple[Any, str]:
