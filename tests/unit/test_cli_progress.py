@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from stagewright.cli.progress import ProgressParser, Stage, dockerfile_stages
+
+#: A real log: Kaniko v1.28.3 on the sandbox's node, through `stagewright build --follow`.
+REAL_LOG = Path(__file__).parent / "fixtures" / "kaniko-v1.28.3-two-stages.log"
+REAL_DOCKERFILE = """\
+ARG BASE
+FROM ${BASE} AS build
+RUN echo "compiling the app" && mkdir -p /out && echo app > /out/app
+COPY app.sh /src/app.sh
+FROM ${BASE} AS runtime
+COPY --from=build /out/app /app
+"""
 
 DOCKERFILE = """\
 # syntax=docker/dockerfile:1
@@ -43,6 +56,8 @@ INFO[0001] Taking snapshot of files...
 INFO[0001] RUN cp /src/app.sh /out/app
 INFO[0001] Cmd: /bin/sh
 INFO[0002] Pushing layer 10.244.0.1:5000/demo/cache:9a8b to cache now
+INFO[0002] Pushing image to 10.244.0.1:5000/demo/cache:9a8b
+INFO[0002] Pushed 10.244.0.1:5000/demo/cache@sha256:4567
 INFO[0002] Saving file out/app for later use
 INFO[0002] Building stage '10.244.0.1:5000/base:latest' [idx: '2', base-idx: '-1']
 INFO[0002] COPY --from=build /out/app /usr/local/bin/app
@@ -113,3 +128,19 @@ def test_a_stage_kaniko_names_differently_from_the_dockerfile_is_not_guessed() -
     assert (parser.progress.stage, parser.progress.steps) == ("alpine:3.20", None)
     parser.feed("INFO[0000] Building stage 'golang:1.22' [idx: '3', base-idx: '-1']")
     assert (parser.progress.stage, parser.progress.steps) == ("build", 4)
+
+
+def test_a_real_kaniko_log_reads_as_two_stages_one_miss_and_one_push() -> None:
+    parser = ProgressParser(dockerfile_stages(REAL_DOCKERFILE))
+    summaries = feed(parser, REAL_LOG.read_text())
+    assert 'stage build · step 1/2 RUN echo "compiling the app" && mkdir -p /out && echo app >… ' \
+           "· cache 0 hits, 1 miss" in summaries
+    assert "stage build · step 2/2 COPY app.sh /src/app.sh · cache 0 hits, 1 miss" in summaries
+    assert "stage runtime · step 1/1 COPY --from=build /out/app /app · cache 0 hits, 1 miss" \
+        in summaries
+    progress = parser.progress
+    # The cache layer Kaniko pushes on the way is not the image.
+    assert progress.pushed == ["10.244.0.1:5000/team-a/web@sha256:62f8973c4980f8bbea5e72cfb49e8"
+                               "82f8d4ff1628b5c4683e70b0ad7a2bb2538"]
+    assert progress.pushing == "10.244.0.1:5000/team-a/web:latest"
+    assert progress.error is None

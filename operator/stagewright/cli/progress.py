@@ -23,6 +23,8 @@ _STAGE = re.compile(r"^Building stage '?(?P<base>[^' ]+)'? \[idx: '?(?P<idx>\d+)
 _CACHE_HIT = re.compile(r"^Using caching version of cmd: (?P<cmd>.+)$")
 _CACHE_MISS = re.compile(r"^No cached layer found for cmd (?P<cmd>.+)$")
 _PUSHING = re.compile(r"^Pushing image to (?P<ref>\S+)")
+#: Kaniko announces a layer for the cache repo before pushing it as an image of its own.
+_CACHE_PUSH = re.compile(r"^Pushing layer \S+ to cache now")
 _PUSHED = re.compile(r"^Pushed (?P<ref>\S+)")
 #: Dockerfile instructions Kaniko logs when it runs them (FROM starts a stage instead).
 INSTRUCTIONS = frozenset({
@@ -80,6 +82,7 @@ class ProgressParser:
     def __init__(self, stages: Sequence[Stage] = ()) -> None:
         self.stages = list(stages)
         self.progress = Progress()
+        self._caching = False
 
     def feed(self, raw: str) -> bool:
         """Take one log line; True when it changed the progress."""
@@ -101,10 +104,15 @@ class ProgressParser:
             progress.cache_hits += 1
         elif _CACHE_MISS.match(message):
             progress.cache_misses += 1
+        elif _CACHE_PUSH.match(message):
+            self._caching = True
         elif pushing := _PUSHING.match(message):
-            progress.pushing = pushing.group("ref")
+            if not self._caching:
+                progress.pushing = pushing.group("ref")
         elif pushed := _PUSHED.match(message):
-            progress.pushed.append(pushed.group("ref"))
+            if not self._caching:
+                progress.pushed.append(pushed.group("ref"))
+            self._caching = False
         elif message.split(" ", 1)[0] in INSTRUCTIONS:
             progress.step += 1
             progress.instruction = _shorten(message, 60)
