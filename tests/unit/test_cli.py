@@ -11,7 +11,8 @@ import yaml
 
 from stagewright.api.crd import render_crd_yaml
 from stagewright.cli import main
-from stagewright.cli.kube import Kube, KubeTarget
+from stagewright.cli.entry import _explain
+from stagewright.cli.kube import ApiException, Kube, KubeTarget
 from stagewright.cli.outcome import EXIT_CLUSTER, EXIT_USAGE
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -147,3 +148,13 @@ def test_the_kubectl_plugin_names_itself_as_kubectl_does(monkeypatch: pytest.Mon
     with pytest.raises(SystemExit):
         main()
     assert capsys.readouterr().out.startswith("usage: kubectl stagewright")
+
+
+@pytest.mark.parametrize(("status", "code"), [(422, EXIT_USAGE), (400, EXIT_USAGE),
+                                              (403, EXIT_CLUSTER), (500, EXIT_CLUSTER)])
+def test_api_refusals_map_to_usage_or_cluster_exit_codes(status: int, code: int) -> None:
+    refusal = ApiException(status=status, reason="Refused")
+    refusal.body = '{"message": "spec.output.image: Invalid value"}'
+    message, exit_code = _explain(refusal)
+    assert exit_code == code
+    assert message == f"the API server refused: {status} Refused: spec.output.image: Invalid value"

@@ -24,8 +24,9 @@ from stagewright.cli.kube import ApiException, ConfigException, Kube, KubeTarget
 from stagewright.cli.outcome import EXIT_CLUSTER, EXIT_FAILED, EXIT_USAGE
 
 DESCRIPTION = "Stagewright: in-cluster multi-stage image builds (ImageBuild), and the operator."
-EXIT_CODES = """exit codes: 0 succeeded, 1 build failed (or not found), 2 usage or invalid file,
-3 --timeout passed, 4 cluster unreachable or request refused"""
+EXIT_CODES = """exit codes: 0 succeeded, 1 build failed (or not found), 2 usage or invalid file
+(also when the API server rejects it), 3 --timeout passed, 4 cluster unreachable or request
+refused"""
 
 
 def _program() -> str:
@@ -157,8 +158,10 @@ def _explain(exc: Exception) -> tuple[str, int]:
     if isinstance(exc, ConfigException):
         return f"no usable kubeconfig: {exc}", EXIT_CLUSTER
     if isinstance(exc, ApiException):
-        return f"the API server refused: {exc.status} {exc.reason}: {_api_message(exc)}", \
-            EXIT_CLUSTER
+        # 400/422: the server rejected what we sent (its validation): a usage error, like
+        # a file our own check refuses; anything else is about access or the cluster.
+        code = EXIT_USAGE if exc.status in (400, 422) else EXIT_CLUSTER
+        return f"the API server refused: {exc.status} {exc.reason}: {_api_message(exc)}", code
     if isinstance(exc, urllib3.exceptions.HTTPError):
         return f"the API server cannot be reached: {exc}", EXIT_CLUSTER
     return str(exc), EXIT_USAGE
