@@ -11,7 +11,7 @@ import yaml
 
 from stagewright.api.crd import render_crd_yaml
 from stagewright.cli import main
-from stagewright.cli.entry import _explain
+from stagewright.cli.entry import explain_error
 from stagewright.cli.kube import ApiException, Kube, KubeTarget
 from stagewright.cli.outcome import EXIT_CLUSTER, EXIT_USAGE
 
@@ -155,6 +155,6 @@ def test_the_kubectl_plugin_names_itself_as_kubectl_does(monkeypatch: pytest.Mon
 def test_api_refusals_map_to_usage_or_cluster_exit_codes(status: int, code: int) -> None:
     refusal = ApiException(status=status, reason="Refused")
     refusal.body = '{"message": "spec.output.image: Invalid value"}'
-    message, exit_code = _explain(refusal)
+    message, exit_code = explain_error(refusal)
     assert exit_code == code
     assert message == f"the API server refused: {status} Refused: spec.output.image: Invalid value"

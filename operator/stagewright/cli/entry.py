@@ -146,12 +146,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (FileError, UnknownKindError, OSError, NotFoundError, ConfigException,
             ApiException, urllib3.exceptions.HTTPError) as exc:
-        message, code = _explain(exc)
+        message, code = explain_error(exc)
         print(f"error: {message}", file=sys.stderr)
         return code
 
 
-def _explain(exc: Exception) -> tuple[str, int]:
+def explain_error(exc: Exception) -> tuple[str, int]:
     """An error a person can act on, and its exit code; no tracebacks for expected failures."""
     if isinstance(exc, NotFoundError):
         return str(exc), EXIT_FAILED
