@@ -1,4 +1,4 @@
-"""The ``stagewright`` command: run the operator, or use its parts without a cluster.
+"""The verbs that need no cluster access of their own: run the operator, or use its parts.
 
 - ``run``: the operator (kopf), configured by ``STAGEWRIGHT_*`` settings.
 - ``render -f FILE``: the Kaniko Pod an ImageBuild file would get, as YAML.
@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -26,38 +25,8 @@ from stagewright.resources.kaniko_pod import build_key, build_pod, context_files
 from stagewright.settings import Settings
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stagewright", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run the operator against the current cluster")
-    run.add_argument("--verbose", action="store_true", help="debug logging")
-    render = commands.add_parser("render", help="print the build Pod for an ImageBuild file")
-    render.add_argument("-f", "--filename", required=True, help="ImageBuild YAML ('-' = stdin)")
-    inspect = commands.add_parser("inspect", help="print an image's digest, size and layers")
-    inspect.add_argument("reference", help="registry/repository[:tag|@digest]")
-    inspect.add_argument("--insecure", action="store_true",
-                         help="plain HTTP or self-signed TLS registry")
-    inspect.add_argument("--docker-config", type=Path,
-                         help="a Docker config.json with credentials")
-    inspect.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
-    commands.add_parser("crd", help="print the ImageBuild CustomResourceDefinition")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit code."""
-    args = _parser().parse_args(argv)
-    if args.command == "run":
-        return _run(verbose=args.verbose)
-    if args.command == "render":
-        return _render(args.filename)
-    if args.command == "inspect":
-        return _inspect(args.reference, args.insecure, args.docker_config, args.timeout)
-    sys.stdout.write(render_crd_yaml())
-    return 0
-
-
-def _run(*, verbose: bool) -> int:
+def run_operator(*, verbose: bool) -> int:
+    """``stagewright run``: the operator, until it is stopped."""
     import kopf  # noqa: PLC0415 - only `run` needs kopf's start-up cost
 
     import stagewright.handlers  # noqa: F401, PLC0415 - registers the handlers
@@ -79,7 +48,8 @@ def _run(*, verbose: bool) -> int:
     return 0
 
 
-def _render(filename: str) -> int:
+def render(filename: str) -> int:
+    """``stagewright render``: the Kaniko Pod for each ImageBuild in a file, as YAML."""
     text = sys.stdin.read() if filename == "-" else Path(filename).read_text()
     documents = [d for d in yaml.safe_load_all(text) if d]
     builds = [d for d in documents if isinstance(d, dict) and d.get("kind") == "ImageBuild"]
@@ -125,8 +95,9 @@ def _context_files(build: ImageBuild, documents: list[Any]) -> list[ContextFile]
     return context_files(source, [])
 
 
-def _inspect(reference: str, insecure: bool, docker_config: Path | None,
-             timeout: float) -> int:
+def inspect_image(reference: str, insecure: bool, docker_config: Path | None,
+                  timeout: float) -> int:
+    """``stagewright inspect``: an image's digest, size and layers, as the operator measures."""
     try:
         ref = ImageReference.parse(reference)
         config = json.loads(docker_config.read_text()) if docker_config else None
@@ -148,5 +119,7 @@ def _inspect(reference: str, insecure: bool, docker_config: Path | None,
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def print_crd() -> int:
+    """``stagewright crd``: the CustomResourceDefinition generated from the API models."""
+    sys.stdout.write(render_crd_yaml())
+    return 0
