@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from stagewright.api.reasons import INFRASTRUCTURE_FAILURES, Reason
-from stagewright.api.v1alpha1 import Condition, ImageBuildStatus, Phase
+from stagewright.api.v1alpha1 import BuildRecord, Condition, ImageBuildStatus, Phase
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 #: Kaniko's own words when the image was built but could not be pushed (its final error
@@ -36,6 +36,10 @@ _STEP_LINE = re.compile(r"^(?:INFO\[\d+\]\s+|level=info msg=\")?((?:RUN|COPY|ADD
 #: Container waiting reasons that will not clear up by themselves.
 _STUCK_WAITING = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName",
                             "CreateContainerConfigError", "CreateContainerError"})
+
+
+#: Finished builds kept in status.history: enough to see a trend, small enough for etcd.
+HISTORY_LIMIT = 5
 
 
 def now_iso() -> str:
@@ -231,3 +235,28 @@ def status_patch(previous: ImageBuildStatus, *, phase: Phase, reason: Reason, me
         alias = aliases[name].alias or name
         patch[alias] = value
     return patch
+
+
+def history_with(previous: ImageBuildStatus, record: BuildRecord) -> list[dict[str, Any]]:
+    """status.history after ``record``: newest first, at most ``HISTORY_LIMIT`` entries.
+
+    The whole list is written each time (a merge patch replaces lists), in the same patch as
+    the build's final status, so history costs no extra API write.
+    """
+    records = [record, *(previous.history or [])][:HISTORY_LIMIT]
+    return [r.model_dump(mode="json", by_alias=True, exclude_none=True) for r in records]
+
+
+def size_delta(previous: ImageBuildStatus, size: int) -> int | None:
+    """Bytes gained since the previous successful build (from history); None for the first."""
+    for record in previous.history or []:
+        if record.phase is Phase.SUCCEEDED and record.size is not None:
+            return size - record.size
+    return None
+
+
+def signed_size(delta: int) -> str:
+    """A size change for people: ``+1.2MiB``, ``-300B``, ``±0B``."""
+    if delta == 0:
+        return "±0B"
+    return ("+" if delta > 0 else "-") + human_size(abs(delta))

@@ -67,13 +67,12 @@ async def test_docker_v2s2_image(
 ) -> None:
     pushed = await pusher.image("team/docker", "v1", docker=True, layers=3)
     info = await client.resolve(ref(registry.host, "team/docker:v1"), insecure=True)
-    assert info == ImageInfo(
-        digest=pushed.digest, media_type=DOCKER_MANIFEST, size=pushed.size, layers=3
+    assert (info.digest, info.media_type, info.size, info.layers) == (
+        pushed.digest, DOCKER_MANIFEST, pushed.size, 3
     )
-    assert info.model_dump(mode="json", by_alias=True) == {
-        "digest": pushed.digest, "mediaType": DOCKER_MANIFEST, "size": pushed.size,
-        "layers": 3, "platforms": [],
-    }
+    dumped = info.model_dump(mode="json", by_alias=True)
+    assert dumped["platforms"] == []
+    assert [layer["instruction"] for layer in dumped["layerDetails"]] == [None] * 3
 
 
 async def test_oci_image_by_tag_and_by_digest(

@@ -65,6 +65,30 @@ Quantity = Annotated[
 ]
 
 
+#: A Kubernetes quantity (``200Mi``, ``1G``, ``5e8``), as the API server's regex accepts it.
+_QUANTITY = re.compile(
+    r"^([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|[kMGTPE]|[eE][0-9]+)?$",
+)
+_QUANTITY_UNITS = {
+    "": 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+}
+
+
+def parse_quantity(value: str | int) -> int:
+    """Bytes in a Kubernetes quantity (``200Mi`` -> 209715200), rounded up as Kubernetes does."""
+    text = str(value).strip()
+    match = _QUANTITY.match(text)
+    if not match:
+        raise ValueError(f"invalid quantity {value!r}: use bytes or units such as 200Mi, 1G")
+    number, suffix = match[1], match[2] or ""
+    if suffix[:1] in ("e", "E"):
+        scaled = float(number) * 10 ** int(suffix[1:])
+    else:
+        scaled = float(number) * _QUANTITY_UNITS[suffix]
+    return int(-(-scaled // 1))
+
+
 def parse_duration(value: str) -> timedelta:
     """Parse a Go-style duration (``20m``, ``1h30m``), the format users know from kubectl."""
     if not re.fullmatch(_DURATION_PATTERN, value):
@@ -196,6 +220,24 @@ class Output(_Model):
     labels: dict[str, str] = Field(
         default_factory=dict, description="OCI labels added to the image config.",
     )
+    max_size: Quantity | None = Field(
+        default=None,
+        description="Size budget (a quantity such as 200Mi): compressed bytes, config + "
+        "layers, as the registry serves the image. A bigger image fails with "
+        "SizeBudgetExceeded and never gets the output tags.",
+    )
+
+    @field_validator("max_size")
+    @classmethod
+    def _valid_budget(cls, value: str | int | None) -> str | int | None:
+        if value is not None and parse_quantity(value) < 1:
+            raise ValueError("maxSize must be at least 1 byte")
+        return value
+
+    @property
+    def max_size_bytes(self) -> int | None:
+        """The budget in bytes, if any."""
+        return None if self.max_size is None else parse_quantity(self.max_size)
 
     @field_validator("tags")
     @classmethod
@@ -320,6 +362,41 @@ class Condition(_Model):
     message: str = ""
 
 
+class LayerStatus(_Model):
+    """One of the image's largest layers: how big, and which instruction made it."""
+
+    size: int = Field(description="Compressed bytes, as the registry serves the layer.")
+    instruction: str | None = Field(
+        default=None, description="The Dockerfile instruction (from the image's history).",
+    )
+    digest: str = Field(description="The layer blob's digest.")
+    platform: str | None = Field(
+        default=None, description="os/architecture[/variant], for an image index only.",
+    )
+
+
+class CacheStatus(_Model):
+    """Kaniko's registry layer cache in the last build, read from its log."""
+
+    hits: int = Field(description="Cacheable steps served from the cache.")
+    misses: int = Field(description="Cacheable steps that ran.")
+    summary: str = Field(description="hits/steps, for the Cache printer column.")
+
+
+class BuildRecord(_Model):
+    """One finished build, as status.history keeps it."""
+
+    generation: int = Field(description="The spec generation built.")
+    rebuild: str | None = Field(default=None, description="The rebuild request it answered.")
+    phase: Phase = Field(description="Succeeded or Failed.")
+    reason: str = Field(description="Why it ended so.")
+    digest: str | None = Field(default=None, description="The image's digest, if pushed.")
+    size: int | None = Field(default=None, description="Compressed bytes, if pushed.")
+    start_time: str | None = Field(default=None, description="When it started.")
+    completion_time: str | None = Field(default=None, description="When it ended.")
+    cache_hits: int | None = Field(default=None, description="Cache hits, when read.")
+
+
 class ImageBuildStatus(_Model):
     """What the operator observed; the only part of an ImageBuild it writes."""
 
@@ -348,6 +425,28 @@ class ImageBuildStatus(_Model):
     size: int | None = Field(default=None, description="Compressed bytes: config + layers.")
     size_human: str | None = Field(default=None, description="Size for people, e.g. 12.3MiB.")
     layers: int | None = Field(default=None, description="Number of layers.")
+    largest_layers: list[LayerStatus] | None = Field(
+        default=None, max_length=16,
+        description="The largest layers, largest first, with the instruction that made each.",
+    )
+    base_image: str | None = Field(
+        default=None, description="The external image the target stage starts from.",
+    )
+    base_size: int | None = Field(
+        default=None,
+        description="Compressed bytes of the layers the base image brought (leading layers "
+        "identical, by digest, to the base image's).",
+    )
+    size_delta: int | None = Field(
+        default=None, description="Bytes gained (or lost, negative) since the previous "
+        "successful build of this ImageBuild.",
+    )
+    cache: CacheStatus | None = Field(
+        default=None, description="Registry layer cache hits and misses, from the build log.",
+    )
+    history: list[BuildRecord] | None = Field(
+        default=None, max_length=5, description="The last 5 finished builds, newest first.",
+    )
 
 
 class ImageBuild(_Model):

@@ -21,7 +21,15 @@ import kopf
 from pydantic import ValidationError
 
 from stagewright.api.reasons import WARNINGS, Reason
-from stagewright.api.v1alpha1 import ContextFile, ImageBuild, ImageBuildStatus, Phase
+from stagewright.api.v1alpha1 import (
+    BuildRecord,
+    ContextFile,
+    ImageBuild,
+    ImageBuildStatus,
+    Phase,
+)
+from stagewright.build_log import BuildLog, parse_build_log
+from stagewright.handlers.insight import SCRATCH, build_insight, success_message
 from stagewright.handlers.kube_api import ApiError, KubeApi
 from stagewright.registry import (
     ImageInfo,
@@ -33,6 +41,7 @@ from stagewright.registry import (
 )
 from stagewright.resources.events import build_event
 from stagewright.resources.kaniko_pod import (
+    CONTAINER_NAME,
     LABEL_IMAGEBUILD,
     build_key,
     build_pod,
@@ -43,7 +52,14 @@ from stagewright.resources.kaniko_pod import (
     pod_name,
 )
 from stagewright.settings import Settings
-from stagewright.status import PodOutcome, classify_pod, human_size, now_iso, status_patch
+from stagewright.status import (
+    PodOutcome,
+    classify_pod,
+    history_with,
+    human_size,
+    now_iso,
+    status_patch,
+)
 
 #: How long past its deadline a pod that never started is given before the operator gives up
 #: on it (activeDeadlineSeconds only counts once a kubelet has started the pod).
@@ -54,6 +70,7 @@ _VERIFY_GRACE = timedelta(minutes=5)
 #: The status fields of a build's result, cleared when a new build starts.
 _NO_RESULT: dict[str, Any] = dict(
     image=None, digest=None, short_digest=None, size=None, size_human=None, layers=None,
+    largest_layers=None, base_image=None, base_size=None, size_delta=None, cache=None,
 )
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -292,20 +309,65 @@ class Reconciler:
                 image=image, digest=digest, short_digest=_short(digest),
             )
             return
+        facts = await self._read_build_log(build, log)
+        base_layers = await self._base_layers(build, facts.base_image if facts else None, log)
+        insight = build_insight(build.status, info, facts, base_layers,
+                                largest=self.settings.largest_layers,
+                                cache_enabled=build.spec.cache.enabled)
         size_text = human_size(info.size)
         log.info(f"Built {image} ({size_text}, {info.layers} layers).")
         await self._write(
             build, phase=Phase.SUCCEEDED, reason=Reason.SUCCEEDED,
-            message=f"Pushed {len(build.spec.output.tags)} tag(s), {size_text}.",
+            message=success_message(len(build.spec.output.tags), info, insight),
             completion=True, image=f"{build.spec.output.image}@{info.digest}",
             digest=info.digest, short_digest=_short(info.digest),
-            size=info.size, size_human=size_text, layers=info.layers,
+            size=info.size, size_human=size_text, layers=info.layers, **insight,
         )
 
     async def _resolve(self, build: ImageBuild, reference: ImageReference) -> ImageInfo:
         docker_config = await self._docker_config(build)
         return await self.registry.resolve(reference, insecure=build.spec.output.insecure,
-                                           docker_config=docker_config)
+                                           docker_config=docker_config, details=True)
+
+    async def _read_build_log(self, build: ImageBuild, log: Logger) -> BuildLog | None:
+        """Kaniko's log of the finished build (bounded): the cache report and the base.
+
+        A log that cannot be read (a node gone, RBAC without pods/log) costs the report,
+        never the build.
+        """
+        name = build.status.pod_name
+        if not name:
+            return None
+        try:
+            text = await self.api.read_pod_log(build.namespace, name, CONTAINER_NAME,
+                                               self.settings.build_log_limit_bytes)
+        except ApiError as exc:
+            log.warning(f"Could not read the log of pod {name} ({exc}); no cache report.")
+            return None
+        return None if text is None else parse_build_log(text.splitlines())
+
+    async def _base_layers(self, build: ImageBuild, base: str | None,
+                           log: Logger) -> list[list[str]]:
+        """The base image's layer digests, per platform; none when unknown or unreachable.
+
+        Read with the push Secret, and insecure only when the base is on the output's own
+        registry (as ``output.insecure`` means for the build pod).
+        """
+        if not base or base == SCRATCH:
+            return []
+        try:
+            reference = ImageReference.parse(base)
+            insecure = build.spec.output.insecure and reference.registry == (
+                ImageReference.parse(build.spec.output.image).registry)
+            info = await self.registry.resolve(reference, insecure=insecure,
+                                               docker_config=await self._docker_config(build))
+        except (RegistryError, ValueError) as exc:
+            log.info(f"Could not read base image {base} ({exc}); its share of the size is "
+                     "not reported.")
+            return []
+        if info.platforms:
+            return [[layer.digest for layer in p.layer_details] for p in info.platforms]
+        return [[layer.digest for layer in info.layer_details]]
 
     async def _docker_config(self, build: ImageBuild) -> dict[str, Any] | None:
         """The push Secret's dockerconfigjson, which also grants the operator read access."""
@@ -373,6 +435,11 @@ class Reconciler:
         """One status patch for one transition of the current generation and rebuild."""
         if completion:
             fields["completion_time"] = now_iso()
+            fields["history"] = history_with(build.status, BuildRecord(
+                generation=build.generation, rebuild=build.rebuild_token, phase=phase,
+                reason=reason.value, digest=fields.get("digest"), size=fields.get("size"),
+                start_time=build.status.start_time, completion_time=fields["completion_time"],
+                cache_hits=(fields.get("cache") or {}).get("hits")))
         patch = status_patch(build.status, phase=phase, reason=reason, message=message,
                              generation=build.generation, rebuild=build.rebuild_token, **fields)
         await self.api.patch_imagebuild_status(build.namespace, build.name, patch)

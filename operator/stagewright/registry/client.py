@@ -33,7 +33,8 @@ from stagewright.registry.errors import (
     RegistryTLSError,
     RegistryUnavailable,
 )
-from stagewright.registry.models import ImageInfo, PlatformImage
+from stagewright.registry.layers import pair_layers
+from stagewright.registry.models import ImageInfo, Layer, PlatformImage
 from stagewright.registry.reference import ImageReference
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -45,6 +46,8 @@ INDEX_MEDIA_TYPES = frozenset({DOCKER_MANIFEST_LIST, OCI_INDEX})
 _ACCEPT = ", ".join((OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+#: An image config is read for its history only; one larger than this is not a build's.
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
 #: Children of an index fetched at most; more is not a build's output.
 MAX_INDEX_CHILDREN = 64
 _CHILD_CONCURRENCY = 4
@@ -92,6 +95,8 @@ class _Target:
     credentials: Credentials | None
     #: The ``auths`` keys of the docker config, to say what was there when nothing matched.
     config_keys: tuple[str, ...]
+    #: Read config blobs too, to name each layer by its instruction.
+    details: bool = False
 
     @property
     def host(self) -> str:
@@ -221,11 +226,14 @@ class RegistryClient:
         *,
         insecure: bool = False,
         docker_config: Mapping[str, object] | None = None,
+        details: bool = False,
     ) -> ImageInfo:
         """The image ``ref`` names, as the registry serves it now.
 
         ``insecure``: the registry may have an untrusted certificate or speak plain HTTP.
         ``docker_config``: a parsed ``.dockerconfigjson``, searched for this registry.
+        ``details``: also read each image's config blob (one more GET per platform) to name
+        each of ``layer_details`` by the instruction that made it.
         """
         try:
             credentials = find_credentials(docker_config, ref.registry)
@@ -235,13 +243,14 @@ class RegistryClient:
             ) from None
         auths = (docker_config or {}).get("auths")
         keys = tuple(str(key) for key in auths) if isinstance(auths, Mapping) else ()
-        target = _Target(ref, insecure, credentials, keys)
+        target = _Target(ref, insecure, credentials, keys, details)
 
         manifest = await self._manifest(target, ref.reference)  # checks a requested digest
         if manifest.media_type in IMAGE_MEDIA_TYPES:
-            size, layers = _image_size(target, manifest)
+            image = _image_manifest(target, manifest)
             return ImageInfo(
-                digest=manifest.digest, media_type=manifest.media_type, size=size, layers=layers
+                digest=manifest.digest, media_type=manifest.media_type, size=_size(image),
+                layers=len(image.layers), layer_details=await self._details(target, image),
             )
         platforms = await self._platforms(target, manifest)
         return ImageInfo(
@@ -299,7 +308,7 @@ class RegistryClient:
                 f"{target.ref.name}@{child.digest} is a {manifest.media_type}, "
                 "not an image manifest"
             )
-        size, layers = _image_size(target, manifest)
+        image = _image_manifest(target, manifest)
         platform = child.platform
         assert platform is not None  # attestations and platform-less entries were skipped
         return PlatformImage(
@@ -308,22 +317,49 @@ class RegistryClient:
             variant=platform.variant or None,
             digest=manifest.digest,
             media_type=manifest.media_type,
-            size=size,
-            layers=layers,
+            size=_size(image),
+            layers=len(image.layers),
+            layer_details=await self._details(target, image),
         )
+
+    async def _details(self, target: _Target, image: _ImageManifest) -> tuple[Layer, ...]:
+        """Each layer; named by the config's history when the caller asked (one more GET)."""
+        layers = [(layer.digest, layer.size) for layer in image.layers]
+        if not target.details:
+            return tuple(Layer(digest=digest, size=size) for digest, size in layers)
+        return pair_layers(await self._config(target, image.config), layers)
+
+    async def _config(self, target: _Target, descriptor: _Descriptor) -> dict[str, Any]:
+        """The image config blob: bounded, and checked against the manifest's digest and size."""
+        where = f"the config {descriptor.digest} of {target.ref.name}"
+        if descriptor.size > MAX_CONFIG_BYTES:
+            raise InvalidManifest(
+                f"{where} is {descriptor.size} bytes, more than {MAX_CONFIG_BYTES}; "
+                "refusing to read it"
+            )
+        reply = await self._fetch(target, f"/v2/{target.ref.repository}/blobs/{descriptor.digest}",
+                                  descriptor.digest, limit=MAX_CONFIG_BYTES)
+        algorithm, _, _ = descriptor.digest.partition(":")
+        if algorithm not in ("sha256", "sha512"):
+            raise InvalidManifest(f"{where} uses an unsupported digest algorithm")
+        computed = f"{algorithm}:{hashlib.new(algorithm, reply.body).hexdigest()}"
+        if not reply.complete or computed != descriptor.digest:
+            raise InvalidManifest(
+                f"registry {target.host} served {where} with content hashing to {computed} "
+                f"({len(reply.body)} bytes, {descriptor.size} expected)"
+            )
+        try:
+            config = json.loads(reply.body)
+        except ValueError as exc:
+            raise InvalidManifest(f"{where} is not valid JSON: {exc}") from None
+        if not isinstance(config, dict):
+            raise InvalidManifest(f"{where} is not a JSON object")
+        return config
 
     async def _manifest(self, target: _Target, reference: str) -> _Manifest:
         """GET one manifest, authenticating if asked, and check it is what the registry says."""
         path = f"/v2/{target.ref.repository}/manifests/{reference}"
-        authorization = self._known_authorization(target)
-        reply = await self._get(target, path, authorization)
-        if reply.status == 401:
-            self._forget_token(target)
-            authorization = await self._answer_challenge(target, reply.headers)
-            reply = await self._get(target, path, authorization)
-            if reply.status == 401:
-                raise _rejected(target, reply)
-        _raise_for_status(target, reference, reply)
+        reply = await self._fetch(target, path, reference, limit=self._max_manifest_bytes)
         if not reply.complete:
             raise InvalidManifest(
                 f"the manifest of {target.ref.name}:{reference} is larger than "
@@ -331,23 +367,40 @@ class RegistryClient:
             )
         return _parse_manifest(target, reference, reply)
 
-    async def _get(self, target: _Target, path: str, authorization: str | None) -> _Reply:
+    async def _fetch(self, target: _Target, path: str, reference: str, *, limit: int) -> _Reply:
+        """GET a manifest or blob, answering one authentication challenge; 200 or an error."""
+        authorization = self._known_authorization(target)
+        reply = await self._get(target, path, authorization, limit)
+        if reply.status == 401:
+            self._forget_token(target)
+            authorization = await self._answer_challenge(target, reply.headers)
+            reply = await self._get(target, path, authorization, limit)
+            if reply.status == 401:
+                raise _rejected(target, reply)
+        _raise_for_status(target, reference, reply)
+        return reply
+
+    async def _get(self, target: _Target, path: str, authorization: str | None,
+                   limit: int) -> _Reply:
         """GET over https; for an insecure registry, unverified https then plain http."""
         headers = {"Accept": _ACCEPT}
         if authorization:
             headers["Authorization"] = authorization
         host = target.host
         if not target.insecure:
-            return await self._send("GET", f"https://{host}{path}", True, headers=headers)
+            return await self._send("GET", f"https://{host}{path}", True, headers=headers,
+                                    limit=limit)
         if host not in self._cache.plain_http_hosts:
             try:
                 return await self._send(
-                    "GET", f"https://{host}{path}", False, headers=headers, fallback=True
+                    "GET", f"https://{host}{path}", False, headers=headers, fallback=True,
+                    limit=limit,
                 )
             except _FallBack:
                 pass
         try:
-            reply = await self._send("GET", f"http://{host}{path}", False, headers=headers)
+            reply = await self._send("GET", f"http://{host}{path}", False, headers=headers,
+                                     limit=limit)
         except RegistryUnavailable:
             self._cache.plain_http_hosts.discard(host)  # try https again next time
             raise
@@ -363,8 +416,10 @@ class RegistryClient:
         headers: Mapping[str, str],
         data: Mapping[str, str] | None = None,
         fallback: bool = False,
+        limit: int | None = None,
     ) -> _Reply:
-        """One request within the timeout; the body is read up to the manifest limit."""
+        """One request within the timeout; the body is read up to ``limit`` (default: the
+        manifest limit)."""
         host = httpx.URL(url).netloc.decode()
         client = self._client(verify=verify)
         try:
@@ -372,8 +427,9 @@ class RegistryClient:
                 asyncio.timeout(self._timeout),
                 client.stream(method, url, headers=headers, data=data) as response,
             ):
-                limit = self._max_manifest_bytes if response.is_success else _MAX_ERROR_BODY
-                body, complete = await _read_bounded(response, limit)
+                if not response.is_success:
+                    limit = _MAX_ERROR_BODY
+                body, complete = await _read_bounded(response, limit or self._max_manifest_bytes)
                 return _Reply(response.status_code, response.headers, body, complete)
         except httpx.ConnectError as exc:
             if fallback:
@@ -557,13 +613,16 @@ def _media_type(where: str, content_type: str | None, document: dict[str, Any]) 
     return media_type
 
 
-def _image_size(target: _Target, manifest: _Manifest) -> tuple[int, int]:
-    """Compressed bytes as served (config + layers) and the layer count."""
+def _image_manifest(target: _Target, manifest: _Manifest) -> _ImageManifest:
     try:
-        image = _ImageManifest.model_validate(manifest.document)
+        return _ImageManifest.model_validate(manifest.document)
     except ValidationError as exc:
         raise _invalid(target, manifest.digest, "is not a valid image manifest", exc) from None
-    return image.config.size + sum(layer.size for layer in image.layers), len(image.layers)
+
+
+def _size(image: _ImageManifest) -> int:
+    """Compressed bytes as served: config + layers."""
+    return image.config.size + sum(layer.size for layer in image.layers)
 
 
 def _is_attestation(child: _Descriptor) -> bool:
