@@ -2,7 +2,9 @@
 
 - ``run``: the operator (kopf), configured by ``STAGEWRIGHT_*`` settings.
 - ``render -f FILE``: the Kaniko Pod an ImageBuild file would get, as YAML.
-- ``inspect REF``: digest, size and layers of an image, as the operator measures them.
+- ``inspect REF``: digest, size and the largest layers with the instruction that made each
+  (and the base image's share with ``--base``), as an ImageBuild's status shows them;
+  ``--json`` for scripts.
 - ``crd``: the CustomResourceDefinition generated from the API models.
 """
 
@@ -21,9 +23,11 @@ from pydantic import ValidationError
 
 from stagewright.api.crd import render_crd_yaml
 from stagewright.api.v1alpha1 import ContextFile, ImageBuild
-from stagewright.registry import ImageReference, RegistryClient, RegistryError
+from stagewright.insight import base_size, largest_layer_fields
+from stagewright.registry import ImageInfo, ImageReference, RegistryClient, RegistryError
 from stagewright.resources.kaniko_pod import build_key, build_pod, context_files
 from stagewright.settings import Settings
+from stagewright.status import human_size
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,8 +37,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", action="store_true", help="debug logging")
     render = commands.add_parser("render", help="print the build Pod for an ImageBuild file")
     render.add_argument("-f", "--filename", required=True, help="ImageBuild YAML ('-' = stdin)")
-    inspect = commands.add_parser("inspect", help="print an image's digest, size and layers")
+    inspect = commands.add_parser(
+        "inspect", help="print an image's digest, size and largest layers with their instruction")
     inspect.add_argument("reference", help="registry/repository[:tag|@digest]")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.add_argument("--top", type=int, default=5, help="largest layers shown (default 5)")
+    inspect.add_argument("--base", metavar="REF",
+                         help="the base image, to show how many bytes it brought")
     inspect.add_argument("--insecure", action="store_true",
                          help="plain HTTP or self-signed TLS registry")
     inspect.add_argument("--docker-config", type=Path,
@@ -52,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "render":
         return _render(args.filename)
     if args.command == "inspect":
-        return _inspect(args.reference, args.insecure, args.docker_config, args.timeout)
+        return _inspect(args)
     sys.stdout.write(render_crd_yaml())
     return 0
 
@@ -125,27 +134,67 @@ def _context_files(build: ImageBuild, documents: list[Any]) -> list[ContextFile]
     return context_files(source, [])
 
 
-def _inspect(reference: str, insecure: bool, docker_config: Path | None,
-             timeout: float) -> int:
+def _inspect(args: argparse.Namespace) -> int:
     try:
-        ref = ImageReference.parse(reference)
-        config = json.loads(docker_config.read_text()) if docker_config else None
+        ref = ImageReference.parse(args.reference)
+        base = ImageReference.parse(args.base) if args.base else None
+        config = json.loads(args.docker_config.read_text()) if args.docker_config else None
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    async def resolve() -> dict[str, Any]:
-        async with RegistryClient(timeout=timeout) as client:
-            info = await client.resolve(ref, insecure=insecure, docker_config=config)
-        return info.model_dump(mode="json", by_alias=True)
+    async def resolve() -> tuple[ImageInfo, ImageInfo | None]:
+        async with RegistryClient(timeout=args.timeout) as client:
+            info = await client.resolve(ref, insecure=args.insecure, docker_config=config,
+                                        details=True)
+            base_info = None if base is None else await client.resolve(
+                base, insecure=args.insecure, docker_config=config)
+        return info, base_info
 
     try:
-        result = asyncio.run(resolve())
+        info, base_info = asyncio.run(resolve())
     except RegistryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2))
+    base_bytes = None if base_info is None else base_size(info, args.base, _layer_lists(base_info))
+    if args.json:
+        result = info.model_dump(mode="json", by_alias=True)
+        result["largestLayers"] = largest_layer_fields(info, args.top)
+        if base_bytes is not None:
+            result["baseImage"], result["baseSize"] = args.base, base_bytes
+        print(json.dumps(result, indent=2))
+    else:
+        sys.stdout.write(_table(args.reference, info, largest_layer_fields(info, args.top),
+                                args.base, base_bytes))
     return 0
+
+
+def _layer_lists(info: ImageInfo) -> list[list[str]]:
+    """An image's layer digests, one list per platform."""
+    images = info.platforms or (info,)
+    return [[layer.digest for layer in image.layer_details] for image in images]
+
+
+def _table(reference: str, info: ImageInfo, largest: list[dict[str, Any]], base: str | None,
+           base_bytes: int | None) -> str:
+    """The same facts an ImageBuild's status gives, for a person."""
+    lines = [f"Image:   {reference}", f"Digest:  {info.digest}",
+             f"Size:    {human_size(info.size)} ({info.size} bytes) in {info.layers} layers"]
+    lines += [f"  {p.platform}: {human_size(p.size)} in {p.layers} layers"
+              for p in info.platforms]
+    if base is not None and base_bytes is not None:
+        lines.append(f"Base:    {human_size(base_bytes)} from {base}")
+    platform = any("platform" in entry for entry in largest)
+    lines += ["", "Largest layers:",
+              "  " + "  ".join([f"{'SIZE':>9}", f"{'DIGEST':<19}",
+                                *(["PLATFORM    "] if platform else []), "INSTRUCTION"])]
+    for entry in largest:
+        cells = [f"{human_size(entry['size']):>9}", f"{entry['digest'][:19]:<19}"]
+        if platform:
+            cells.append(f"{entry.get('platform', ''):<12}")
+        cells.append(entry.get("instruction") or "(no history)")
+        lines.append("  " + "  ".join(cells))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

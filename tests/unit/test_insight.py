@@ -6,7 +6,7 @@ import pytest
 
 from stagewright.api.v1alpha1 import BuildRecord, ImageBuildStatus, Output, Phase, parse_quantity
 from stagewright.build_log import parse_build_log
-from stagewright.handlers.insight import base_size, build_insight, largest_layer_fields
+from stagewright.insight import base_size, build_insight, largest_layer_fields
 from stagewright.registry import ImageInfo, Layer, PlatformImage, base_bytes, clean_instruction
 from stagewright.registry.layers import layer_instructions, pair_layers
 from stagewright.status import HISTORY_LIMIT, history_with, signed_size, size_delta

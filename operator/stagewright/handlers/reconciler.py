@@ -29,8 +29,8 @@ from stagewright.api.v1alpha1 import (
     Phase,
 )
 from stagewright.build_log import BuildLog, parse_build_log
-from stagewright.handlers.insight import SCRATCH, build_insight, success_message
 from stagewright.handlers.kube_api import ApiError, KubeApi
+from stagewright.insight import SCRATCH, build_insight, success_message
 from stagewright.registry import (
     ImageInfo,
     ImageNotFound,

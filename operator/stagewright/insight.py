@@ -1,8 +1,9 @@
 """What a finished build's status says beyond its digest: where the bytes are, and the cache.
 
 Pure: registry facts and build-log facts in, ImageBuildStatus fields out (by Python name, as
-``status.status_patch`` takes them). It lives with the handlers because it joins the
-registry's view with the status model, two modules that do not know each other.
+``status.status_patch`` takes them). A layer of its own, above ``registry``, ``status`` and
+``build_log`` (which do not know each other), so the operator and ``stagewright inspect``
+share it without the CLI importing kopf.
 """
 
 from __future__ import annotations
