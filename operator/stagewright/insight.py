@@ -83,3 +83,15 @@ def success_message(tags: int, info: ImageInfo, fields: dict[str, Any]) -> str:
     if fields.get("cache"):
         text += f"; cache {fields['cache']['summary']}"
     return text + "."
+
+
+def over_budget_message(info: ImageInfo, budget: int, largest: list[dict[str, Any]]) -> str:
+    """Why a build failed its size budget: size, budget, and where the bytes are."""
+    layers = "; ".join(
+        f"{human_size(entry['size'])} {entry.get('instruction') or entry['digest'][:19]}"
+        for entry in largest[:3]
+    )
+    return (f"The image is {human_size(info.size)} ({info.size} bytes), over its "
+            f"spec.output.maxSize budget of {human_size(budget)} ({budget} bytes) by "
+            f"{human_size(info.size - budget)}; it was not given the output tags. "
+            f"Largest layers: {layers or 'none'}.")

@@ -30,7 +30,7 @@ from stagewright.api.v1alpha1 import (
 )
 from stagewright.build_log import BuildLog, parse_build_log
 from stagewright.handlers.kube_api import ApiError, KubeApi
-from stagewright.insight import SCRATCH, build_insight, success_message
+from stagewright.insight import SCRATCH, build_insight, over_budget_message, success_message
 from stagewright.registry import (
     ImageInfo,
     ImageNotFound,
@@ -300,6 +300,11 @@ class Reconciler:
         except RegistryError as exc:
             if exc.temporary and patient:
                 raise  # the registry is down or busy: the resync tries again
+            if build.spec.output.max_size is not None:
+                await self._write(build, phase=Phase.FAILED, reason=Reason.DIGEST_UNVERIFIED,
+                                  message=f"The size budget could not be checked ({exc}); the "
+                                  "image was not given the output tags.", completion=True)
+                return
             # Kaniko pushed (exit code 0) with access the operator lacks (a node's workload
             # identity, a network policy): the build succeeded, its size is unknown.
             log.warning(f"Could not check {digest} at the registry: {exc}")
@@ -314,15 +319,46 @@ class Reconciler:
         insight = build_insight(build.status, info, facts, base_layers,
                                 largest=self.settings.largest_layers,
                                 cache_enabled=build.spec.cache.enabled)
-        size_text = human_size(info.size)
-        log.info(f"Built {image} ({size_text}, {info.layers} layers).")
+        result = dict(digest=info.digest, short_digest=_short(info.digest), size=info.size,
+                      size_human=human_size(info.size), layers=info.layers, **insight)
+        budget = build.spec.output.max_size_bytes
+        if budget is not None and info.size > budget:
+            message = over_budget_message(info, budget, insight["largest_layers"])
+            log.warning(message)
+            await self._write(build, phase=Phase.FAILED, reason=Reason.SIZE_BUDGET_EXCEEDED,
+                              message=message, completion=True, **result)
+            return
+        if budget is not None and not await self._tag(build, log, info, patient):
+            return
+        log.info(f"Built {image} ({result['size_human']}, {info.layers} layers).")
         await self._write(
             build, phase=Phase.SUCCEEDED, reason=Reason.SUCCEEDED,
             message=success_message(len(build.spec.output.tags), info, insight),
-            completion=True, image=f"{build.spec.output.image}@{info.digest}",
-            digest=info.digest, short_digest=_short(info.digest),
-            size=info.size, size_human=size_text, layers=info.layers, **insight,
+            completion=True, image=f"{build.spec.output.image}@{info.digest}", **result,
         )
+
+    async def _tag(self, build: ImageBuild, log: Logger, info: ImageInfo,
+                   patient: bool) -> bool:
+        """Give an image within its budget the output tags (Kaniko pushed a staging tag only).
+
+        False when that failed and the failure is recorded; a temporary registry failure is
+        raised while the operator is still patient, so the resync tags it later.
+        """
+        output = build.spec.output
+        try:
+            await self.registry.tag(ImageReference.parse(f"{output.image}@{info.digest}"),
+                                    list(output.tags), insecure=output.insecure,
+                                    docker_config=await self._docker_config(build))
+        except RegistryError as exc:
+            if exc.temporary and patient:
+                raise
+            log.warning(f"Could not tag {info.digest}: {exc}")
+            await self._write(build, phase=Phase.FAILED, reason=Reason.PUSH_FAILED,
+                              message=f"The image ({info.digest}) is within its size budget "
+                              f"but could not be given the output tags: {exc}",
+                              completion=True)
+            return False
+        return True
 
     async def _resolve(self, build: ImageBuild, reference: ImageReference) -> ImageInfo:
         docker_config = await self._docker_config(build)

@@ -136,6 +136,19 @@ class _Manifest:
     media_type: str
     document: dict[str, Any]
     size_bytes: int
+    #: The bytes as served: what a tag must point to, byte for byte, to keep the digest.
+    body: bytes
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One request on a registry path: what to send, and how much of the answer to read."""
+
+    method: str
+    path: str
+    limit: int
+    content: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -235,16 +248,7 @@ class RegistryClient:
         ``details``: also read each image's config blob (one more GET per platform) to name
         each of ``layer_details`` by the instruction that made it.
         """
-        try:
-            credentials = find_credentials(docker_config, ref.registry)
-        except ValueError as exc:
-            raise RegistryAuthError(
-                f"cannot use the credentials for registry {ref.registry}: {exc}"
-            ) from None
-        auths = (docker_config or {}).get("auths")
-        keys = tuple(str(key) for key in auths) if isinstance(auths, Mapping) else ()
-        target = _Target(ref, insecure, credentials, keys, details)
-
+        target = self._target(ref, insecure, docker_config, details)
         manifest = await self._manifest(target, ref.reference)  # checks a requested digest
         if manifest.media_type in IMAGE_MEDIA_TYPES:
             image = _image_manifest(target, manifest)
@@ -260,6 +264,48 @@ class RegistryClient:
             layers=sum(p.layers for p in platforms),
             platforms=tuple(platforms),
         )
+
+    async def tag(
+        self,
+        ref: ImageReference,
+        tags: list[str],
+        *,
+        insecure: bool = False,
+        docker_config: Mapping[str, object] | None = None,
+    ) -> None:
+        """Point each of ``tags`` at the manifest ``ref`` names by digest, in its repository.
+
+        The manifest's exact bytes are PUT under each tag (the distribution API's way to
+        tag; no blob moves, the digest stays), so each tag switches atomically from its old
+        image to this one. Needs push access, as the credentials that pushed it have.
+        """
+        target = self._target(ref, insecure, docker_config)
+        manifest = await self._manifest(target, ref.reference)
+        if manifest.digest != ref.reference:
+            raise InvalidManifest(f"tag() needs a reference by digest, got {ref}")
+        for tag in tags:
+            path = f"/v2/{target.ref.repository}/manifests/{tag}"
+            headers = {"Content-Type": manifest.media_type}
+            reply = await self._authorized("PUT", target, path, tag, limit=_MAX_ERROR_BODY,
+                                           content=manifest.body, extra_headers=headers)
+            given = reply.headers.get("docker-content-digest")
+            if given and given != manifest.digest:
+                raise InvalidManifest(
+                    f"registry {target.host} stored {given} under tag {tag}, not "
+                    f"{manifest.digest}"
+                )
+
+    def _target(self, ref: ImageReference, insecure: bool,
+                docker_config: Mapping[str, object] | None, details: bool = False) -> _Target:
+        try:
+            credentials = find_credentials(docker_config, ref.registry)
+        except ValueError as exc:
+            raise RegistryAuthError(
+                f"cannot use the credentials for registry {ref.registry}: {exc}"
+            ) from None
+        auths = (docker_config or {}).get("auths")
+        keys = tuple(str(key) for key in auths) if isinstance(auths, Mapping) else ()
+        return _Target(ref, insecure, credentials, keys, details)
 
     async def _platforms(self, target: _Target, index: _Manifest) -> list[PlatformImage]:
         """Fetch every platform image of an index, a few at a time, in index order."""
@@ -337,8 +383,9 @@ class RegistryClient:
                 f"{where} is {descriptor.size} bytes, more than {MAX_CONFIG_BYTES}; "
                 "refusing to read it"
             )
-        reply = await self._fetch(target, f"/v2/{target.ref.repository}/blobs/{descriptor.digest}",
-                                  descriptor.digest, limit=MAX_CONFIG_BYTES)
+        reply = await self._authorized(
+            "GET", target, f"/v2/{target.ref.repository}/blobs/{descriptor.digest}",
+            descriptor.digest, limit=MAX_CONFIG_BYTES)
         algorithm, _, _ = descriptor.digest.partition(":")
         if algorithm not in ("sha256", "sha512"):
             raise InvalidManifest(f"{where} uses an unsupported digest algorithm")
@@ -359,7 +406,8 @@ class RegistryClient:
     async def _manifest(self, target: _Target, reference: str) -> _Manifest:
         """GET one manifest, authenticating if asked, and check it is what the registry says."""
         path = f"/v2/{target.ref.repository}/manifests/{reference}"
-        reply = await self._fetch(target, path, reference, limit=self._max_manifest_bytes)
+        reply = await self._authorized("GET", target, path, reference,
+                                       limit=self._max_manifest_bytes)
         if not reply.complete:
             raise InvalidManifest(
                 f"the manifest of {target.ref.name}:{reference} is larger than "
@@ -367,40 +415,48 @@ class RegistryClient:
             )
         return _parse_manifest(target, reference, reply)
 
-    async def _fetch(self, target: _Target, path: str, reference: str, *, limit: int) -> _Reply:
-        """GET a manifest or blob, answering one authentication challenge; 200 or an error."""
+    async def _authorized(self, method: str, target: _Target, path: str, reference: str, *,
+                          limit: int, content: bytes | None = None,
+                          extra_headers: Mapping[str, str] | None = None) -> _Reply:
+        """One call on a manifest or blob, answering one authentication challenge.
+
+        Returns a 2xx reply, or raises the error class that says what to do.
+        """
+        call = _Call(method, path, limit, content, dict(extra_headers or {}))
         authorization = self._known_authorization(target)
-        reply = await self._get(target, path, authorization, limit)
+        reply = await self._get(target, call, authorization)
         if reply.status == 401:
             self._forget_token(target)
             authorization = await self._answer_challenge(target, reply.headers)
-            reply = await self._get(target, path, authorization, limit)
+            reply = await self._get(target, call, authorization)
             if reply.status == 401:
                 raise _rejected(target, reply)
+        if method != "GET" and reply.status in (200, 201, 202):
+            return reply
         _raise_for_status(target, reference, reply)
         return reply
 
-    async def _get(self, target: _Target, path: str, authorization: str | None,
-                   limit: int) -> _Reply:
-        """GET over https; for an insecure registry, unverified https then plain http."""
-        headers = {"Accept": _ACCEPT}
+    async def _get(self, target: _Target, call: _Call, authorization: str | None) -> _Reply:
+        """The call over https; for an insecure registry, unverified https then plain http."""
+        path, limit = call.path, call.limit
+        headers = {"Accept": _ACCEPT, **call.headers}
         if authorization:
             headers["Authorization"] = authorization
         host = target.host
         if not target.insecure:
-            return await self._send("GET", f"https://{host}{path}", True, headers=headers,
-                                    limit=limit)
+            return await self._send(call.method, f"https://{host}{path}", True,
+                                    headers=headers, limit=limit, content=call.content)
         if host not in self._cache.plain_http_hosts:
             try:
                 return await self._send(
-                    "GET", f"https://{host}{path}", False, headers=headers, fallback=True,
-                    limit=limit,
+                    call.method, f"https://{host}{path}", False, headers=headers,
+                    fallback=True, limit=limit, content=call.content,
                 )
             except _FallBack:
                 pass
         try:
-            reply = await self._send("GET", f"http://{host}{path}", False, headers=headers,
-                                     limit=limit)
+            reply = await self._send(call.method, f"http://{host}{path}", False,
+                                     headers=headers, limit=limit, content=call.content)
         except RegistryUnavailable:
             self._cache.plain_http_hosts.discard(host)  # try https again next time
             raise
@@ -417,6 +473,7 @@ class RegistryClient:
         data: Mapping[str, str] | None = None,
         fallback: bool = False,
         limit: int | None = None,
+        content: bytes | None = None,
     ) -> _Reply:
         """One request within the timeout; the body is read up to ``limit`` (default: the
         manifest limit)."""
@@ -425,7 +482,8 @@ class RegistryClient:
         try:
             async with (
                 asyncio.timeout(self._timeout),
-                client.stream(method, url, headers=headers, data=data) as response,
+                client.stream(method, url, headers=headers, data=data,
+                              content=content) as response,
             ):
                 if not response.is_success:
                     limit = _MAX_ERROR_BODY
@@ -583,7 +641,7 @@ def _parse_manifest(target: _Target, reference: str, reply: _Reply) -> _Manifest
     if not isinstance(document, dict):
         raise InvalidManifest(f"the manifest of {where} is not a JSON object")
     media_type = _media_type(where, reply.headers.get("content-type"), document)
-    return _Manifest(digest, media_type, document, len(reply.body))
+    return _Manifest(digest, media_type, document, len(reply.body), reply.body)
 
 
 def _media_type(where: str, content_type: str | None, document: dict[str, Any]) -> str:
