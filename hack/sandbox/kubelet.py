@@ -693,6 +693,10 @@ class SandboxKubelet:
         try:
             if container.get("name") != CONTAINER or len(pod["spec"]["containers"]) != 1:
                 raise UnsupportedBuildError(f"{SANDBOX}: expected one container named {CONTAINER}")
+            if pod["spec"].get("initContainers"):
+                # Check stages (spec.checks) run as init containers: only a real node runs them.
+                raise UnsupportedBuildError(f"{SANDBOX}: init containers (spec.checks) need the "
+                                            "real node (hack/sandbox on branch node)")
             build = parse_kaniko_args(container.get("args") or [])
             context = mounts.resolve(build.context)
             if context is None or context[1] not in ("configMap", "emptyDir"):

@@ -13,7 +13,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from stagewright.api.reasons import INFRASTRUCTURE_FAILURES, Reason
-from stagewright.api.v1alpha1 import BuildRecord, Condition, ImageBuildStatus, Phase
+from stagewright.api.v1alpha1 import (
+    CHECKS_ANNOTATION,
+    BuildRecord,
+    Condition,
+    ImageBuildStatus,
+    Phase,
+    check_container_name,
+)
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 #: Kaniko's own words when the image was built but could not be pushed (its final error
@@ -81,7 +88,8 @@ def classify_pod(pod: dict[str, Any], *, message_limit: int = 2048) -> PodOutcom
     phase = status.get("phase")
     state = _kaniko_state(pod)
     if phase in ("Succeeded", "Failed"):
-        return _ended_outcome(status, state.get("terminated"), message_limit)
+        annotations = (pod.get("metadata") or {}).get("annotations") or {}
+        return _ended_outcome(status, state.get("terminated"), message_limit, annotations)
     waiting = state.get("waiting") or {}
     if waiting.get("reason") in _STUCK_WAITING:
         text = f"{waiting['reason']}: {waiting.get('message') or ''}".strip()
@@ -94,6 +102,58 @@ def classify_pod(pod: dict[str, Any], *, message_limit: int = 2048) -> PodOutcom
     return PodOutcome(finished=False)
 
 
+def _check_stages(annotations: dict[str, str]) -> list[str]:
+    value = annotations.get(CHECKS_ANNOTATION) or ""
+    return [stage for stage in value.split(",") if stage]
+
+
+def _failed_check(status: dict[str, Any], annotations: dict[str, str],
+                  message_limit: int) -> PodOutcome | None:
+    """A check stage (init container) that exited non-zero: CheckFailed, naming the stage."""
+    stages = _check_stages(annotations)
+    for index, stage in enumerate(stages):
+        terminated = _init_state(status, check_container_name(index)).get("terminated") or {}
+        if int(terminated.get("exitCode", 0)) != 0:
+            text = strip_ansi(terminated.get("message") or "")
+            headline = f"Check stage {stage} failed (exit code {terminated['exitCode']})"
+            return PodOutcome(finished=True, reason=Reason.CHECK_FAILED, message=failure_message(
+                headline + "; the target was not built and nothing was pushed", text,
+                message_limit))
+    return None
+
+
+def _init_state(status: dict[str, Any], name: str) -> dict[str, Any]:
+    for container in status.get("initContainerStatuses") or []:
+        if container.get("name") == name:
+            return dict(container.get("state") or {})
+    return {}
+
+
+def check_results(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    """status.checks from the pod: each check stage's result and duration, in order."""
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    status = pod.get("status") or {}
+    results = []
+    for index, stage in enumerate(_check_stages(annotations)):
+        terminated = _init_state(status, check_container_name(index)).get("terminated")
+        entry: dict[str, Any] = {"stage": stage, "result": "NotRun"}
+        if terminated:
+            entry["result"] = "Passed" if int(terminated.get("exitCode", -1)) == 0 else "Failed"
+            started = _parse_time(terminated.get("startedAt"))
+            finished = _parse_time(terminated.get("finishedAt"))
+            if started and finished:
+                entry["durationSeconds"] = int((finished - started).total_seconds())
+        results.append(entry)
+    return results
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    try:
+        return datetime.strptime(value or "", "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
 def _unschedulable(status: dict[str, Any]) -> str | None:
     """The scheduler's words when it cannot place the pod (PodScheduled=False/Unschedulable)."""
     for condition in status.get("conditions") or []:
@@ -104,7 +164,7 @@ def _unschedulable(status: dict[str, Any]) -> str | None:
 
 
 def _ended_outcome(status: dict[str, Any], terminated: dict[str, Any] | None,
-                   message_limit: int) -> PodOutcome:
+                   message_limit: int, pod_annotations: dict[str, str]) -> PodOutcome:
     """A pod in a final phase: the pod-level reason first, then the container's exit."""
     pod_reason, pod_message = status.get("reason"), status.get("message") or ""
     if status.get("phase") == "Failed" and pod_reason == "DeadlineExceeded":
@@ -116,6 +176,9 @@ def _ended_outcome(status: dict[str, Any], terminated: dict[str, Any] | None,
     if status.get("phase") == "Failed" and pod_reason in _LOST_POD_REASONS:
         text = f"{pod_reason}: {pod_message or 'the node lost the pod'}"
         return PodOutcome(finished=True, reason=Reason.POD_LOST, message=_tail(text, message_limit))
+    failed_check = _failed_check(status, pod_annotations, message_limit)
+    if failed_check is not None:
+        return failed_check
     if terminated:
         return _terminated_outcome(terminated, message_limit)
     text = f"The pod ended ({status.get('phase')}) without a container status. {pod_message}"

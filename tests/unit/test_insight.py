@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import pytest
 
-from stagewright.api.v1alpha1 import BuildRecord, ImageBuildStatus, Output, Phase, parse_quantity
+from stagewright.api.reasons import Reason
+from stagewright.api.v1alpha1 import (
+    BuildRecord,
+    ImageBuildSpec,
+    ImageBuildStatus,
+    Output,
+    Phase,
+    parse_quantity,
+)
 from stagewright.build_log import parse_build_log
 from stagewright.insight import base_size, build_insight, largest_layer_fields
 from stagewright.registry import ImageInfo, Layer, PlatformImage, base_bytes, clean_instruction
 from stagewright.registry.layers import layer_instructions, pair_layers
-from stagewright.status import HISTORY_LIMIT, history_with, signed_size, size_delta
+from stagewright.status import (
+    HISTORY_LIMIT,
+    check_results,
+    classify_pod,
+    history_with,
+    signed_size,
+    size_delta,
+)
 
 #: Kaniko v1.28 log lines of a two-stage build whose target's first RUN was cached, the second
 #: missed, and a third ran after the miss (Kaniko checks no further once a stage misses).
@@ -193,3 +208,49 @@ def test_an_invalid_budget_is_refused() -> None:
     with pytest.raises(ValueError, match="quantity"):
         Output(image="r/app", max_size="200MB")
     assert Output(image="r/app", max_size="1Gi").max_size_bytes == 2**30
+
+
+def _checked_pod(phase: str, checks: dict[str, dict[str, object]]) -> dict[str, object]:
+    """A build pod with check stages test and lint, and the init container states given."""
+    return {
+        "metadata": {"annotations": {"stagewright.dev/checks": "test,lint"}},
+        "status": {"phase": phase,
+                   "initContainerStatuses": [{"name": name, "state": state}
+                                             for name, state in checks.items()],
+                   "containerStatuses": [{"name": "kaniko", "state": {
+                       "waiting": {"reason": "PodInitializing"}}}]},
+    }
+
+
+def test_a_failing_check_names_its_stage_and_log_tail() -> None:
+    pod = _checked_pod("Failed", {
+        "check-1": {"terminated": {"exitCode": 0, "startedAt": "2026-11-30T01:00:00Z",
+                                   "finishedAt": "2026-11-30T01:00:42Z"}},
+        "check-2": {"terminated": {
+            "exitCode": 1, "startedAt": "2026-11-30T01:00:42Z",
+            "finishedAt": "2026-11-30T01:00:50Z",
+            "message": "INFO[0003] RUN golangci-lint run\nmain.go:3: unused variable x\n"
+                       "error building image: error building stage: exit status 1"}}})
+    outcome = classify_pod(pod)
+    assert outcome.reason is Reason.CHECK_FAILED
+    first = outcome.message.splitlines()[0]
+    assert first.startswith("Check stage lint failed (exit code 1)")
+    assert "nothing was pushed" in first
+    assert "unused variable x" in outcome.message
+    assert check_results(pod) == [
+        {"stage": "test", "result": "Passed", "durationSeconds": 42},
+        {"stage": "lint", "result": "Failed", "durationSeconds": 8},
+    ]
+
+
+def test_checks_not_reached_are_not_run_and_a_timeout_stays_a_timeout() -> None:
+    pod = _checked_pod("Failed", {"check-1": {"running": {}}})
+    pod["status"]["reason"] = "DeadlineExceeded"  # type: ignore[index]
+    assert classify_pod(pod).reason is Reason.TIMEOUT
+    assert [c["result"] for c in check_results(pod)] == ["NotRun", "NotRun"]
+
+
+def test_checks_must_be_unique_stage_names() -> None:
+    with pytest.raises(ValueError, match="unique"):
+        ImageBuildSpec.model_validate({"source": {"url": "s3://b/c.tgz"},
+                                       "output": {"image": "r/app"}, "checks": ["t", "t"]})

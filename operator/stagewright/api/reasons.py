@@ -26,6 +26,7 @@ class Reason(StrEnum):
     POD_LOST = "PodLost"
     DIGEST_UNVERIFIED = "DigestUnverified"
     SIZE_BUDGET_EXCEEDED = "SizeBudgetExceeded"
+    CHECK_FAILED = "CheckFailed"
 
 
 #: Failures of the infrastructure, not of the build: retried up to spec.retries times.
@@ -37,5 +38,5 @@ WARNINGS = frozenset({
     Reason.WAITING, Reason.UNSCHEDULABLE, Reason.REFERENCE_NOT_FOUND, Reason.RETRYING,
     Reason.INVALID_SPEC, Reason.POD_CONFLICT, Reason.POD_REJECTED, Reason.BUILD_FAILED,
     Reason.PUSH_FAILED, Reason.OUT_OF_MEMORY, Reason.TIMEOUT, Reason.EVICTED, Reason.POD_LOST,
-    Reason.DIGEST_UNVERIFIED, Reason.SIZE_BUDGET_EXCEEDED,
+    Reason.DIGEST_UNVERIFIED, Reason.SIZE_BUDGET_EXCEEDED, Reason.CHECK_FAILED,
 })

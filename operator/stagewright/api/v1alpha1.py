@@ -33,6 +33,16 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 #: Annotation whose new value asks for a rebuild of the same spec.
 REBUILD_ANNOTATION = f"{GROUP}/rebuild"
+#: Build pod annotation: the check stages, comma-separated in order, so the pod says by
+#: itself which init container (``check_container_name``) built which stage.
+CHECKS_ANNOTATION = f"{GROUP}/checks"
+
+
+def check_container_name(index: int) -> str:
+    """``check-1``, ``check-2``...: the init container of the check stage at ``index``
+    (stage names need not be valid container names)."""
+    return f"check-{index + 1}"
+
 
 _DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)")
@@ -296,6 +306,13 @@ class ImageBuildSpec(_Model):
     build_args: dict[str, str] = Field(
         default_factory=dict, description="Values for the Dockerfile's ARG instructions.",
     )
+    checks: list[Annotated[str, StringConstraints(pattern=_STAGE, max_length=128)]] = Field(
+        default_factory=list, max_length=8,
+        description="Stages (e.g. test, lint) that must build, in order, before the target is "
+        "built and pushed; one failing ends the build Failed/CheckFailed with nothing pushed. "
+        "They share the registry layer cache with the target.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
     output: Output = Field(description="Where the image is pushed.")
     cache: Cache = Field(default_factory=Cache, description="Registry layer cache.")
     timeout: Duration | None = Field(
@@ -328,6 +345,13 @@ class ImageBuildSpec(_Model):
         if bad:
             raise ValueError(f"invalid build argument names {bad}: use letters, digits and _")
         return args
+
+    @field_validator("checks")
+    @classmethod
+    def _unique_checks(cls, checks: list[str]) -> list[str]:
+        if len(set(checks)) != len(checks):
+            raise ValueError("checks must be unique")
+        return checks
 
     @field_validator("timeout")
     @classmethod
@@ -381,6 +405,16 @@ class CacheStatus(_Model):
     hits: int = Field(description="Cacheable steps served from the cache.")
     misses: int = Field(description="Cacheable steps that ran.")
     summary: str = Field(description="hits/steps, for the Cache printer column.")
+
+
+class CheckStatus(_Model):
+    """One check stage of the last build."""
+
+    stage: str = Field(description="The stage built as a check.")
+    result: Literal["Passed", "Failed", "NotRun"] = Field(
+        description="Passed, Failed, or NotRun (an earlier check failed, or time ran out).",
+    )
+    duration_seconds: int | None = Field(default=None, description="How long it took.")
 
 
 class BuildRecord(_Model):
@@ -443,6 +477,9 @@ class ImageBuildStatus(_Model):
     )
     cache: CacheStatus | None = Field(
         default=None, description="Registry layer cache hits and misses, from the build log.",
+    )
+    checks: list[CheckStatus] | None = Field(
+        default=None, max_length=8, description="Each check stage's result and duration.",
     )
     history: list[BuildRecord] | None = Field(
         default=None, max_length=5, description="The last 5 finished builds, newest first.",

@@ -54,6 +54,7 @@ from stagewright.resources.kaniko_pod import (
 from stagewright.settings import Settings
 from stagewright.status import (
     PodOutcome,
+    check_results,
     classify_pod,
     history_with,
     human_size,
@@ -71,6 +72,7 @@ _VERIFY_GRACE = timedelta(minutes=5)
 _NO_RESULT: dict[str, Any] = dict(
     image=None, digest=None, short_digest=None, size=None, size_human=None, layers=None,
     largest_layers=None, base_image=None, base_size=None, size_delta=None, cache=None,
+    checks=None,
 )
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -247,10 +249,11 @@ class Reconciler:
                                  message=f"Build pod {status.pod_name} disappeared.")
         else:
             outcome = classify_pod(pod, message_limit=self.settings.message_limit)
+        checks = check_results(pod) if pod is not None and build.spec.checks else None
         if not outcome.finished:
             await self._while_running(build, log, outcome)
         elif outcome.succeeded and outcome.digest:
-            await self._succeed(build, log, outcome.digest, outcome.finished_at)
+            await self._succeed(build, log, outcome.digest, outcome.finished_at, checks)
         elif outcome.infrastructure_failure and (status.attempt or 1) <= build.spec.retries:
             log.warning(f"Build pod {status.pod_name} failed ({outcome.reason}); retrying.")
             _, files = await self._references(build)
@@ -262,7 +265,7 @@ class Reconciler:
             first_line = outcome.message.splitlines()[0] if outcome.message else ""
             log.warning(f"Build failed ({outcome.reason}): {first_line}")
             await self._write(build, phase=Phase.FAILED, reason=outcome.reason,
-                              message=outcome.message, completion=True)
+                              message=outcome.message, completion=True, checks=checks)
 
     async def _while_running(self, build: ImageBuild, log: Logger, outcome: PodOutcome) -> None:
         """Surface a pod that cannot start, and enforce the deadline if it never does."""
@@ -283,7 +286,7 @@ class Reconciler:
                               message=f"Building in pod {status.pod_name}.")
 
     async def _succeed(self, build: ImageBuild, log: Logger, digest: str,
-                       finished_at: str | None) -> None:
+                       finished_at: str | None, checks: list[dict[str, Any]] | None) -> None:
         """Confirm Kaniko's digest at the registry and record the image's size."""
         image = f"{build.spec.output.image}@{digest}"
         finished = _parse_time(finished_at) or datetime.now(UTC)
@@ -320,7 +323,8 @@ class Reconciler:
                                 largest=self.settings.largest_layers,
                                 cache_enabled=build.spec.cache.enabled)
         result = dict(digest=info.digest, short_digest=_short(info.digest), size=info.size,
-                      size_human=human_size(info.size), layers=info.layers, **insight)
+                      size_human=human_size(info.size), layers=info.layers, checks=checks,
+                      **insight)
         budget = build.spec.output.max_size_bytes
         if budget is not None and info.size > budget:
             message = over_budget_message(info, budget, insight["largest_layers"])

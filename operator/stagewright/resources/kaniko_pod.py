@@ -12,6 +12,7 @@ from typing import Any
 
 from stagewright.api.v1alpha1 import (
     API_VERSION,
+    CHECKS_ANNOTATION,
     GROUP,
     KIND,
     REBUILD_ANNOTATION,
@@ -21,6 +22,7 @@ from stagewright.api.v1alpha1 import (
     ImageBuildSpec,
     parse_duration,
 )
+from stagewright.resources.checks import check_containers
 from stagewright.settings import Settings
 
 CONTAINER_NAME = "kaniko"
@@ -256,6 +258,8 @@ def build_pod(build: ImageBuild, settings: Settings, *, key: str, attempt: int,
     annotations = {ANNOTATION_TARGET: spec.target or "(last stage)"}
     if build.rebuild_token:
         annotations[REBUILD_ANNOTATION] = build.rebuild_token
+    if spec.checks:
+        annotations[CHECKS_ANNOTATION] = ",".join(spec.checks)
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": settings.kaniko_image,
@@ -282,6 +286,8 @@ def build_pod(build: ImageBuild, settings: Settings, *, key: str, attempt: int,
         "containers": [container],
         "volumes": volumes,
     }
+    if spec.checks:
+        pod_spec["initContainers"] = check_containers(container, spec)
     if spec.service_account_name:
         pod_spec["serviceAccountName"] = spec.service_account_name
     if spec.node_selector:
