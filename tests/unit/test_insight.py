@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from stagewright.api.reasons import Reason
@@ -254,3 +256,34 @@ def test_checks_must_be_unique_stage_names() -> None:
     with pytest.raises(ValueError, match="unique"):
         ImageBuildSpec.model_validate({"source": {"url": "s3://b/c.tgz"},
                                        "output": {"image": "r/app"}, "checks": ["t", "t"]})
+
+
+KANIKO_LOGS = Path(__file__).parent / "fixtures" / "kaniko-logs"
+
+
+@pytest.mark.parametrize(("log", "summary"), [
+    ("check.log", "0/3"), ("cold.log", "2/3"), ("warm.log", "3/3"),
+])
+def test_real_kaniko_logs_give_the_cache_report(log: str, summary: str) -> None:
+    """Real v1.28.3 output: a check fills the cache the target then hits, a rebuild is all hits."""
+    facts = parse_build_log((KANIKO_LOGS / log).read_text().splitlines())
+    assert facts.cache.summary == summary
+    assert facts.base_image is not None
+    assert facts.base_image.endswith("/stagewright-sandbox/busybox:latest")
+
+
+def test_real_kaniko_history_pairs_one_entry_per_layer() -> None:
+    """v1.28.3 with the cache on writes a history entry and a (possibly empty) layer for
+    every instruction, metadata ones included, and no empty_layer flags."""
+    config = {"history": [
+        {"created_by": "/bin/sh"},
+        {"author": "kaniko", "created_by": "COPY --from=build /out/app /usr/local/bin/app"},
+        {"author": "kaniko", "created_by": "RUN echo built > /built"},
+        {"author": "kaniko", "created_by": "USER 65532"},
+        {"author": "kaniko", "created_by": 'ENTRYPOINT ["/usr/local/bin/app"]'},
+    ]}
+    layers = [("sha256:base", 1084809), ("sha256:copy", 442), ("sha256:run", 187),
+              ("sha256:empty", 39), ("sha256:empty", 39)]
+    assert [layer.instruction for layer in pair_layers(config, layers)] == [
+        "/bin/sh", "COPY --from=build /out/app /usr/local/bin/app", "RUN echo built > /built",
+        "USER 65532", 'ENTRYPOINT ["/usr/local/bin/app"]']
