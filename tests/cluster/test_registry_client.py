@@ -315,3 +315,25 @@ async def test_details_name_each_platform_layer_from_its_config_history(
         ("linux/amd64", ["RUN make amd64"]), ("linux/arm64", ["RUN make arm64"])]
     plain = await client.resolve(ref(registry.host, "hist:v1"), insecure=True)
     assert [layer.instruction for layer in plain.platforms[0].layer_details] == [None]
+
+
+async def test_tag_points_each_tag_at_the_same_manifest_bytes(
+    client: RegistryClient, auth_registry: LocalRegistry
+) -> None:
+    """The size budget's promotion: PUT the staged manifest under each output tag."""
+    p = pusher_for(auth_registry)
+    async with p.client:
+        staged = await p.image("budget/app", "stagewright-staging-app", docker=True)
+        old = await p.image("budget/app", "latest")
+    by_digest = ref(auth_registry.host, f"budget/app@{staged.digest}")
+    with pytest.raises(RegistryAuthError):
+        await client.tag(by_digest, ["latest"], insecure=True)
+    good = docker_config(auth_registry.host, *USER)
+    await client.tag(by_digest, ["latest", "v1"], insecure=True, docker_config=good)
+    for tag in ("latest", "v1"):
+        info = await client.resolve(ref(auth_registry.host, f"budget/app:{tag}"),
+                                    insecure=True, docker_config=good)
+        assert info.digest == staged.digest != old.digest
+    with pytest.raises(InvalidManifest, match="by digest"):
+        await client.tag(ref(auth_registry.host, "budget/app:v1"), ["x"], insecure=True,
+                         docker_config=good)
