@@ -11,6 +11,7 @@ from stagewright.registry.errors import (
     InvalidManifest,
     RegistryAuthError,
     RegistryError,
+    RegistryNotAllowed,
     RegistryTLSError,
     RegistryUnavailable,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "RegistryAuthError",
     "RegistryClient",
     "RegistryError",
+    "RegistryNotAllowed",
     "RegistryTLSError",
     "RegistryUnavailable",
     "base_bytes",
