@@ -1,14 +1,14 @@
 """Build insight end to end: size budget, largest layers, history and size delta.
 
-Real apiserver, real registry, real builds (the sandbox's node runs each build pod's
-Dockerfile and pushes to the registry); the registry is asked directly what each tag holds.
+Real apiserver, real registry, real Kaniko on the sandbox's real node, which runs each build
+pod and pushes to the registry; the registry is asked directly what each tag holds.
 """
 
 from __future__ import annotations
 
 import httpx
 import pytest
-from tests.cluster.test_operator_builds import ACCEPT, context, imagebuild, manifest
+from tests.cluster.builds import ACCEPT, context, imagebuild, manifest
 
 from sandbox.demo import APP as DEMO_APP
 from sandbox.demo import DOCKERFILE as DEMO_DOCKERFILE
