@@ -16,8 +16,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
-#: ``INFO[0003] message`` (Kaniko's default format) or ``level=info msg="message"``.
-_PREFIX = re.compile(r'^(?:[A-Z]{4}\[\d+\]\s?|level=\w+\s+msg=")')
+#: ``INFO[0003] message`` (Kaniko's default format; a timestamp with --log-timestamp) or
+#: ``time="..." level=info msg="message"`` (--log-format=text).
+_PREFIX = re.compile(r'^(?:[A-Z]{4}\[[^\]]*\]\s?|(?:time="[^"]*"\s+)?level=\w+\s+msg=")')
 _HIT = re.compile(r"^Using caching version of cmd: (.+)$")
 _MISS = re.compile(r"^No cached layer found for cmd (.+)$")
 _STAGE = re.compile(r"^Building stage '(.+)' \[idx: '(-?\d+)', base-idx: '(-?\d+)'\]")

@@ -78,8 +78,9 @@ def test_the_base_image_follows_the_target_back_to_an_external_image() -> None:
 
 
 def test_json_log_format_is_read_too() -> None:
-    lines = ['level=info msg="Using caching version of cmd: RUN make"',
-             'level=info msg="RUN make"', 'level=info msg="RUN make test"']
+    lines = ['time="2026-11-30T02:00:00Z" level=info msg="Using caching version of cmd: RUN make"',
+             'time="2026-11-30T02:00:00Z" level=info msg="RUN make"',
+             'level=info msg="RUN make test"']
     assert parse_build_log(lines).cache.summary == "1/2"
 
 
@@ -287,3 +288,9 @@ def test_real_kaniko_history_pairs_one_entry_per_layer() -> None:
     assert [layer.instruction for layer in pair_layers(config, layers)] == [
         "/bin/sh", "COPY --from=build /out/app /usr/local/bin/app", "RUN echo built > /built",
         "USER 65532", 'ENTRYPOINT ["/usr/local/bin/app"]']
+
+
+def test_timestamped_log_lines_are_read_too() -> None:
+    lines = ["INFO[2026-11-30T02:00:00Z] Using caching version of cmd: RUN make",
+             "INFO[2026-11-30T02:00:01Z] RUN make"]
+    assert parse_build_log(lines).cache.summary == "1/1"
