@@ -294,3 +294,20 @@ def test_timestamped_log_lines_are_read_too() -> None:
     lines = ["INFO[2026-11-30T02:00:00Z] Using caching version of cmd: RUN make",
              "INFO[2026-11-30T02:00:01Z] RUN make"]
     assert parse_build_log(lines).cache.summary == "1/1"
+
+
+def test_the_demo_table_shows_cache_checks_and_the_largest_layer() -> None:
+    from sandbox.demo import table  # noqa: PLC0415 - test and demo infrastructure
+
+    status = {"phase": "Succeeded", "sizeHuman": "1.0MiB", "layers": 4,
+              "cache": {"summary": "2/2"}, "checks": [{"stage": "test", "result": "Passed"}],
+              "largestLayers": [{"size": 1084809, "digest": "sha256:1a5c",
+                                 "instruction": "/bin/sh"}],
+              "digest": "sha256:" + "ab" * 32}
+    lines = table([("demo-runtime", {"spec": {"target": "runtime"}, "status": status})])
+    header, row = lines.splitlines()
+    assert header.split()[:8] == ["IMAGEBUILD", "TARGET", "PHASE", "SIZE", "LAYERS", "CACHE",
+                                  "CHECKS", "LARGEST"]
+    assert "2/2" in row
+    assert "test:Passed" in row
+    assert "1.0MiB /bin/sh" in row
