@@ -68,3 +68,42 @@ def test_an_image_within_budget_gets_every_tag_and_a_history(sandbox: Sandbox,
     assert [(h["generation"], h.get("rebuild")) for h in second["history"]] == [
         (1, "again"), (1, None)]
     assert second["history"][1]["digest"] == first["digest"]
+
+
+def test_a_check_stage_runs_first_and_fills_the_cache_the_target_hits(
+        sandbox: Sandbox, namespace: str) -> None:
+    """spec.checks on real Kaniko: the test stage builds first (an init container), pushes its
+    layers to the cache, and the target reuses them; status.cache comes from the build log
+    (pods/log, allowed by the shipped RBAC), status.baseSize from the base image's layers."""
+    sandbox.admin.apply([context(namespace, DEMO_DOCKERFILE, files={"app.sh": DEMO_APP})])
+    sandbox.admin.apply([imagebuild(sandbox, namespace, "app", target="runtime",
+                                    checks=["test"])])
+    status = sandbox.wait_settled("app", namespace, timeout=300)["status"]
+    assert status["phase"] == "Succeeded", status
+    [check] = status["checks"]
+    assert (check["stage"], check["result"]) == ("test", "Passed")
+    assert check["durationSeconds"] >= 0
+    # The runtime stage copies from the build stage, whose two RUN steps the check built.
+    assert status["cache"] == {"hits": 2, "misses": 0, "summary": "2/2"}, status
+    assert status["baseImage"] == sandbox.base_image
+    _, base = manifest(sandbox, *sandbox.base_image.split("/", 1)[1].rsplit(":", 1))
+    assert status["baseSize"] == sum(layer["size"] for layer in base["layers"])
+    assert status["history"][0]["cacheHits"] == 2
+
+
+def test_a_failing_check_fails_the_build_and_pushes_nothing(sandbox: Sandbox,
+                                                            namespace: str) -> None:
+    dockerfile = ("ARG BASE\nFROM ${BASE} AS build\nRUN echo compiled > /app\n"
+                  "FROM build AS test\nRUN echo 'expected 2 got 3' && exit 3\n"
+                  "FROM ${BASE} AS runtime\nCOPY --from=build /app /app\n")
+    sandbox.admin.apply([context(namespace, dockerfile)])
+    sandbox.admin.apply([imagebuild(sandbox, namespace, "broken", target="runtime",
+                                    checks=["test"])])
+    status = sandbox.wait_settled("broken", namespace, timeout=300)["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "CheckFailed"), status
+    assert status["message"].startswith("Check stage test failed")
+    assert "expected 2 got 3" in status["message"]
+    assert status["checks"] == [
+        {"stage": "test", "result": "Failed", "durationSeconds": status["checks"][0].get(
+            "durationSeconds")}]
+    assert tag_status(sandbox, f"{namespace}/broken", "latest") == 404
