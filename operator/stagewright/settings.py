@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     liveness_endpoint: str | None = None
     #: How many characters of a failed build's log tail are kept in status.message.
     message_limit: int = Field(default=2048, ge=256, le=32768)
+    #: How many of the image's largest layers status.largestLayers lists.
+    largest_layers: int = Field(default=5, ge=1, le=16)
+    #: Bytes of a finished build pod's log read (pods/log, limitBytes) for the cache report
+    #: and the target's base image; the rest is not read.
+    build_log_limit_bytes: int = Field(default=2 * 1024 * 1024, ge=4096)
     #: A ConfigMap of extra CA certificates (PEM) for registries with a private CA, present
     #: under this name in every build namespace (as trust-manager distributes a Bundle): build
     #: pods mount it and trust it in addition to the executor's own CAs. Unset: none.

@@ -12,7 +12,6 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import urllib3.exceptions
 
@@ -88,8 +87,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", action="store_true", help="debug logging")
     render = verbs.add_parser("render", help="print the build Pod for an ImageBuild file")
     render.add_argument("-f", "--filename", required=True, help="ImageBuild YAML ('-' = stdin)")
-    inspect = verbs.add_parser("inspect", help="print an image's digest, size and layers")
+    inspect = verbs.add_parser(
+        "inspect", help="print an image's digest, size and largest layers with their instruction")
     inspect.add_argument("reference", help="registry/repository[:tag|@digest]")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.add_argument("--top", type=int, default=5, help="largest layers shown (default 5)")
+    inspect.add_argument("--base", metavar="REF",
+                         help="the base image, to show how many bytes it brought")
     inspect.add_argument("--insecure", action="store_true",
                          help="plain HTTP or self-signed TLS registry")
     inspect.add_argument("--docker-config", help="a Docker config.json with credentials")
@@ -105,8 +109,7 @@ def _offline(args: argparse.Namespace) -> int | None:
     if args.command == "render":
         return offline.render(args.filename)
     if args.command == "inspect":
-        config = Path(args.docker_config) if args.docker_config else None
-        return offline.inspect_image(args.reference, args.insecure, config, args.timeout)
+        return offline.inspect_image(args)
     if args.command == "crd":
         return offline.print_crd()
     return None

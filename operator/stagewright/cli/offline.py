@@ -2,12 +2,15 @@
 
 - ``run``: the operator (kopf), configured by ``STAGEWRIGHT_*`` settings.
 - ``render -f FILE``: the Kaniko Pod an ImageBuild file would get, as YAML.
-- ``inspect REF``: digest, size and layers of an image, as the operator measures them.
+- ``inspect REF``: digest, size and the largest layers with the instruction that made each
+  (and the base image's share with ``--base``), as an ImageBuild's status shows them;
+  ``--json`` for scripts.
 - ``crd``: the CustomResourceDefinition generated from the API models.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import logging
@@ -20,9 +23,11 @@ from pydantic import ValidationError
 
 from stagewright.api.crd import render_crd_yaml
 from stagewright.api.v1alpha1 import ContextFile, ImageBuild
-from stagewright.registry import ImageReference, RegistryClient, RegistryError
+from stagewright.insight import base_size, largest_layer_fields
+from stagewright.registry import ImageInfo, ImageReference, RegistryClient, RegistryError
 from stagewright.resources.kaniko_pod import build_key, build_pod, context_files
 from stagewright.settings import Settings
+from stagewright.status import human_size
 
 
 def run_operator(*, verbose: bool) -> int:
@@ -95,27 +100,40 @@ def _context_files(build: ImageBuild, documents: list[Any]) -> list[ContextFile]
     return context_files(source, [])
 
 
-def inspect_image(reference: str, insecure: bool, docker_config: Path | None,
-                  timeout: float) -> int:
-    """``stagewright inspect``: an image's digest, size and layers, as the operator measures."""
+def inspect_image(args: argparse.Namespace) -> int:
+    """``stagewright inspect``: digest, size and largest layers, as the operator measures."""
     try:
-        ref = ImageReference.parse(reference)
-        config = json.loads(docker_config.read_text()) if docker_config else None
+        ref = ImageReference.parse(args.reference)
+        base = ImageReference.parse(args.base) if args.base else None
+        config = (json.loads(Path(args.docker_config).read_text()) if args.docker_config
+                  else None)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    async def resolve() -> dict[str, Any]:
-        async with RegistryClient(timeout=timeout) as client:
-            info = await client.resolve(ref, insecure=insecure, docker_config=config)
-        return info.model_dump(mode="json", by_alias=True)
+    async def resolve() -> tuple[ImageInfo, ImageInfo | None]:
+        async with RegistryClient(timeout=args.timeout) as client:
+            info = await client.resolve(ref, insecure=args.insecure, docker_config=config,
+                                        details=True)
+            base_info = None if base is None else await client.resolve(
+                base, insecure=args.insecure, docker_config=config)
+        return info, base_info
 
     try:
-        result = asyncio.run(resolve())
+        info, base_info = asyncio.run(resolve())
     except RegistryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2))
+    base_bytes = None if base_info is None else base_size(info, args.base, _layer_lists(base_info))
+    if args.json:
+        result = info.model_dump(mode="json", by_alias=True)
+        result["largestLayers"] = largest_layer_fields(info, args.top)
+        if base_bytes is not None:
+            result["baseImage"], result["baseSize"] = args.base, base_bytes
+        print(json.dumps(result, indent=2))
+    else:
+        sys.stdout.write(_table(args.reference, info, largest_layer_fields(info, args.top),
+                                args.base, base_bytes))
     return 0
 
 
@@ -123,3 +141,32 @@ def print_crd() -> int:
     """``stagewright crd``: the CustomResourceDefinition generated from the API models."""
     sys.stdout.write(render_crd_yaml())
     return 0
+
+
+def _layer_lists(info: ImageInfo) -> list[list[str]]:
+    """An image's layer digests, one list per platform."""
+    images = info.platforms or (info,)
+    return [[layer.digest for layer in image.layer_details] for image in images]
+
+
+def _table(reference: str, info: ImageInfo, largest: list[dict[str, Any]], base: str | None,
+           base_bytes: int | None) -> str:
+    """The same facts an ImageBuild's status gives, for a person."""
+    lines = [f"Image:   {reference}", f"Digest:  {info.digest}",
+             f"Size:    {human_size(info.size)} ({info.size} bytes) in {info.layers} layers"]
+    lines += [f"  {p.platform}: {human_size(p.size)} in {p.layers} layers"
+              for p in info.platforms]
+    if base is not None and base_bytes is not None:
+        lines.append(f"Base:    {human_size(base_bytes)} from {base}")
+    platform = any("platform" in entry for entry in largest)
+    lines += ["", "Largest layers:",
+              "  " + "  ".join([f"{'SIZE':>9}", f"{'DIGEST':<19}",
+                                *(["PLATFORM    "] if platform else []), "INSTRUCTION"])]
+    for entry in largest:
+        cells = [f"{human_size(entry['size']):>9}", f"{entry['digest'][:19]:<19}"]
+        if platform:
+            cells.append(f"{entry.get('platform', ''):<12}")
+        cells.append(entry.get("instruction") or "(no history)")
+        lines.append("  " + "  ".join(cells))
+    return "\n".join(lines) + "\n"
+

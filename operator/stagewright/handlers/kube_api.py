@@ -147,6 +147,31 @@ class KubeApi:
         assert created is not None
         return created, True
 
+    async def read_pod_log(self, namespace: str, name: str, container: str,
+                           limit_bytes: int) -> str | None:
+        """The first ``limit_bytes`` of a container's log (``pods/log``); None when gone.
+
+        The API server stops at ``limitBytes``, and the body is read no further than that
+        here either, so a chatty build cannot make the operator buffer its whole log.
+        """
+        params = {"container": container, "limitBytes": str(limit_bytes)}
+        path = f"/api/v1/namespaces/{namespace}/pods/{name}/log"
+        try:
+            async with self._http.stream("GET", path, params=params,
+                                         headers=self._headers()) as response:
+                if response.status_code == 404:
+                    return None
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk[: limit_bytes - len(body)]
+                    if len(body) >= limit_bytes:
+                        break
+        except httpx.HTTPError as exc:
+            raise ApiError(503, f"{type(exc).__name__}: {exc}", "Unreachable") from exc
+        if response.is_error:
+            raise ApiError(response.status_code, bytes(body[:500]).decode(errors="replace"))
+        return bytes(body).decode(errors="replace")
+
     async def delete_pod(self, namespace: str, name: str) -> bool:
         """Delete a Pod (background propagation); False when it was already gone."""
         deleted = await self._request(

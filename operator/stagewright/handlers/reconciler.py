@@ -21,8 +21,16 @@ import kopf
 from pydantic import ValidationError
 
 from stagewright.api.reasons import WARNINGS, Reason
-from stagewright.api.v1alpha1 import ContextFile, ImageBuild, ImageBuildStatus, Phase
+from stagewright.api.v1alpha1 import (
+    BuildRecord,
+    ContextFile,
+    ImageBuild,
+    ImageBuildStatus,
+    Phase,
+)
+from stagewright.build_log import BuildLog, parse_build_log
 from stagewright.handlers.kube_api import ApiError, KubeApi
+from stagewright.insight import SCRATCH, build_insight, over_budget_message, success_message
 from stagewright.registry import (
     ImageInfo,
     ImageNotFound,
@@ -34,6 +42,7 @@ from stagewright.registry import (
 from stagewright.registry.egress import host_allowed
 from stagewright.resources.events import build_event
 from stagewright.resources.kaniko_pod import (
+    CONTAINER_NAME,
     LABEL_IMAGEBUILD,
     build_key,
     build_pod,
@@ -44,7 +53,15 @@ from stagewright.resources.kaniko_pod import (
     pod_name,
 )
 from stagewright.settings import Settings
-from stagewright.status import PodOutcome, classify_pod, human_size, now_iso, status_patch
+from stagewright.status import (
+    PodOutcome,
+    check_results,
+    classify_pod,
+    history_with,
+    human_size,
+    now_iso,
+    status_patch,
+)
 
 #: How long past its deadline a pod that never started is given before the operator gives up
 #: on it (activeDeadlineSeconds only counts once a kubelet has started the pod).
@@ -55,6 +72,8 @@ _VERIFY_GRACE = timedelta(minutes=5)
 #: The status fields of a build's result, cleared when a new build starts.
 _NO_RESULT: dict[str, Any] = dict(
     image=None, digest=None, short_digest=None, size=None, size_human=None, layers=None,
+    largest_layers=None, base_image=None, base_size=None, size_delta=None, cache=None,
+    checks=None,
 )
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -249,10 +268,11 @@ class Reconciler:
                                  message=f"Build pod {status.pod_name} disappeared.")
         else:
             outcome = classify_pod(pod, message_limit=self.settings.message_limit)
+        checks = check_results(pod) if pod is not None and build.spec.checks else None
         if not outcome.finished:
             await self._while_running(build, log, outcome)
         elif outcome.succeeded and outcome.digest:
-            await self._succeed(build, log, outcome.digest, outcome.finished_at)
+            await self._succeed(build, log, outcome.digest, outcome.finished_at, checks)
         elif outcome.infrastructure_failure and (status.attempt or 1) <= build.spec.retries:
             log.warning(f"Build pod {status.pod_name} failed ({outcome.reason}); retrying.")
             _, files = await self._references(build)
@@ -264,7 +284,7 @@ class Reconciler:
             first_line = outcome.message.splitlines()[0] if outcome.message else ""
             log.warning(f"Build failed ({outcome.reason}): {first_line}")
             await self._write(build, phase=Phase.FAILED, reason=outcome.reason,
-                              message=outcome.message, completion=True)
+                              message=outcome.message, completion=True, checks=checks)
 
     async def _while_running(self, build: ImageBuild, log: Logger, outcome: PodOutcome) -> None:
         """Surface a pod that cannot start, and enforce the deadline if it never does."""
@@ -285,7 +305,7 @@ class Reconciler:
                               message=f"Building in pod {status.pod_name}.")
 
     async def _succeed(self, build: ImageBuild, log: Logger, digest: str,
-                       finished_at: str | None) -> None:
+                       finished_at: str | None, checks: list[dict[str, Any]] | None) -> None:
         """Confirm Kaniko's digest at the registry and record the image's size."""
         image = f"{build.spec.output.image}@{digest}"
         finished = _parse_time(finished_at) or datetime.now(UTC)
@@ -302,6 +322,11 @@ class Reconciler:
         except RegistryError as exc:
             if exc.temporary and patient:
                 raise  # the registry is down or busy: the resync tries again
+            if build.spec.output.max_size is not None:
+                await self._write(build, phase=Phase.FAILED, reason=Reason.DIGEST_UNVERIFIED,
+                                  message=f"The size budget could not be checked ({exc}); the "
+                                  "image was not given the output tags.", completion=True)
+                return
             # Kaniko pushed (exit code 0) with access the operator lacks (a node's workload
             # identity, a network policy): the build succeeded, its size is unknown.
             log.warning(f"Could not check {digest} at the registry: {exc}")
@@ -311,20 +336,97 @@ class Reconciler:
                 image=image, digest=digest, short_digest=_short(digest),
             )
             return
-        size_text = human_size(info.size)
-        log.info(f"Built {image} ({size_text}, {info.layers} layers).")
+        facts = await self._read_build_log(build, log)
+        base_layers = await self._base_layers(build, facts.base_image if facts else None, log)
+        insight = build_insight(build.status, info, facts, base_layers,
+                                largest=self.settings.largest_layers,
+                                cache_enabled=build.spec.cache.enabled)
+        result = dict(digest=info.digest, short_digest=_short(info.digest), size=info.size,
+                      size_human=human_size(info.size), layers=info.layers, checks=checks,
+                      **insight)
+        budget = build.spec.output.max_size_bytes
+        if budget is not None and info.size > budget:
+            message = over_budget_message(info, budget, insight["largest_layers"])
+            log.warning(message)
+            await self._write(build, phase=Phase.FAILED, reason=Reason.SIZE_BUDGET_EXCEEDED,
+                              message=message, completion=True, **result)
+            return
+        if budget is not None and not await self._tag(build, log, info, patient):
+            return
+        log.info(f"Built {image} ({result['size_human']}, {info.layers} layers).")
         await self._write(
             build, phase=Phase.SUCCEEDED, reason=Reason.SUCCEEDED,
-            message=f"Pushed {len(build.spec.output.tags)} tag(s), {size_text}.",
-            completion=True, image=f"{build.spec.output.image}@{info.digest}",
-            digest=info.digest, short_digest=_short(info.digest),
-            size=info.size, size_human=size_text, layers=info.layers,
+            message=success_message(len(build.spec.output.tags), info, insight),
+            completion=True, image=f"{build.spec.output.image}@{info.digest}", **result,
         )
+
+    async def _tag(self, build: ImageBuild, log: Logger, info: ImageInfo,
+                   patient: bool) -> bool:
+        """Give an image within its budget the output tags (Kaniko pushed a staging tag only).
+
+        False when that failed and the failure is recorded; a temporary registry failure is
+        raised while the operator is still patient, so the resync tags it later.
+        """
+        output = build.spec.output
+        try:
+            await self.registry.tag(ImageReference.parse(f"{output.image}@{info.digest}"),
+                                    list(output.tags), insecure=output.insecure,
+                                    docker_config=await self._docker_config(build))
+        except RegistryError as exc:
+            if exc.temporary and patient:
+                raise
+            log.warning(f"Could not tag {info.digest}: {exc}")
+            await self._write(build, phase=Phase.FAILED, reason=Reason.PUSH_FAILED,
+                              message=f"The image ({info.digest}) is within its size budget "
+                              f"but could not be given the output tags: {exc}",
+                              completion=True)
+            return False
+        return True
 
     async def _resolve(self, build: ImageBuild, reference: ImageReference) -> ImageInfo:
         docker_config = await self._docker_config(build)
         return await self.registry.resolve(reference, insecure=build.spec.output.insecure,
-                                           docker_config=docker_config)
+                                           docker_config=docker_config, details=True)
+
+    async def _read_build_log(self, build: ImageBuild, log: Logger) -> BuildLog | None:
+        """Kaniko's log of the finished build (bounded): the cache report and the base.
+
+        A log that cannot be read (a node gone, RBAC without pods/log) costs the report,
+        never the build.
+        """
+        name = build.status.pod_name
+        if not name:
+            return None
+        try:
+            text = await self.api.read_pod_log(build.namespace, name, CONTAINER_NAME,
+                                               self.settings.build_log_limit_bytes)
+        except ApiError as exc:
+            log.warning(f"Could not read the log of pod {name} ({exc}); no cache report.")
+            return None
+        return None if text is None else parse_build_log(text.splitlines())
+
+    async def _base_layers(self, build: ImageBuild, base: str | None,
+                           log: Logger) -> list[list[str]]:
+        """The base image's layer digests, per platform; none when unknown or unreachable.
+
+        Read with the push Secret, and insecure only when the base is on the output's own
+        registry (as ``output.insecure`` means for the build pod).
+        """
+        if not base or base == SCRATCH:
+            return []
+        try:
+            reference = ImageReference.parse(base)
+            insecure = build.spec.output.insecure and reference.registry == (
+                ImageReference.parse(build.spec.output.image).registry)
+            info = await self.registry.resolve(reference, insecure=insecure,
+                                               docker_config=await self._docker_config(build))
+        except (RegistryError, ValueError) as exc:
+            log.info(f"Could not read base image {base} ({exc}); its share of the size is "
+                     "not reported.")
+            return []
+        if info.platforms:
+            return [[layer.digest for layer in p.layer_details] for p in info.platforms]
+        return [[layer.digest for layer in info.layer_details]]
 
     async def _docker_config(self, build: ImageBuild) -> dict[str, Any] | None:
         """The push Secret's dockerconfigjson, which also grants the operator read access."""
@@ -392,6 +494,11 @@ class Reconciler:
         """One status patch for one transition of the current generation and rebuild."""
         if completion:
             fields["completion_time"] = now_iso()
+            fields["history"] = history_with(build.status, BuildRecord(
+                generation=build.generation, rebuild=build.rebuild_token, phase=phase,
+                reason=reason.value, digest=fields.get("digest"), size=fields.get("size"),
+                start_time=build.status.start_time, completion_time=fields["completion_time"],
+                cache_hits=(fields.get("cache") or {}).get("hits")))
         patch = status_patch(build.status, phase=phase, reason=reason, message=message,
                              generation=build.generation, rebuild=build.rebuild_token, **fields)
         await self.api.patch_imagebuild_status(build.namespace, build.name, patch)
