@@ -47,6 +47,10 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 #: Children of an index fetched at most; more is not a build's output.
 MAX_INDEX_CHILDREN = 64
 _CHILD_CONCURRENCY = 4
+#: Requests in flight per client at most. httpx's pool is quadratic in the requests queued on
+#: it (benchmarks/README.md): with at most this many, fewer than its connections, none queue
+#: there; the rest wait here in FIFO order, which costs nothing per waiter.
+MAX_CONCURRENT_REQUESTS = 16
 _MAX_ERROR_BODY = 16 * 1024
 #: Distribution's token spec: a token without expires_in lives 60 s, and none less.
 _MIN_TOKEN_SECONDS = 60
@@ -167,6 +171,7 @@ class RegistryClient:
         self._verified: httpx.AsyncClient | None = None
         self._unverified: httpx.AsyncClient | None = None
         self._cache = _Cache()
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)
 
     async def __aenter__(self) -> Self:
         self._verified = self._new_client(verify=True)
@@ -190,6 +195,7 @@ class RegistryClient:
         return httpx.AsyncClient(
             verify=verify,
             timeout=self._timeout,
+            limits=httpx.Limits(max_connections=MAX_CONCURRENT_REQUESTS),
             follow_redirects=True,
             max_redirects=5,
             headers={"User-Agent": "stagewright"},
@@ -358,6 +364,7 @@ class RegistryClient:
         client = self._client(verify=verify)
         try:
             async with (
+                self._slots,  # waiting for a slot is not the registry's slowness: untimed
                 asyncio.timeout(self._timeout),
                 client.stream(method, url, headers=headers, data=data) as response,
             ):
