@@ -44,6 +44,15 @@ class Settings(BaseSettings):
     liveness_endpoint: str | None = None
     #: How many characters of a failed build's log tail are kept in status.message.
     message_limit: int = Field(default=2048, ge=256, le=32768)
+    #: Build pods running at once in the whole cluster; past it builds queue (reason Queued).
+    #: Unset: unlimited. A burst of ImageBuilds otherwise asks the scheduler for every pod.
+    max_running_builds: int | None = Field(default=None, ge=1)
+    #: Build pods running at once per namespace, so one team cannot take every slot.
+    max_running_builds_per_namespace: int | None = Field(default=None, ge=1)
+    #: Port of the Prometheus metrics endpoint (/metrics); unset disables it.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    #: Address the metrics endpoint binds: 0.0.0.0 in a pod (the chart sets it), else local.
+    metrics_address: str = "127.0.0.1"
 
     @field_validator("namespaces", mode="before")
     @classmethod

@@ -13,7 +13,7 @@ import base64
 import binascii
 import json
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -22,7 +22,9 @@ from pydantic import ValidationError
 
 from stagewright.api.reasons import Reason
 from stagewright.api.v1alpha1 import ImageBuild, ImageBuildStatus, Phase
+from stagewright.handlers.build_queue import BuildQueue
 from stagewright.handlers.kube_api import ApiError, KubeApi
+from stagewright.queueing import Waiting, queued_message
 from stagewright.registry import (
     ImageInfo,
     ImageNotFound,
@@ -61,34 +63,58 @@ class Reconciler:
     """Drives ImageBuilds towards a finished build of their current spec."""
 
     def __init__(self, api: KubeApi, registry: RegistryClient, settings: Settings,
-                 kopf_settings: kopf.OperatorSettings | None = None) -> None:
+                 kopf_settings: kopf.OperatorSettings | None = None,
+                 queue: BuildQueue | None = None) -> None:
         self.api = api
         self.registry = registry
         self.settings = settings
+        #: Admission under STAGEWRIGHT_MAX_RUNNING_BUILDS*; None starts every build at once.
+        self.queue = queue
         # With kopf's settings, warnings become Kubernetes Events on the ImageBuild.
         self._kopf_settings = kopf_settings
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._lock_users: Counter[tuple[str, str]] = Counter()
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop per-object state once an ImageBuild is deleted."""
         self._locks.pop((namespace, name), None)
+        self._leave_queue(namespace, name)
 
     async def reconcile(self, namespace: str, name: str) -> None:
         """Take the next step for one ImageBuild; serialised per object."""
-        async with self._locks[(namespace, name)]:
-            body = await self.api.get_imagebuild(namespace, name)
-            if body is None:
-                self.forget(namespace, name)
-                return
-            if body["metadata"].get("deletionTimestamp"):
-                return  # going away: its pods go with it; never start another
-            log = self._logger(body)
-            try:
-                build = ImageBuild.model_validate(body)
-            except ValidationError as exc:
-                await self._reject(body, exc, log)
-                return
-            await self._step(build, log)
+        key = (namespace, name)
+        self._lock_users[key] += 1
+        try:
+            async with self._locks[key]:
+                await self._reconcile_locked(namespace, name)
+        finally:
+            # Locks live only while used, so memory does not grow with builds ever seen.
+            self._lock_users[key] -= 1
+            if not self._lock_users[key]:
+                del self._lock_users[key]
+                self._locks.pop(key, None)
+
+    async def _reconcile_locked(self, namespace: str, name: str) -> None:
+        body = await self.api.get_imagebuild(namespace, name)
+        if body is None:
+            self.forget(namespace, name)
+            return
+        if body["metadata"].get("deletionTimestamp"):
+            self._leave_queue(namespace, name)
+            return  # going away: its pods go with it; never start another
+        log = self._logger(body)
+        try:
+            build = ImageBuild.model_validate(body)
+        except ValidationError as exc:
+            self._leave_queue(namespace, name)
+            await self._reject(body, exc, log)
+            return
+        await self._step(build, log)
+
+    def _leave_queue(self, namespace: str, name: str) -> None:
+        """A build that will not start (finished, invalid, deleted) gives its place back."""
+        if self.queue is not None and self.queue.holds(namespace, name):
+            self.queue.release(namespace, name)
 
     def _logger(self, body: dict[str, Any]) -> Logger:
         if self._kopf_settings is None:
@@ -106,6 +132,7 @@ class Reconciler:
             await self._start_new_build(build, log, key)
             return
         if status.phase in (Phase.SUCCEEDED, Phase.FAILED):
+            self._leave_queue(build.namespace, build.name)
             return  # a finished build is never repeated; a new generation or rebuild is
         await self._follow(build, log, key)
 
@@ -121,7 +148,36 @@ class Reconciler:
                 message=f"Waiting for {', '.join(missing)} in namespace {build.namespace}; "
                 "the build starts when it exists.")
             return
-        await self._launch(build, log, key, attempt=1, note="")
+        if self.queue is None:
+            await self._launch(build, log, key, attempt=1, note="")
+            return
+        place = self.queue.request(Waiting(str(build.metadata.get("creationTimestamp") or ""),
+                                           build.namespace, build.name))
+        if place is not None:
+            await self._write_queued(build, log, place)
+            return
+        launched = False
+        try:
+            launched = await self._launch(build, log, key, attempt=1, note="")
+        finally:
+            if not launched:  # the slot goes to the next in line
+                self.queue.release(build.namespace, build.name)
+
+    async def _write_queued(self, build: ImageBuild, log: Logger, place: int) -> None:
+        """Pending/Queued with the place in line, written once per build request.
+
+        The place is not rewritten as the line moves: that would cost a write per queued
+        build per start. The build starts the moment a slot frees, without a write until then.
+        """
+        status = build.status
+        if (status.phase, status.reason, status.observed_generation, status.rebuild) == (
+                Phase.PENDING, Reason.QUEUED, build.generation, build.rebuild_token):
+            return
+        message = queued_message(place, build.namespace)
+        log.info(f"Queued: {message}.")
+        await self._write(build, phase=Phase.PENDING, reason=Reason.QUEUED, message=message,
+                          pod_name=None, attempt=None, start_time=None, completion_time=None,
+                          **_NO_RESULT)
 
     async def _missing_references(self, build: ImageBuild) -> list[str]:
         """The ConfigMap and Secrets the build pod would mount or read, that do not exist."""
@@ -159,14 +215,15 @@ class Reconciler:
                          "changed while it was building.")
 
     async def _launch(self, build: ImageBuild, log: Logger, key: str, *, attempt: int,
-                      note: str) -> None:
+                      note: str) -> bool:
+        """Create (or adopt) the build pod and record it; False when no pod runs for it."""
         pod = build_pod(build, self.settings, key=key, attempt=attempt)
         name = pod["metadata"]["name"]
         try:
             created, new = await self.api.create_pod(pod)
         except ApiError as exc:
             await self._pod_refused(build, log, exc)
-            return
+            return False
         owners = created["metadata"].get("ownerReferences") or []
         if build.uid and not any(o.get("uid") == build.uid for o in owners):
             await self._write(build, phase=Phase.FAILED, reason=Reason.POD_CONFLICT,
@@ -174,7 +231,7 @@ class Reconciler:
                               "ImageBuild. Delete or rename that pod, then set the "
                               "stagewright.dev/rebuild annotation to build again.",
                               completion=True, pod_name=None)
-            return
+            return False
         log.info(f"{'Created' if new else 'Adopted'} pod {name} for target "
                  f"{build.spec.target or '(last stage)'}.")
         message = f"{note}Building target {build.spec.target or '(last stage)'} in pod {name}."
@@ -183,6 +240,7 @@ class Reconciler:
             message=message, pod_name=name, attempt=attempt, start_time=now_iso(),
             completion_time=None, **_NO_RESULT,
         )
+        return True
 
     async def _pod_refused(self, build: ImageBuild, log: Logger, exc: ApiError) -> None:
         """The API server would not create the build pod: say why in status, or retry."""

@@ -14,6 +14,7 @@ from typing import Any
 
 import kopf
 
+from stagewright.api.reasons import Reason
 from stagewright.api.v1alpha1 import (
     API_VERSION,
     GROUP,
@@ -23,8 +24,10 @@ from stagewright.api.v1alpha1 import (
     VERSION,
     Phase,
 )
+from stagewright.handlers.build_queue import BuildQueue
 from stagewright.handlers.kube_api import ApiError, KubeApi, load_configuration
 from stagewright.handlers.reconciler import Reconciler
+from stagewright.queueing import Limits, Waiting
 from stagewright.registry import RegistryClient, RegistryError
 from stagewright.resources.kaniko_pod import LABEL_MANAGED_BY, MANAGED_BY
 from stagewright.settings import Settings
@@ -54,14 +57,27 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any)
     """Create the API client and reconciler, and start the periodic resync."""
     configure(settings)
     # kopf passes each index by its handler id; it is filled as ImageBuilds are listed.
-    unsettled: kopf.Index[tuple[str, str], bool] = kwargs["unsettled"]
+    unsettled: kopf.Index[tuple[str, str], Waiting | None] = kwargs["unsettled"]
+    running_pods: kopf.Index[tuple[str, str], str] = kwargs["running_pods"]
     operator_settings: Settings = memo.get("settings") or Settings()
     memo.clients = clients = contextlib.AsyncExitStack()
     api = await clients.enter_async_context(KubeApi(load_configuration()))
     # One registry client for the operator's life: its bearer tokens are reused across builds.
     registry = await clients.enter_async_context(
         RegistryClient(timeout=operator_settings.registry_timeout_seconds))
-    memo.reconciler = Reconciler(api, registry, operator_settings, kopf_settings=settings)
+    wakers: set[asyncio.Task[None]] = set()
+
+    def wake(namespace: str, name: str) -> None:
+        task = asyncio.create_task(_reconcile(memo.reconciler, namespace, name))
+        wakers.add(task)
+        task.add_done_callback(wakers.discard)
+
+    queue = BuildQueue(Limits(operator_settings.max_running_builds,
+                              operator_settings.max_running_builds_per_namespace),
+                       running_pods=lambda: list(running_pods), wake=wake)
+    memo.reconciler = Reconciler(api, registry, operator_settings, kopf_settings=settings,
+                                 queue=queue)
+    memo.unsettled = unsettled
     memo.resync = asyncio.create_task(_resync(memo.reconciler, unsettled, operator_settings))
 
 
@@ -78,40 +94,86 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
         await clients.aclose()
 
 
-@kopf.index(GROUP, VERSION, PLURAL, id="unsettled")
-def unsettled(namespace: str | None, name: str, status: kopf.Status, meta: kopf.Meta,
-              annotations: kopf.Annotations, **_: Any) -> dict[tuple[str, str], bool] | None:
-    """ImageBuilds whose current generation or rebuild request has not finished building."""
-    done = (status.get("phase") in _SETTLED
+def _settled(status: kopf.Status, meta: kopf.Meta, annotations: kopf.Annotations) -> bool:
+    """The current generation and rebuild request finished building: nothing left to do."""
+    return (status.get("phase") in _SETTLED
             and status.get("observedGeneration") == meta.get("generation")
             and status.get("rebuild") == (annotations.get(REBUILD_ANNOTATION) or None))
-    return None if done else {(namespace or "", name): True}
+
+
+@kopf.index(GROUP, VERSION, PLURAL, id="unsettled")
+def unsettled(namespace: str | None, name: str, status: kopf.Status, meta: kopf.Meta,
+              annotations: kopf.Annotations,
+              **_: Any) -> dict[tuple[str, str], Waiting | None] | None:
+    """ImageBuilds not finished building; the value is set for those waiting for a slot.
+
+    A finished ImageBuild has no entry, so the operator's memory does not grow with history.
+    """
+    if _settled(status, meta, annotations):
+        return None
+    waiting = status.get("reason") == Reason.QUEUED.value or not status.get("phase") or (
+        status.get("observedGeneration") != meta.get("generation"))
+    entry = Waiting(str(meta.get("creationTimestamp") or ""), namespace or "", name)
+    return {(namespace or "", name): entry if waiting else None}
+
+
+def _owner(meta: kopf.Meta) -> str | None:
+    return next((ref.get("name") for ref in meta.get("ownerReferences") or []
+                 if ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION), None)
+
+
+@kopf.index("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGED_BY}, id="running_pods")
+def running_pods(namespace: str | None, name: str, meta: kopf.Meta, status: kopf.Status,
+                 **_: Any) -> dict[tuple[str, str], str] | None:
+    """Unfinished build pods by owner: the running builds, as the cluster says (for the queue)."""
+    owner = _owner(meta)
+    if owner is None or status.get("phase") in ("Succeeded", "Failed"):
+        return None
+    return {(namespace or "", owner): name}
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, id="imagebuild")
 async def on_imagebuild(event: kopf.RawEvent, namespace: str | None, name: str, memo: kopf.Memo,
+                        status: kopf.Status, meta: kopf.Meta, annotations: kopf.Annotations,
                         **_: Any) -> None:
     """Any change to an ImageBuild (and each one at start-up): take the next step."""
     reconciler: Reconciler = memo.reconciler
     namespace = namespace or ""  # ImageBuilds are namespaced; kopf's type allows None
     if event["type"] == "DELETED":
         reconciler.forget(namespace, name)  # its pods go with it (owner references)
+        if reconciler.queue is not None:
+            reconciler.queue.release(namespace, name)
         return
-    await _reconcile(reconciler, namespace, name)
+    if _settled(status, meta, annotations):
+        # Finished: no read, no lock, no state. Thousands of finished builds cost nothing
+        # at start-up; a new generation or rebuild request arrives as another event.
+        return
+    await _reconcile(reconciler, namespace, name, memo)
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGED_BY}, id="build-pod")
-async def on_build_pod(namespace: str | None, meta: kopf.Meta, memo: kopf.Memo,
-                       **_: Any) -> None:
-    """A build pod changed: re-check the ImageBuild that owns it."""
-    owner = next((ref.get("name") for ref in meta.get("ownerReferences") or []
-                  if ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION), None)
-    if owner and namespace:
-        await _reconcile(memo.reconciler, namespace, owner)
+async def on_build_pod(event: kopf.RawEvent, namespace: str | None, meta: kopf.Meta,
+                       status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:
+    """A build pod changed: free its slot once it ended, and re-check its ImageBuild."""
+    owner = _owner(meta)
+    if not owner or not namespace:
+        return
+    reconciler: Reconciler = memo.reconciler
+    ended = event["type"] == "DELETED" or status.get("phase") in ("Succeeded", "Failed")
+    if ended and reconciler.queue is not None:
+        reconciler.queue.release(namespace, owner)
+    if (namespace, owner) in memo.unsettled:  # a finished build's old pod needs nothing
+        await _reconcile(reconciler, namespace, owner, memo)
 
 
-async def _reconcile(reconciler: Reconciler, namespace: str, name: str) -> None:
+async def _reconcile(reconciler: Reconciler, namespace: str, name: str,
+                     memo: kopf.Memo | None = None) -> None:
     """Reconcile, turning failures into a log line: the resync retries unsettled builds."""
+    if memo is not None and reconciler.queue is not None:
+        # kopf fills every index before the first handler runs: seed the queue from it, so
+        # after a restart builds start in their old order, not in event order.
+        index: kopf.Index[tuple[str, str], Waiting | None] = memo.unsettled
+        reconciler.queue.seed(entry for store in index.values() for entry in store if entry)
     try:
         await reconciler.reconcile(namespace, name)
     except (ApiError, RegistryError) as exc:
@@ -119,7 +181,8 @@ async def _reconcile(reconciler: Reconciler, namespace: str, name: str) -> None:
         log(f"Reconciling {namespace}/{name} failed, will retry: {exc}")
 
 
-async def _resync(reconciler: Reconciler, unsettled: kopf.Index[tuple[str, str], bool],
+async def _resync(reconciler: Reconciler,
+                  unsettled: kopf.Index[tuple[str, str], Waiting | None],
                   settings: Settings) -> None:
     """Re-check unfinished builds periodically: level-based recovery from anything missed."""
     while True:
