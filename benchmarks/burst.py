@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks.clients import compare
 from benchmarks.instant_kubelet import InstantKubelet
 from benchmarks.kube import Kube
 from sandbox.cluster import Cluster, OperatorProcess, install_stagewright
@@ -70,8 +71,9 @@ def push_image(registry: LocalRegistry) -> str:
             digest = "sha256:" + hashlib.sha256(data).hexdigest()
             start = client.post(f"/v2/{REPOSITORY}/blobs/uploads/")
             start.raise_for_status()
-            client.put(start.headers["location"], params={"digest": digest},
-                       content=data).raise_for_status()
+            location = start.headers["location"]  # keeps its own query (upload state)
+            separator = "&" if "?" in location else "?"
+            client.put(f"{location}{separator}digest={digest}", content=data).raise_for_status()
             return {"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
                     "digest": digest, "size": len(data)}
         layer = blob(os.urandom(4096))
@@ -149,8 +151,12 @@ class StagewrightProcess:
 
     def __init__(self, harness: Harness, namespace: str, env: dict[str, str] | None = None,
                  log_name: str = "stagewright.log") -> None:
+        # Cluster-wide, as the chart installs it: with STAGEWRIGHT_NAMESPACES kopf would first
+        # try to list namespaces, which the operator's RBAC does not allow (a 50 s back-off).
+        # The harness deletes the baseline's ImageBuilds before Stagewright starts.
+        self.namespace = namespace
         self.process = OperatorProcess(harness.control_plane, harness.work_dir / log_name, env={
-            "STAGEWRIGHT_NAMESPACES": namespace, "STAGEWRIGHT_RESYNC_SECONDS": "30", **(env or {})})
+            "STAGEWRIGHT_RESYNC_SECONDS": "30", **(env or {})})
 
     def start(self) -> None:
         """Start and wait until live."""
@@ -258,6 +264,11 @@ async def burst(harness: Harness, operator: Operator, namespace: str, count: int
         for task in tasks:
             task.cancel()
         await asyncio.to_thread(operator.stop)
+        # Leave no ImageBuilds for the next operator to adopt (no garbage collector runs here).
+        async with kube.session.delete(kube.base + IMAGEBUILDS.format(ns=namespace)) as gone:
+            gone.raise_for_status()
+    _last_reasons.clear()
+    _last_reasons.update(seen.reasons_seen)
     return _summary(seen, kubelet, count, started, pods=pods, events=events, peak_kib=peak_kib)
 
 
@@ -313,10 +324,223 @@ def run_burst(harness: Harness, count: int) -> dict[str, Any]:
             "ratio_stagewright_to_baseline": _ratios(stagewright, baseline)}
 
 
+# Queue, restart and memory scenarios.
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def settle(pid: int, quiet_seconds: float = 2.0, give_up_after: float = 120) -> float:
+    """Wait until the process used under 2% CPU for ``quiet_seconds``; return when that began."""
+    deadline = time.monotonic() + give_up_after
+    window: list[tuple[float, float]] = []
+    while time.monotonic() < deadline:
+        window.append((time.monotonic(), cpu_seconds(pid)))
+        window = [w for w in window if w[0] >= window[-1][0] - quiet_seconds]
+        (t0, c0), (t1, c1) = window[0], window[-1]
+        if t1 - t0 >= quiet_seconds * 0.95 and c1 - c0 <= 0.02 * (t1 - t0):
+            return t0
+        await asyncio.sleep(0.1)
+    raise TimeoutError("the operator did not settle")
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The operator's metrics as {"name{labels}": value}."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    figures = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            figures[key] = float(value)
+    return figures
+
+
+def run_queue(harness: Harness, count: int, limit: int) -> dict[str, Any]:
+    """``count`` at once under a cluster-wide limit; pods "run" 0.5 s so the limit binds."""
+    port = free_port()
+    operator = StagewrightProcess(harness, "bench-queue", env={
+        "STAGEWRIGHT_MAX_RUNNING_BUILDS": str(limit), "STAGEWRIGHT_METRICS_PORT": str(port)},
+        log_name="stagewright-queue.log")
+    peaks = {"queue_depth": 0.0, "running_builds": 0.0}
+
+    async def sample_metrics(kube: Kube, seen: Watched, kubelet: InstantKubelet) -> None:
+        del kube, kubelet
+
+        async def loop() -> None:
+            while len(seen.finished) < count:
+                figures = await asyncio.to_thread(scrape, port)
+                for name, peak in list(peaks.items()):
+                    value = figures.get(f'stagewright_{name}{{namespace="bench-queue"}}', 0.0)
+                    peaks[name] = max(peak, value)
+                await asyncio.sleep(0.2)
+
+        sampler = asyncio.create_task(loop())
+        _background.add(sampler)
+        sampler.add_done_callback(_background.discard)
+
+    result = asyncio.run(burst(harness, operator, "bench-queue", count, hold_seconds=0.5,
+                               during=sample_metrics))
+    queued = sum(1 for reasons in _last_reasons.values() if "Queued" in reasons)
+    result.update({"limit": limit, "metrics_peak_queue_depth": peaks["queue_depth"],
+                   "metrics_peak_running_builds": peaks["running_builds"],
+                   "builds_that_were_queued": queued})
+    return result
+
+
+_background: set[asyncio.Task[None]] = set()
+_last_reasons: dict[str, set[str]] = {}
+
+
+def run_restart(harness: Harness, count: int, limit: int) -> dict[str, Any]:
+    """SIGKILL the operator with ``limit`` builds running and the rest queued; restart it."""
+    port = free_port()
+    env = {"STAGEWRIGHT_MAX_RUNNING_BUILDS": str(limit), "STAGEWRIGHT_METRICS_PORT": str(port)}
+    operator = StagewrightProcess(harness, "bench-restart", env=env,
+                                  log_name="stagewright-restart.log")
+    at_kill: dict[str, Any] = {}
+
+    async def kill_mid_queue(kube: Kube, seen: Watched, kubelet: InstantKubelet) -> None:
+        del kube
+        while True:
+            figures = await asyncio.to_thread(scrape, port)
+            depth = figures.get('stagewright_queue_depth{namespace="bench-restart"}', 0.0)
+            if len(kubelet.times.seen) >= limit and depth >= count - limit:
+                break
+            await asyncio.sleep(0.2)
+        at_kill.update(running_pods=len(kubelet.times.unfinished), queue_depth=depth,
+                       finished=len(seen.finished))
+        await asyncio.to_thread(operator.stop, True)
+        killed = time.monotonic()
+        await asyncio.to_thread(operator.start)
+        at_kill["restart_to_live_seconds"] = round(time.monotonic() - killed, 2)
+
+    result = asyncio.run(burst(harness, operator, "bench-restart", count, hold_seconds=15,
+                               during=kill_mid_queue))
+    result.update({"limit": limit, "at_sigkill": at_kill})
+    return result
+
+
+async def _seed_finished(kube: Kube, namespace: str, count: int, digest: str,
+                         registry: str) -> None:
+    """``count`` ImageBuilds finished by an earlier operator, each with its last pod."""
+    slots = asyncio.Semaphore(32)
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+    async def one(index: int) -> None:
+        name = f"h{index:05d}"
+        pod_name = f"{name}-1-1"
+        async with slots:
+            created = await kube.request("POST", IMAGEBUILDS.format(ns=namespace),
+                                         imagebuild(name, namespace, registry))
+            await kube.request(
+                "PATCH", IMAGEBUILDS.format(ns=namespace) + f"/{name}/status",
+                {"status": {"phase": "Succeeded", "reason": "Succeeded", "observedGeneration": 1,
+                            "podName": pod_name, "attempt": 1, "startTime": now,
+                            "completionTime": now, "digest": digest,
+                            "image": f"{registry}/{REPOSITORY}@{digest}"}},
+                content_type="application/merge-patch+json")
+            await kube.request("POST", f"/api/v1/namespaces/{namespace}/pods", {
+                "apiVersion": "v1", "kind": "Pod", "metadata": {
+                    "name": pod_name, "labels": {
+                        "app.kubernetes.io/managed-by": "stagewright",
+                        "stagewright.dev/imagebuild": name},
+                    "ownerReferences": [{
+                        "apiVersion": "stagewright.dev/v1alpha1", "kind": "ImageBuild",
+                        "name": name, "uid": created["metadata"]["uid"],
+                        "controller": True}]},
+                "spec": {"restartPolicy": "Never",
+                         "containers": [{"name": "kaniko", "image": "kaniko:bench"}]}})
+            await kube.request(
+                "PATCH", f"/api/v1/namespaces/{namespace}/pods/{pod_name}/status",
+                {"status": {"phase": "Succeeded"}}, content_type="application/merge-patch+json")
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+
+
+async def run_memory(harness: Harness, history: int, building: int) -> dict[str, Any]:
+    """RSS: empty; ``building`` unfinished at once; ``history`` finished after a restart."""
+    result: dict[str, Any] = {}
+    async with Kube(harness.control_plane, harness.control_plane.admin) as kube:
+        for namespace in ("bench-history", "bench-building"):
+            await kube.request("POST", "/api/v1/namespaces", {
+                "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+        operator = StagewrightProcess(harness, "", log_name="stagewright-memory.log")
+        await asyncio.to_thread(operator.start)
+        await settle(operator.pid)
+        empty_kib = rss_kib(operator.pid)
+        result["rss_mib_empty_cluster"] = round(empty_kib / 1024, 1)
+        await asyncio.to_thread(operator.stop)
+
+        # Unfinished: pods that "run" for a minute, so all are building at the same time.
+        seen = Watched()
+        kubelet = InstantKubelet(kube, "bench-building", harness.digest, hold_seconds=60)
+        watch = asyncio.create_task(kubelet.run(
+            await kube.list_version("/api/v1/namespaces/bench-building/pods")))
+        await asyncio.to_thread(operator.start)
+        await _create_all(kube, harness, "bench-building", building, seen)
+        while len(kubelet.times.seen) < building:  # noqa: ASYNC110 - polling a counter
+            await asyncio.sleep(0.2)
+        await settle(operator.pid)
+        building_kib = rss_kib(operator.pid)
+        result["building_at_once"] = building
+        result["rss_mib_building"] = round(building_kib / 1024, 1)
+        result["kib_per_unfinished_build"] = round((building_kib - empty_kib) / building, 1)
+        await asyncio.to_thread(operator.stop)
+        watch.cancel()
+        async with kube.session.delete(kube.base + IMAGEBUILDS.format(ns="bench-building")):
+            pass
+
+        # Finished history, then a fresh operator: settle time, memory, writes.
+        started = time.monotonic()
+        await _seed_finished(kube, "bench-history", history, harness.digest,
+                             harness.registry.host)
+        result["seed_seconds"] = round(time.monotonic() - started, 1)
+        writes = {"count": 0}
+
+        async def count_writes(path: str) -> None:
+            async for event in kube.watch(path, await kube.list_version(path)):
+                if event["type"] != "ADDED":
+                    writes["count"] += 1
+
+        watchers = [asyncio.create_task(count_writes(path)) for path in (
+            IMAGEBUILDS.format(ns="bench-history"), "/api/v1/namespaces/bench-history/pods")]
+        started = time.monotonic()
+        await asyncio.to_thread(operator.start)
+        quiet_since = await settle(operator.pid)
+        history_kib = rss_kib(operator.pid)
+        events = await kube.count("/api/v1/namespaces/bench-history/events")
+        await asyncio.sleep(2)
+        await asyncio.to_thread(operator.stop)
+        for task in watchers:
+            task.cancel()
+        result.update({
+            "finished_history": history,
+            "settled_seconds_after_start": round(quiet_since - started, 1),
+            "rss_mib_history": round(history_kib / 1024, 1),
+            "kib_per_finished_build_with_pod": round((history_kib - empty_kib) / history, 2),
+            "writes_for_history": writes["count"] + events,
+        })
+    return result
+
+
+async def run_clients(harness: Harness, count: int) -> list[dict[str, Any]]:
+    """The HTTP client candidates, one after another, under the same burst of API calls."""
+    async with Kube(harness.control_plane, harness.control_plane.admin) as kube:
+        async def create_namespace(name: str) -> None:
+            await kube.request("POST", "/api/v1/namespaces", {
+                "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+        return await compare(harness.control_plane, count, create_namespace)
+
+
 def main() -> None:
     """Start the shared parts once, run the chosen scenarios, print JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--builds", type=int, default=1000)
+    parser.add_argument("--limit", type=int, default=50, help="queue scenario's limit")
+    parser.add_argument("--history", type=int, default=10000,
+                        help="memory scenario's finished ImageBuilds")
     parser.add_argument("--scenario", action="append",
                         choices=["burst", "clients", "queue", "restart", "memory"])
     args = parser.parse_args()
@@ -332,6 +556,14 @@ def main() -> None:
         for scenario in scenarios:
             if scenario == "burst":
                 results["burst"] = run_burst(harness, args.builds)
+            elif scenario == "clients":
+                results["clients"] = asyncio.run(run_clients(harness, args.builds))
+            elif scenario == "queue":
+                results["queue"] = run_queue(harness, args.builds, args.limit)
+            elif scenario == "restart":
+                results["restart"] = run_restart(harness, args.builds, args.builds // 2)
+            elif scenario == "memory":
+                results["memory"] = asyncio.run(run_memory(harness, args.history, args.builds))
             print(json.dumps({scenario: results.get(scenario)}, indent=2), flush=True)
         (HERE.parent / ".bench-last.json").write_text(json.dumps(results, indent=2))
         if os.environ.get("BENCH_KEEP_LOGS"):

@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
 def _run(*, verbose: bool) -> int:
     import kopf  # noqa: PLC0415 - only `run` needs kopf's start-up cost
 
-    import stagewright.handlers  # noqa: F401, PLC0415 - registers the handlers
+    from stagewright.handlers.registration import (  # noqa: PLC0415 - registers handlers
+        OperatorMemo,
+    )
 
     settings = Settings()
     # kopf's formatter prefixes each message about an object with [namespace/name].
@@ -74,7 +76,7 @@ def _run(*, verbose: bool) -> int:
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
         liveness_endpoint=settings.liveness_endpoint,
-        memo=kopf.Memo(settings=settings),
+        memo=OperatorMemo(settings=settings),
     )
     return 0
 

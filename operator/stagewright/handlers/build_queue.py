@@ -54,6 +54,10 @@ class BuildQueue:
             return None
         return places(self._waiting.values()).get(entry.key, 1)
 
+    def waiting(self) -> list[tuple[str, str]]:
+        """The builds waiting for a slot now."""
+        return list(self._waiting)
+
     def holds(self, namespace: str, name: str) -> bool:
         """Whether the build waits in line or holds a slot it has not shown a pod for."""
         key = (namespace, name)

@@ -24,6 +24,7 @@ from stagewright.api.reasons import Reason
 from stagewright.api.v1alpha1 import ImageBuild, ImageBuildStatus, Phase
 from stagewright.handlers.build_queue import BuildQueue
 from stagewright.handlers.kube_api import ApiError, KubeApi
+from stagewright.handlers.metrics import Metrics
 from stagewright.queueing import Waiting, queued_message
 from stagewright.registry import (
     ImageInfo,
@@ -64,12 +65,13 @@ class Reconciler:
 
     def __init__(self, api: KubeApi, registry: RegistryClient, settings: Settings,
                  kopf_settings: kopf.OperatorSettings | None = None,
-                 queue: BuildQueue | None = None) -> None:
+                 queue: BuildQueue | None = None, metrics: Metrics | None = None) -> None:
         self.api = api
         self.registry = registry
         self.settings = settings
         #: Admission under STAGEWRIGHT_MAX_RUNNING_BUILDS*; None starts every build at once.
         self.queue = queue
+        self.metrics = metrics
         # With kopf's settings, warnings become Kubernetes Events on the ImageBuild.
         self._kopf_settings = kopf_settings
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -389,6 +391,8 @@ class Reconciler:
                              message=message, generation=generation, pod_name=None,
                              completion_time=now_iso(), **_NO_RESULT)
         await self.api.patch_imagebuild_status(meta["namespace"], meta["name"], patch)
+        if self.metrics is not None:
+            self.metrics.build_finished(Phase.FAILED.value, Reason.INVALID_SPEC.value, None)
 
     async def _write_if_changed(self, build: ImageBuild, log: Logger, *, phase: Phase,
                                 reason: Reason, message: str, keep_pod: bool = False) -> None:
@@ -414,6 +418,10 @@ class Reconciler:
         patch = status_patch(build.status, phase=phase, reason=reason, message=message,
                              generation=build.generation, rebuild=build.rebuild_token, **fields)
         await self.api.patch_imagebuild_status(build.namespace, build.name, patch)
+        if completion and self.metrics is not None:
+            started = _parse_time(build.status.start_time)
+            seconds = (datetime.now(UTC) - started).total_seconds() if started else None
+            self.metrics.build_finished(phase.value, reason.value, seconds)
 
 
 def _short(digest: str) -> str:

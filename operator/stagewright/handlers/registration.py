@@ -26,6 +26,7 @@ from stagewright.api.v1alpha1 import (
 )
 from stagewright.handlers.build_queue import BuildQueue
 from stagewright.handlers.kube_api import ApiError, KubeApi, load_configuration
+from stagewright.handlers.metrics import Metrics
 from stagewright.handlers.reconciler import Reconciler
 from stagewright.queueing import Limits, Waiting
 from stagewright.registry import RegistryClient, RegistryError
@@ -34,6 +35,18 @@ from stagewright.settings import Settings
 
 _SETTLED = (Phase.SUCCEEDED.value, Phase.FAILED.value)
 _log = logging.getLogger("stagewright")
+
+
+class OperatorMemo(kopf.Memo):
+    """kopf's memo, shared by all objects instead of copied for each one.
+
+    kopf shallow-copies the operator's memo into a record per object it ever sees; the
+    handlers only read operator-wide things from it (reconciler, indexes), so one shared
+    instance saves a dict per ImageBuild and per build pod.
+    """
+
+    def __copy__(self) -> OperatorMemo:
+        return self
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
@@ -50,6 +63,9 @@ def configure(settings: kopf.OperatorSettings) -> None:
     # Only warnings and errors become Kubernetes Events: a happy build then costs three
     # writes (pod, status Building, status Succeeded) instead of one more per log line.
     settings.posting.level = logging.WARNING
+    # Watch build pods only, selected by the API server: kopf keeps a record for every object
+    # it is sent, so every other pod in the cluster would cost memory and CPU for nothing.
+    settings.watching.label_selectors["", "v1", "pods"] = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 
 
 @kopf.on.startup(id="start")
@@ -60,11 +76,14 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any)
     unsettled: kopf.Index[tuple[str, str], Waiting | None] = kwargs["unsettled"]
     running_pods: kopf.Index[tuple[str, str], str] = kwargs["running_pods"]
     operator_settings: Settings = memo.get("settings") or Settings()
+    metrics = Metrics()
     memo.clients = clients = contextlib.AsyncExitStack()
-    api = await clients.enter_async_context(KubeApi(load_configuration()))
+    api = await clients.enter_async_context(
+        KubeApi(load_configuration(), observer=metrics.api_request))
     # One registry client for the operator's life: its bearer tokens are reused across builds.
     registry = await clients.enter_async_context(
-        RegistryClient(timeout=operator_settings.registry_timeout_seconds))
+        RegistryClient(timeout=operator_settings.registry_timeout_seconds,
+                       observer=metrics.registry_request))
     wakers: set[asyncio.Task[None]] = set()
 
     def wake(namespace: str, name: str) -> None:
@@ -75,8 +94,11 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any)
     queue = BuildQueue(Limits(operator_settings.max_running_builds,
                               operator_settings.max_running_builds_per_namespace),
                        running_pods=lambda: list(running_pods), wake=wake)
+    metrics.watch_queue(queue.waiting, lambda: list(running_pods))
+    if operator_settings.metrics_port is not None:
+        metrics.serve(operator_settings.metrics_port, operator_settings.metrics_address)
     memo.reconciler = Reconciler(api, registry, operator_settings, kopf_settings=settings,
-                                 queue=queue)
+                                 queue=queue, metrics=metrics)
     memo.unsettled = unsettled
     memo.resync = asyncio.create_task(_resync(memo.reconciler, unsettled, operator_settings))
 

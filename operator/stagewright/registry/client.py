@@ -15,7 +15,7 @@ import json
 import re
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -163,7 +163,8 @@ class RegistryClient:
     total, and manifest bodies by ``max_manifest_bytes``.
     """
 
-    def __init__(self, timeout: float, max_manifest_bytes: int = MAX_MANIFEST_BYTES) -> None:
+    def __init__(self, timeout: float, max_manifest_bytes: int = MAX_MANIFEST_BYTES,
+                 observer: Callable[[str, float], None] | None = None) -> None:
         if timeout <= 0 or max_manifest_bytes <= 0:
             raise ValueError("timeout and max_manifest_bytes must be positive")
         self._timeout = timeout
@@ -172,6 +173,8 @@ class RegistryClient:
         self._unverified: httpx.AsyncClient | None = None
         self._cache = _Cache()
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)
+        #: Told (status code or "error", seconds) of every request: metrics hook in here.
+        self._observer = observer
 
     async def __aenter__(self) -> Self:
         self._verified = self._new_client(verify=True)
@@ -362,9 +365,21 @@ class RegistryClient:
         """One request within the timeout; the body is read up to the manifest limit."""
         host = httpx.URL(url).netloc.decode()
         client = self._client(verify=verify)
+        async with self._slots:  # waiting for a slot is not the registry's slowness: untimed
+            started, code = time.monotonic(), "error"
+            try:
+                reply = await self._request(client, method, url, headers, data, fallback, host)
+                code = str(reply.status)
+                return reply
+            finally:
+                if self._observer is not None:
+                    self._observer(code, time.monotonic() - started)
+
+    async def _request(self, client: httpx.AsyncClient, method: str, url: str,
+                       headers: Mapping[str, str], data: Mapping[str, str] | None,
+                       fallback: bool, host: str) -> _Reply:
         try:
             async with (
-                self._slots,  # waiting for a slot is not the registry's slowness: untimed
                 asyncio.timeout(self._timeout),
                 client.stream(method, url, headers=headers, data=data) as response,
             ):
