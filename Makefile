@@ -3,14 +3,22 @@ SHELL := bash
 .DEFAULT_GOAL := help
 VENV := .venv
 PY := $(VENV)/bin/python
+# The e2e tier's own light venv (pip only, no apt, no Kubernetes build): it runs on macOS and
+# arm64 too. It ignores itself in git (a `*` .gitignore inside, as Python 3.13's venv writes).
+E2E_VENV := .venv-e2e
+PYTHON ?= python3
+# The caller's PATH, before the project's tool dirs go in front of it: the kind targets and the
+# e2e tier use the user's docker, kind, kubectl and helm, built for their machine and matching
+# their cluster, not the pinned linux/amd64 kubectl/helm or the venv's kubectl wheel.
+USER_PATH := $(PATH)
 export PATH := $(CURDIR)/$(VENV)/bin:$(HOME)/.cache/stagewright/bin:$(PATH)
 # The sandbox (hack/sandbox) is test and demo infrastructure, not part of the package.
 export PYTHONPATH := $(CURDIR)/hack
 
-.PHONY: help deps demo test test-unit test-cluster test-e2e lint crds kind-up kind-down clean
+.PHONY: help deps demo test test-unit test-cluster test-e2e e2e-deps lint crds kind-up kind-down clean
 
 help: ## List the commands
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 deps: ## Install apt/pip packages and build kube-apiserver (cached; first run ~8 min)
 	hack/install-deps.sh
@@ -27,8 +35,16 @@ test-unit: ## Run the unit tier only (no servers)
 test-cluster: deps ## Run the cluster tier (real apiserver, registry, buildah)
 	$(PY) -m pytest tests/cluster
 
-test-e2e: ## Run the kind e2e tier (needs a kind cluster: make kind-up)
-	$(PY) -m pytest tests/e2e --e2e
+test-e2e: e2e-deps ## Run the kind e2e tier on the current kube context (make kind-up first)
+	PATH="$(USER_PATH)" $(E2E_VENV)/bin/python -m pytest tests/e2e --e2e
+
+e2e-deps: $(E2E_VENV)/.installed ## Make the e2e tier's venv (pip install -e .[test]; Python >= 3.11)
+
+$(E2E_VENV)/.installed: pyproject.toml
+	PATH="$(USER_PATH)" $(PYTHON) -m venv $(E2E_VENV)
+	echo '*' > $(E2E_VENV)/.gitignore
+	$(E2E_VENV)/bin/python -m pip install --quiet -e '.[test]'
+	touch $@
 
 lint: ## ruff, mypy --strict, import layering, shellcheck
 	$(VENV)/bin/ruff check .
@@ -40,11 +56,11 @@ crds: ## Regenerate crds/ and the chart's copy from the API models
 	$(PY) -m stagewright.cli crd > crds/imagebuilds.stagewright.dev.yaml
 	cp crds/imagebuilds.stagewright.dev.yaml charts/stagewright/files/crds/
 
-kind-up: ## Create a kind cluster with a local registry and install the operator (needs docker, kind)
-	hack/kind-up.sh
+kind-up: ## kind cluster + local registry + the operator (needs docker, kind, kubectl, helm)
+	PATH="$(USER_PATH)" hack/kind-up.sh
 
 kind-down: ## Delete the kind cluster and its registry
-	hack/kind-down.sh
+	PATH="$(USER_PATH)" hack/kind-down.sh
 
 clean: ## Remove the venv and caches in the tree (keeps ~/.cache/stagewright)
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-e2e .mypy_cache .ruff_cache .pytest_cache

@@ -23,7 +23,10 @@ done
 command -v docker >/dev/null || die "docker is missing: nothing to tear down without it"
 command -v kind >/dev/null || die "kind is missing: install it, or delete the cluster's containers with docker"
 
-if kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+# Read the list, then search it: `kind get clusters | grep -q` under pipefail fails when grep
+# exits at the first match and kind gets SIGPIPE.
+clusters=$(kind get clusters 2>/dev/null || true)
+if grep -qxF "$CLUSTER" <<<"$clusters"; then
   log "deleting kind cluster $CLUSTER"
   kind delete cluster --name "$CLUSTER"
 else

@@ -4,13 +4,19 @@ helm and kubectl come from ``hack/install-tools.sh`` (``make deps``), which puts
 binaries in ``$STAGEWRIGHT_CACHE/bin`` (default ``~/.cache/stagewright/bin``). A missing tool
 fails the test with the command that installs it: a silent skip would let CI pass without
 ever rendering the chart.
+
+The e2e tier is different: it talks to the user's own cluster, so it uses the user's kubectl
+(:func:`user_kubectl`), built for their OS and architecture and close to their server's
+version, not the pinned linux/amd64 one.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +56,48 @@ def tool(name: str) -> Path:
             pytrace=False,
         )
     return path
+
+
+def user_kubectl() -> Path:
+    """The kubectl of ``$STAGEWRIGHT_E2E_KUBECTL``, else the first on PATH; or fail saying so."""
+    wanted = os.environ.get("STAGEWRIGHT_E2E_KUBECTL") or "kubectl"
+    found = shutil.which(wanted)
+    if found is None:
+        pytest.fail(
+            f"kubectl not found ({wanted!r} is not an executable on PATH): install the kubectl "
+            "that matches your cluster, or point STAGEWRIGHT_E2E_KUBECTL at one",
+            pytrace=False,
+        )
+    return Path(found)
+
+
+@dataclass(frozen=True)
+class Kubectl:
+    """A kubectl binary, run without a shell against the current context."""
+
+    path: Path
+
+    def run(self, *args: str, stdin: str | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run kubectl; the result whatever the exit code (a hung call fails the test)."""
+        try:
+            return subprocess.run(
+                [str(self.path), *args], input=stdin, capture_output=True, text=True,
+                timeout=timeout, check=False,
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"kubectl {' '.join(args)} did not finish in {timeout:.0f}s",
+                        pytrace=False)
+
+    def __call__(self, *args: str, stdin: str | None = None, timeout: float = 120) -> str:
+        """Run kubectl and return its stdout; fail the test with its stderr on an error."""
+        result = self.run(*args, stdin=stdin, timeout=timeout)
+        if result.returncode != 0:
+            pytest.fail(
+                f"kubectl {' '.join(args)} exited {result.returncode}:\n{result.stderr}",
+                pytrace=False,
+            )
+        return result.stdout
 
 
 def run(argv: Sequence[str | Path], *, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -388,7 +388,22 @@ def mount_volumes(
         host = root / mount["name"] / mount.get("subPath", "")
         entries.append((PurePosixPath(mount["mountPath"]), host, kinds.get(mount["name"], "")))
     entries.sort(key=lambda entry: len(entry[0].parts), reverse=True)
+    _project_subpath_files(entries)
     return Mounts(tuple(entries))
+
+
+def _project_subpath_files(entries: list[tuple[PurePosixPath, Path, str]]) -> None:
+    """Copy ConfigMap files mounted by subPath inside an emptyDir into it, as the container
+    would see them through the bind mounts (how the operator mounts a ConfigMap context)."""
+    for mount_path, host, kind in entries:
+        if kind != "configMap" or not host.is_file():
+            continue
+        for outer_path, outer_host, outer_kind in entries:
+            if outer_kind == "emptyDir" and mount_path.is_relative_to(outer_path) \
+                    and mount_path != outer_path:
+                target = outer_host / mount_path.relative_to(outer_path)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(host, target)
 
 
 def _read_object(
@@ -680,7 +695,7 @@ class SandboxKubelet:
                 raise UnsupportedBuildError(f"{SANDBOX}: expected one container named {CONTAINER}")
             build = parse_kaniko_args(container.get("args") or [])
             context = mounts.resolve(build.context)
-            if context is None or context[1] != "configMap":
+            if context is None or context[1] not in ("configMap", "emptyDir"):
                 raise UnsupportedBuildError(
                     f"{SANDBOX}: only ConfigMap contexts can be built here "
                     f"(got dir://{build.context}, which no ConfigMap volume backs)"

@@ -20,9 +20,9 @@ import yaml
 from pydantic import ValidationError
 
 from stagewright.api.crd import render_crd_yaml
-from stagewright.api.v1alpha1 import ImageBuild
+from stagewright.api.v1alpha1 import ContextFile, ImageBuild
 from stagewright.registry import ImageReference, RegistryClient, RegistryError
-from stagewright.resources.kaniko_pod import build_key, build_pod
+from stagewright.resources.kaniko_pod import build_key, build_pod, context_files
 from stagewright.settings import Settings
 
 
@@ -101,9 +101,30 @@ def _render(filename: str) -> int:
                 print(f"  {where}: {error['msg']}", file=sys.stderr)
             return 1
         key = build_key(build.generation, build.rebuild_token)
-        pods.append(build_pod(build, settings, key=key, attempt=1))
+        files = _context_files(build, documents)
+        pods.append(build_pod(build, settings, key=key, attempt=1, files=files))
     sys.stdout.write(yaml.safe_dump_all(pods, sort_keys=False))
     return 0
+
+
+def _context_files(build: ImageBuild, documents: list[Any]) -> list[ContextFile]:
+    """A ConfigMap context's files, from the ConfigMap in the same file when it is there.
+
+    The operator reads the ConfigMap's keys from the cluster; without that object at hand,
+    only ``items`` are known, and stderr says so.
+    """
+    source = build.spec.source.config_map
+    if source is None:
+        return []
+    for document in documents:
+        if (isinstance(document, dict) and document.get("kind") == "ConfigMap"
+                and (document.get("metadata") or {}).get("name") == source.name):
+            keys = [*(document.get("data") or {}), *(document.get("binaryData") or {})]
+            return context_files(source, keys)
+    if source.items is None:
+        print(f"note: ConfigMap {source.name} is not in the file; the operator mounts each of "
+              "its keys as a file, which this rendering cannot show", file=sys.stderr)
+    return context_files(source, [])
 
 
 def _inspect(reference: str, insecure: bool, docker_config: Path | None,

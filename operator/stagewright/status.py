@@ -26,6 +26,13 @@ _PUSH_ERRORS = re.compile(
 _LOST_POD_REASONS = frozenset({"NodeLost", "Shutdown", "NodeShutdown", "Terminated",
                                "UnexpectedAdmissionError", "NodeAffinity", "OutOfcpu",
                                "OutOfmemory", "OutOfephemeral-storage"})
+#: Terminal control sequences (colours, cursor moves): Kaniko logs in colour by default, and
+#: escape codes would make status messages unreadable and waste the termination message.
+_ANSI_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
+#: A line of the build log that says what failed: Kaniko's final error, or a logged error.
+_ERROR_LINE = re.compile(r"^(error|ERRO|FATA|Error:)", re.IGNORECASE)
+#: Kaniko's log line for the step it is running (``INFO[0001] RUN make``, after stripping).
+_STEP_LINE = re.compile(r"^(?:INFO\[\d+\]\s+|level=info msg=\")?((?:RUN|COPY|ADD)\s.*?)\"?$")
 #: Container waiting reasons that will not clear up by themselves.
 _STUCK_WAITING = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName",
                             "CreateContainerConfigError", "CreateContainerError"})
@@ -46,6 +53,8 @@ class PodOutcome:
     reason: Reason | None = None
     message: str = ""
     waiting: str | None = None
+    #: Why the pod is waiting, when ``waiting`` is set (PodWaiting or Unschedulable).
+    waiting_reason: Reason = Reason.WAITING
     finished_at: str | None = None
 
     @property
@@ -73,7 +82,21 @@ def classify_pod(pod: dict[str, Any], *, message_limit: int = 2048) -> PodOutcom
     if waiting.get("reason") in _STUCK_WAITING:
         text = f"{waiting['reason']}: {waiting.get('message') or ''}".strip()
         return PodOutcome(finished=False, waiting=_tail(text, message_limit))
+    unschedulable = _unschedulable(status)
+    if unschedulable is not None:
+        text = f"The scheduler cannot place the build pod: {unschedulable}"
+        return PodOutcome(finished=False, waiting=_tail(text, message_limit),
+                          waiting_reason=Reason.UNSCHEDULABLE)
     return PodOutcome(finished=False)
+
+
+def _unschedulable(status: dict[str, Any]) -> str | None:
+    """The scheduler's words when it cannot place the pod (PodScheduled=False/Unschedulable)."""
+    for condition in status.get("conditions") or []:
+        if (condition.get("type") == "PodScheduled" and condition.get("status") == "False"
+                and condition.get("reason") == "Unschedulable"):
+            return str(condition.get("message") or "no node fits the pod's requests")
+    return None
 
 
 def _ended_outcome(status: dict[str, Any], terminated: dict[str, Any] | None,
@@ -97,7 +120,7 @@ def _ended_outcome(status: dict[str, Any], terminated: dict[str, Any] | None,
 
 def _terminated_outcome(terminated: dict[str, Any], message_limit: int) -> PodOutcome:
     exit_code = int(terminated.get("exitCode", -1))
-    text = (terminated.get("message") or "").strip()
+    text = strip_ansi(terminated.get("message") or "").strip()
     if exit_code == 0:
         if _DIGEST.match(text):
             return PodOutcome(finished=True, succeeded=True, digest=text,
@@ -114,10 +137,32 @@ def _terminated_outcome(terminated: dict[str, Any], message_limit: int) -> PodOu
             f"The image ({text}) was built but the push failed; check output.pushSecretRef "
             "and the registry's permissions."))
     reason = Reason.PUSH_FAILED if _PUSH_ERRORS.search(text) else Reason.BUILD_FAILED
-    headline = f"Kaniko exited with code {exit_code}."
     return PodOutcome(finished=True, reason=reason,
-                      message=_tail(f"{headline} Log tail:\n{text}" if text else headline,
-                                    message_limit))
+                      message=failure_message(f"Kaniko exited with code {exit_code}", text,
+                                              message_limit))
+
+
+def strip_ansi(text: str) -> str:
+    """``text`` without terminal escape codes."""
+    return _ANSI_ESCAPES.sub("", text)
+
+
+def failure_message(headline: str, log: str, limit: int) -> str:
+    """A failed build's message: what failed on the first line, then as much log tail as fits.
+
+    The first line names the error and the step that failed, read from the log; the headline
+    is never cut, however long the log (the kubelet's termination message alone can fill
+    ``limit``).
+    """
+    lines = [line.strip() for line in strip_ansi(log).splitlines() if line.strip()]
+    error = next((line for line in reversed(lines) if _ERROR_LINE.match(line)), None)
+    step = next((m.group(1) for m in map(_STEP_LINE.match, reversed(lines)) if m), None)
+    first = headline + (f" at step {step}" if step else "") + (f": {error}" if error else ".")
+    first = first if len(first) <= limit // 2 else first[: limit // 2 - 1] + "…"
+    if not lines:
+        return first
+    room = limit - len(first) - len("\nLog tail:\n")
+    return f"{first}\nLog tail:\n{_tail(chr(10).join(lines), max(room, 1))}"
 
 
 def _tail(text: str, limit: int) -> str:

@@ -26,6 +26,7 @@ IMAGEBUILDS = resource("stagewright.dev", "v1alpha1", "imagebuilds")
 PODS = resource("", "v1", "pods")
 CONFIGMAPS = resource("", "v1", "configmaps")
 SECRETS = resource("", "v1", "secrets")
+EVENTS = resource("", "v1", "events")
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 

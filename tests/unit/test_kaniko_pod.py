@@ -10,12 +10,14 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from stagewright.api.v1alpha1 import ImageBuild
+from stagewright.api.v1alpha1 import ConfigMapSource, ImageBuild
 from stagewright.resources.kaniko_pod import (
     build_key,
     build_pod,
+    context_files,
     kaniko_args,
     kaniko_context,
+    missing_context_keys,
     pod_name,
 )
 from stagewright.settings import Settings
@@ -30,8 +32,10 @@ def load(path: Path) -> ImageBuild:
 
 
 def pod_for(build: ImageBuild, attempt: int = 1) -> dict[str, Any]:
+    source = build.spec.source.config_map
+    files = context_files(source, []) if source is not None else []
     return build_pod(build, SETTINGS, key=build_key(build.generation, build.rebuild_token),
-                     attempt=attempt)
+                     attempt=attempt, files=files)
 
 
 @pytest.mark.parametrize("fixture", FIXTURES, ids=lambda p: p.stem)
@@ -94,7 +98,6 @@ def test_args_build_the_target_with_cache_and_report_the_digest() -> None:
         "--cache=true",
         "--cache-repo=registry.example.com/acme/web/cache",
         "--cache-ttl=72h",
-        "--skip-unused-stages",
         "--digest-file=/dev/termination-log",
     ):
         assert expected in args
@@ -162,3 +165,61 @@ def test_long_names_give_valid_labels() -> None:
     label = pod["metadata"]["labels"]["stagewright.dev/imagebuild"]
     assert len(label) <= 63
     assert label[-1].isalnum()
+
+
+def test_configmap_keys_arrive_as_regular_files() -> None:
+    """Each key is a subPath mount (a bind mount of the resolved file), never the kubelet's
+    ..data symlink, so Kaniko's COPY copies content; nested paths come from items."""
+    build = load(HERE / "fixtures" / "configmap-insecure.yaml")
+    container = pod_for(build)["spec"]["containers"][0]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/workspace"]["name"] == "context"
+    assert mounts["/workspace/Dockerfile"]["subPath"] == "Dockerfile"
+    assert mounts["/workspace/cmd/hello/main.go"]["subPath"] == "main.go"
+    assert all(m.get("readOnly") for path, m in mounts.items() if path != "/workspace")
+    assert "--context=dir:///workspace" in container["args"]
+
+
+def test_configmap_context_defaults_to_every_key_at_the_root() -> None:
+    source = ConfigMapSource(name="ctx")
+    files = context_files(source, ["b.txt", "Dockerfile", "a.txt"])
+    assert [(f.key, f.path) for f in files] == [
+        ("Dockerfile", "Dockerfile"), ("a.txt", "a.txt"), ("b.txt", "b.txt")]
+    assert missing_context_keys(source, []) == []
+
+
+def test_configmap_items_must_name_existing_keys_and_unique_paths() -> None:
+    source = ConfigMapSource.model_validate(
+        {"name": "ctx", "items": [{"key": "a", "path": "src/a"}, {"key": "zz", "path": "b"}]})
+    assert missing_context_keys(source, ["a", "Dockerfile"]) == ["zz"]
+    with pytest.raises(ValueError, match="repeated"):
+        ConfigMapSource.model_validate(
+            {"name": "ctx", "items": [{"key": "a", "path": "x"}, {"key": "b", "path": "x"}]})
+    with pytest.raises(ValueError, match="path"):
+        ConfigMapSource.model_validate({"name": "ctx", "items": [{"key": "a", "path": "../x"}]})
+
+
+def test_no_deprecated_flags_for_the_pinned_executor() -> None:
+    """v1.28.3 skips unused stages by default and warns on --skip-unused-stages."""
+    for fixture in FIXTURES:
+        assert not any(a.startswith("--skip-unused-stages") for a in kaniko_args(
+            load(fixture).spec))
+
+
+def test_ca_bundle_is_added_to_kanikos_trust() -> None:
+    """The bundle's directory follows the image's own in SSL_CERT_DIR: added, not replacing."""
+    settings = SETTINGS.model_copy(update={"ca_bundle_configmap": "corp-ca",
+                                           "ca_bundle_key": "root.pem"})
+    build = load(HERE / "fixtures" / "git-runtime.yaml")
+    pod = build_pod(build, settings, key="1", attempt=1)
+    container = pod["spec"]["containers"][0]
+    assert {"name": "SSL_CERT_DIR",
+            "value": "/kaniko/ssl/certs:/kaniko/ssl/extra-certs"} in container["env"]
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "ca-bundle")
+    assert volume["configMap"] == {"name": "corp-ca",
+                                   "items": [{"key": "root.pem", "path": "ca-bundle.crt"}]}
+    assert {"name": "ca-bundle", "mountPath": "/kaniko/ssl/extra-certs",
+            "readOnly": True} in container["volumeMounts"]
+    kubernetes_validate.validate(pod, "1.33.0", strict=True)
+    without = pod_for(build)["spec"]
+    assert not any(v["name"] == "ca-bundle" for v in without["volumes"])

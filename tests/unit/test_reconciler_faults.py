@@ -22,6 +22,7 @@ from kmock import KubernetesError, Server, subresource
 from kmock import name as named
 from tests.unit.kmock_support import (
     CONFIGMAPS,
+    EVENTS,
     IMAGEBUILDS,
     PODS,
     SECRETS,
@@ -60,6 +61,18 @@ def status_of(emu: FaultyEmulator) -> dict[str, Any]:
 
 def pod_posts(emu: FaultyEmulator) -> int:
     return len(emu["post", PODS])
+
+
+def writes(emu: FaultyEmulator) -> list[str]:
+    """Each write as "METHOD resource", in order (Events included: they cost a write too)."""
+    return [f"{request.method.value} {request.resource.plural if request.resource else request.url}"
+            for request in emu.writes()]
+
+
+def warning_reasons(emu: FaultyEmulator) -> list[str]:
+    """The reasons of the Warning Events the operator posted."""
+    return [request.data["reason"] for request in emu["post", EVENTS]
+            if request.data["type"] == "Warning"]
 
 
 def status_patches(emu: FaultyEmulator) -> list[dict[str, Any]]:
@@ -161,7 +174,8 @@ async def test_conflict_with_someone_elses_pod_fails_and_names_it(
     assert status["phase"] == "Failed"
     assert POD in status["message"]
     assert emu.stored(PODS, NS, POD) == foreign
-    assert [request.method.value for request in emu.writes()] == ["POST", "PATCH"]
+    assert writes(emu) == ["POST pods", "PATCH imagebuilds", "POST events"]
+    assert warning_reasons(emu) == ["PodConflict"]
 
 
 @pytest.mark.parametrize(
@@ -191,7 +205,8 @@ async def test_pod_rejected_by_the_server_fails_once_as_invalid_spec(
         "Failed", "InvalidSpec", 1)
     assert server_message in status["message"]
     assert emu.stored(PODS, NS, POD) is None
-    assert [request.method.value for request in emu.writes()] == ["POST", "PATCH"]
+    assert writes(emu) == ["POST pods", "PATCH imagebuilds", "POST events"]
+    assert warning_reasons(emu) == ["InvalidSpec"]
 
 
 @pytest.mark.parametrize(("code", "reason"), [(429, "TooManyRequests"),
@@ -240,7 +255,8 @@ async def test_spec_our_models_reject_fails_once_and_names_the_field(
     assert "buildArgs" in patches[0]["message"]
     assert status_of(emu)["observedGeneration"] == 1
     assert pod_posts(emu) == 0
-    assert len(emu.writes()) == 1
+    assert writes(emu) == ["PATCH imagebuilds", "POST events"]
+    assert warning_reasons(emu) == ["InvalidSpec"]
 
 
 async def test_missing_context_waits_in_pending_then_builds_when_it_appears(

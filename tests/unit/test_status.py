@@ -141,3 +141,51 @@ def test_fields_given_as_none_are_cleared_by_the_merge_patch() -> None:
     assert patch["digest"] is None
     assert patch["sizeHuman"] is None
     assert patch["podName"] == "p"
+
+
+#: What Kaniko's default colour log looks like when a RUN step fails (escape codes kept).
+COLOURED_FAILURE = (
+    "\x1b[36mINFO\x1b[0m[0000] COPY greeting.txt /greeting.txt\n"
+    "\x1b[36mINFO\x1b[0m[0001] RUN grep -q hello /greeting.txt\n"
+    "\x1b[36mINFO\x1b[0m[0001] Running: [/bin/sh -c grep -q hello /greeting.txt]\n"
+    "grep: /greeting.txt: No such file or directory\n"
+    "error building image: error building stage: failed to execute command: waiting for "
+    "process to exit: exit status 2\n"
+)
+
+
+def test_failure_message_has_no_escape_codes_and_says_what_failed_first() -> None:
+    outcome = classify_pod(pod("Failed", terminated(1, COLOURED_FAILURE)))
+    assert "\x1b" not in outcome.message
+    first_line = outcome.message.splitlines()[0]
+    assert first_line.startswith("Kaniko exited with code 1 at step RUN grep -q hello "
+                                 "/greeting.txt: error building image:")
+    assert first_line.endswith("exit status 2")
+    assert "grep: /greeting.txt: No such file or directory" in outcome.message
+
+
+def test_headline_survives_a_log_as_long_as_the_limit() -> None:
+    """The kubelet's termination message is 2,048 bytes: as long as the operator's limit."""
+    log = ("x" * 2100) + "\n" + COLOURED_FAILURE
+    outcome = classify_pod(pod("Failed", terminated(1, log)), message_limit=2048)
+    assert len(outcome.message) <= 2048
+    assert outcome.message.startswith("Kaniko exited with code 1 at step RUN grep")
+    assert outcome.message.rstrip().endswith("exit status 2")
+
+
+def test_unschedulable_pod_waits_with_the_schedulers_words() -> None:
+    scheduler = "0/1 nodes are available: 1 Insufficient memory."
+    pending = {"status": {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+         "message": scheduler}]}}
+    outcome = classify_pod(pending)
+    assert not outcome.finished
+    assert outcome.waiting_reason is Reason.UNSCHEDULABLE
+    assert outcome.waiting is not None
+    assert scheduler in outcome.waiting
+
+
+def test_a_scheduled_pending_pod_is_not_waiting() -> None:
+    pending = {"status": {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "True"}]}}
+    assert classify_pod(pending).waiting is None

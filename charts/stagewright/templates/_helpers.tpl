@@ -81,7 +81,8 @@ compares the rendered rules), so the reasons are repeated here as well.
 - apiGroups: [""]
   resources: ["configmaps", "secrets"]
   verbs: ["get"]
-# kopf posts its log messages as core v1 Events (create only; never patched, no events.k8s.io).
+# Warning Events on an ImageBuild for what needs a person (failure, retry, a pod that cannot start
+# or be scheduled): create only, never patched; core v1 Events, not events.k8s.io.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]

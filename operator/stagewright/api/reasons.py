@@ -12,6 +12,7 @@ class Reason(StrEnum):
     BUILDING = "Building"
     QUEUED = "Queued"
     WAITING = "PodWaiting"
+    UNSCHEDULABLE = "Unschedulable"
     REFERENCE_NOT_FOUND = "ReferenceNotFound"
     RETRYING = "Retrying"
     SUCCEEDED = "Succeeded"
@@ -29,3 +30,12 @@ class Reason(StrEnum):
 
 #: Failures of the infrastructure, not of the build: retried up to spec.retries times.
 INFRASTRUCTURE_FAILURES = frozenset({Reason.EVICTED, Reason.POD_LOST})
+
+#: Reasons a person should see in ``kubectl describe``: each becomes a Warning Event once.
+#: Progress (Building, Succeeded) posts none, so a happy build stays at three API writes.
+WARNINGS = frozenset({
+    Reason.WAITING, Reason.UNSCHEDULABLE, Reason.REFERENCE_NOT_FOUND, Reason.RETRYING,
+    Reason.INVALID_SPEC, Reason.POD_CONFLICT, Reason.POD_REJECTED, Reason.BUILD_FAILED,
+    Reason.PUSH_FAILED, Reason.OUT_OF_MEMORY, Reason.TIMEOUT, Reason.EVICTED, Reason.POD_LOST,
+    Reason.DIGEST_UNVERIFIED,
+})

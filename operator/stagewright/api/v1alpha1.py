@@ -54,6 +54,9 @@ _BUILD_ARG = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SEGMENT = r"(\.|\.?[^/.][^/]*|\.\.[^/]+)"
 _RELATIVE_PATH = rf"^{_SEGMENT}(/{_SEGMENT})*$"
 
+#: A ConfigMap key, as the API server validates it.
+_CONFIGMAP_KEY = r"^[-._a-zA-Z0-9]+$"
+
 Duration = Annotated[str, StringConstraints(pattern=_DURATION_PATTERN)]
 ObjectName = Annotated[str, StringConstraints(pattern=_DNS_SUBDOMAIN, max_length=253)]
 Quantity = Annotated[
@@ -102,10 +105,41 @@ class GitSource(_Model):
     )
 
 
+class ContextFile(_Model):
+    """One ConfigMap key placed as a file in the build context."""
+
+    key: Annotated[str, StringConstraints(pattern=_CONFIGMAP_KEY, max_length=253)] = Field(
+        description="The ConfigMap key (data or binaryData).",
+    )
+    path: Annotated[str, StringConstraints(pattern=_RELATIVE_PATH, max_length=1024)] = Field(
+        description="Where the file goes, relative to the context root; may be nested "
+        "(src/main.go).",
+    )
+
+
 class ConfigMapSource(_Model):
-    """A small build context kept in a ConfigMap: each key is a file at the context root."""
+    """A small build context kept in a ConfigMap.
+
+    Each key becomes a regular file (never a symlink, so COPY copies its content), at the
+    context root by its own name, or wherever ``items`` puts it.
+    """
 
     name: ObjectName = Field(description="Name of the ConfigMap holding the context files.")
+    items: list[ContextFile] | None = Field(
+        default=None, max_length=512,
+        description="Keys to use and their paths in the context (nested paths allowed, as "
+        "ConfigMap keys cannot contain /); default: every key, at the context root.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["path"]},
+    )
+
+    @field_validator("items")
+    @classmethod
+    def _unique_paths(cls, items: list[ContextFile] | None) -> list[ContextFile] | None:
+        paths = [item.path.strip("/") for item in items or []]
+        duplicates = sorted({path for path in paths if paths.count(path) > 1})
+        if duplicates:
+            raise ValueError(f"each context path may appear once; repeated: {duplicates}")
+        return items
 
 
 class Source(_Model):

@@ -197,6 +197,13 @@ class KubeApi:
         )
         return deleted is not None
 
+    # Events
+
+    async def create_event(self, event: dict[str, Any]) -> None:
+        """Post a core/v1 Event (built by ``resources.events``)."""
+        namespace = event["metadata"]["namespace"]
+        await self._request("POST", f"/api/v1/namespaces/{namespace}/events", event)
+
     # Objects an ImageBuild refers to
 
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:

@@ -20,8 +20,8 @@ from typing import Any, cast
 import kopf
 from pydantic import ValidationError
 
-from stagewright.api.reasons import Reason
-from stagewright.api.v1alpha1 import ImageBuild, ImageBuildStatus, Phase
+from stagewright.api.reasons import WARNINGS, Reason
+from stagewright.api.v1alpha1 import ContextFile, ImageBuild, ImageBuildStatus, Phase
 from stagewright.handlers.build_queue import BuildQueue
 from stagewright.handlers.kube_api import ApiError, KubeApi
 from stagewright.handlers.metrics import Metrics
@@ -34,12 +34,15 @@ from stagewright.registry import (
     RegistryClient,
     RegistryError,
 )
+from stagewright.resources.events import build_event
 from stagewright.resources.kaniko_pod import (
     LABEL_IMAGEBUILD,
     build_key,
     build_pod,
+    context_files,
     deadline_seconds,
     imagebuild_label,
+    missing_context_keys,
     pod_name,
 )
 from stagewright.settings import Settings
@@ -72,7 +75,7 @@ class Reconciler:
         #: Admission under STAGEWRIGHT_MAX_RUNNING_BUILDS*; None starts every build at once.
         self.queue = queue
         self.metrics = metrics
-        # With kopf's settings, warnings become Kubernetes Events on the ImageBuild.
+        # With kopf's settings, log lines name the ImageBuild as kopf's own do.
         self._kopf_settings = kopf_settings
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._lock_users: Counter[tuple[str, str]] = Counter()
@@ -141,7 +144,7 @@ class Reconciler:
     async def _start_new_build(self, build: ImageBuild, log: Logger, key: str) -> None:
         await self._clean_up_pods(build.namespace, build.name, build.uid, build.status, log,
                                   current=pod_name(build.name, key, 1))
-        missing = await self._missing_references(build)
+        missing, files = await self._references(build)
         if missing:
             # A pod would only wait on the missing volume without saying why: say it here,
             # and launch once the object exists (the resync looks again).
@@ -151,7 +154,7 @@ class Reconciler:
                 "the build starts when it exists.")
             return
         if self.queue is None:
-            await self._launch(build, log, key, attempt=1, note="")
+            await self._launch(build, log, key, attempt=1, note="", files=files)
             return
         place = self.queue.request(Waiting(str(build.metadata.get("creationTimestamp") or ""),
                                            build.namespace, build.name))
@@ -160,7 +163,7 @@ class Reconciler:
             return
         launched = False
         try:
-            launched = await self._launch(build, log, key, attempt=1, note="")
+            launched = await self._launch(build, log, key, attempt=1, note="", files=files)
         finally:
             if not launched:  # the slot goes to the next in line
                 self.queue.release(build.namespace, build.name)
@@ -181,18 +184,33 @@ class Reconciler:
                           pod_name=None, attempt=None, start_time=None, completion_time=None,
                           **_NO_RESULT)
 
-    async def _missing_references(self, build: ImageBuild) -> list[str]:
-        """The ConfigMap and Secrets the build pod would mount or read, that do not exist."""
+    async def _references(self, build: ImageBuild) -> tuple[list[str], list[ContextFile]]:
+        """What the build pod would mount or read that does not exist, and the context files.
+
+        The ConfigMap context is read here anyway (to report it missing), so its keys, which
+        the pod mounts one by one, come from the same read.
+        """
         spec, namespace = build.spec, build.namespace
-        missing = []
-        config_map = spec.source.config_map
-        if config_map and await self.api.get_configmap(namespace, config_map.name) is None:
-            missing.append(f"ConfigMap {config_map.name}")
+        missing: list[str] = []
+        files: list[ContextFile] = []
+        source = spec.source.config_map
+        if source is not None:
+            config_map = await self.api.get_configmap(namespace, source.name)
+            if config_map is None:
+                missing.append(f"ConfigMap {source.name}")
+            else:
+                keys = [*(config_map.get("data") or {}), *(config_map.get("binaryData") or {})]
+                missing += [f"key {key} of ConfigMap {source.name}"
+                            for key in missing_context_keys(source, keys)]
+                files = context_files(source, keys)
+        bundle = self.settings.ca_bundle_configmap
+        if bundle and await self.api.get_configmap(namespace, bundle) is None:
+            missing.append(f"ConfigMap {bundle} (the operator's CA bundle)")
         git_secret = spec.source.git.secret_ref if spec.source.git else None
         for ref in (spec.output.push_secret_ref, git_secret):
             if ref is not None and await self.api.get_secret(namespace, ref.name) is None:
                 missing.append(f"Secret {ref.name}")
-        return missing
+        return missing, files
 
     async def _clean_up_pods(self, namespace: str, name: str, uid: str,
                              status: ImageBuildStatus, log: Logger,
@@ -217,9 +235,9 @@ class Reconciler:
                          "changed while it was building.")
 
     async def _launch(self, build: ImageBuild, log: Logger, key: str, *, attempt: int,
-                      note: str) -> bool:
+                      note: str, files: list[ContextFile]) -> bool:
         """Create (or adopt) the build pod and record it; False when no pod runs for it."""
-        pod = build_pod(build, self.settings, key=key, attempt=attempt)
+        pod = build_pod(build, self.settings, key=key, attempt=attempt, files=files)
         name = pod["metadata"]["name"]
         try:
             created, new = await self.api.create_pod(pod)
@@ -278,9 +296,10 @@ class Reconciler:
             await self._succeed(build, log, outcome.digest, outcome.finished_at)
         elif outcome.infrastructure_failure and (status.attempt or 1) <= build.spec.retries:
             log.warning(f"Build pod {status.pod_name} failed ({outcome.reason}); retrying.")
+            _, files = await self._references(build)
             await self._launch(build, log, key, attempt=(status.attempt or 1) + 1,
                                note=f"Attempt {status.attempt or 1} failed "
-                               f"({outcome.reason}: {outcome.message}). ")
+                               f"({outcome.reason}: {outcome.message}). ", files=files)
         else:
             assert outcome.reason is not None
             first_line = outcome.message.splitlines()[0] if outcome.message else ""
@@ -300,8 +319,8 @@ class Reconciler:
                               f"(pod {status.pod_name} never completed).", completion=True)
         elif outcome.waiting:
             await self._write_if_changed(build, log, phase=Phase.PENDING,
-                                         reason=Reason.WAITING, message=outcome.waiting,
-                                         keep_pod=True)
+                                         reason=outcome.waiting_reason,
+                                         message=outcome.waiting, keep_pod=True)
         elif status.phase is Phase.PENDING:
             await self._write(build, phase=Phase.BUILDING, reason=Reason.BUILDING,
                               message=f"Building in pod {status.pod_name}.")
@@ -393,6 +412,7 @@ class Reconciler:
         await self.api.patch_imagebuild_status(meta["namespace"], meta["name"], patch)
         if self.metrics is not None:
             self.metrics.build_finished(Phase.FAILED.value, Reason.INVALID_SPEC.value, None)
+        await self._post_event(meta, Reason.INVALID_SPEC, message)
 
     async def _write_if_changed(self, build: ImageBuild, log: Logger, *, phase: Phase,
                                 reason: Reason, message: str, keep_pod: bool = False) -> None:
@@ -422,6 +442,18 @@ class Reconciler:
             started = _parse_time(build.status.start_time)
             seconds = (datetime.now(UTC) - started).total_seconds() if started else None
             self.metrics.build_finished(phase.value, reason.value, seconds)
+        if reason in WARNINGS:
+            await self._post_event(build.metadata, reason, message)
+
+    async def _post_event(self, metadata: dict[str, Any], reason: Reason, message: str) -> None:
+        """Tell a person through a Warning Event; a refused Event never stops a build."""
+        event = build_event({"namespace": "default", **metadata}, reason=reason.value,
+                            message=message, now=now_iso())
+        try:
+            await self.api.create_event(event)
+        except ApiError as exc:
+            _log.warning(f"Could not post the {reason} Event for "
+                         f"{event['metadata']['namespace']}/{metadata.get('name')}: {exc}")
 
 
 def _short(digest: str) -> str:

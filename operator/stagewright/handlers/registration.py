@@ -60,9 +60,10 @@ def configure(settings: kopf.OperatorSettings) -> None:
     # kopf watches CRDs (RBAC: list, watch), so ImageBuilds are served even when their CRD
     # is established after the operator starts, as with `kubectl apply -k manifests/`.
     settings.scanning.disabled = False
-    # Only warnings and errors become Kubernetes Events: a happy build then costs three
-    # writes (pod, status Building, status Succeeded) instead of one more per log line.
-    settings.posting.level = logging.WARNING
+    # The reconciler posts the Events a person needs itself (api.reasons.WARNINGS), from any
+    # task, resync included. kopf's posting of log lines stays off, so a log line never costs
+    # an API write and a happy build stays at three (pod, status Building, status Succeeded).
+    settings.posting.loggers = False
     # Watch build pods only, selected by the API server: kopf keeps a record for every object
     # it is sent, so every other pod in the cluster would cost memory and CPU for nothing.
     settings.watching.label_selectors["", "v1", "pods"] = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
@@ -83,7 +84,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any)
     # One registry client for the operator's life: its bearer tokens are reused across builds.
     registry = await clients.enter_async_context(
         RegistryClient(timeout=operator_settings.registry_timeout_seconds,
-                       observer=metrics.registry_request))
+                       observer=metrics.registry_request,
+                       ca_bundle=operator_settings.ca_bundle_file))
     wakers: set[asyncio.Task[None]] = set()
 
     def wake(namespace: str, name: str) -> None:

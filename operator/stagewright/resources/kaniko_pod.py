@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from stagewright.api.v1alpha1 import (
@@ -14,6 +15,8 @@ from stagewright.api.v1alpha1 import (
     GROUP,
     KIND,
     REBUILD_ANNOTATION,
+    ConfigMapSource,
+    ContextFile,
     ImageBuild,
     ImageBuildSpec,
     parse_duration,
@@ -26,6 +29,10 @@ DOCKER_CONFIG_DIR = "/kaniko/.docker"
 #: Kaniko's documented default context directory; ConfigMap contexts are mounted here.
 WORKSPACE_DIR = "/workspace"
 TERMINATION_LOG = "/dev/termination-log"
+#: Where the Kaniko image keeps its CA certificates (upstream's deploy/Dockerfile sets
+#: SSL_CERT_DIR to it), and where the operator's extra CA bundle is mounted beside them.
+KANIKO_CERT_DIR = "/kaniko/ssl/certs"
+EXTRA_CA_DIR = "/kaniko/ssl/extra-certs"
 
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "stagewright"
@@ -112,8 +119,9 @@ def kaniko_args(spec: ImageBuildSpec) -> list[str]:
         # base images), nothing else weakened.
         host = spec.output.registry
         args += [f"--insecure-registry={host}", f"--skip-tls-verify-registry={host}"]
+    # Unused stages are skipped by default in the pinned executor (v1.28.3), where
+    # --skip-unused-stages only prints a deprecation warning: it is not passed.
     args += [
-        "--skip-unused-stages",
         # Kaniko writes this before it pushes: trusted only after exit code 0.
         f"--digest-file={TERMINATION_LOG}",
         "--push-retry=2",
@@ -122,12 +130,42 @@ def kaniko_args(spec: ImageBuildSpec) -> list[str]:
     return args
 
 
-def _volumes(spec: ImageBuildSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def context_files(source: ConfigMapSource, keys: Iterable[str]) -> list[ContextFile]:
+    """The files of a ConfigMap context: ``source.items``, else every key at the root.
+
+    ``keys`` are the ConfigMap's data and binaryData keys, as read from the cluster; items
+    naming a key it lacks are reported by :func:`missing_context_keys`, not here.
+    """
+    if source.items is not None:
+        return list(source.items)
+    return [ContextFile(key=key, path=key) for key in sorted(set(keys))]
+
+
+def missing_context_keys(source: ConfigMapSource, keys: Iterable[str]) -> list[str]:
+    """Keys ``source.items`` names that the ConfigMap does not have."""
+    present = set(keys)
+    return sorted({item.key for item in source.items or [] if item.key not in present})
+
+
+def _volumes(spec: ImageBuildSpec, files: Sequence[ContextFile],
+             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
     if spec.source.config_map is not None:
-        volumes.append({"name": "context", "configMap": {"name": spec.source.config_map.name}})
-        mounts.append({"name": "context", "mountPath": WORKSPACE_DIR, "readOnly": True})
+        # The kubelet projects ConfigMap keys as symlinks into a hidden ..data directory, and
+        # Kaniko's COPY copies a symlink as a symlink, not its content. A subPath mount is a
+        # bind mount of the resolved file: each key arrives as a regular file, at any path,
+        # with no ..data entries in the context. The emptyDir holds those mount points.
+        volumes += [
+            {"name": "context-files", "configMap": {"name": spec.source.config_map.name}},
+            {"name": "context", "emptyDir": {}},
+        ]
+        mounts.append({"name": "context", "mountPath": WORKSPACE_DIR})
+        mounts += [
+            {"name": "context-files", "mountPath": f"{WORKSPACE_DIR}/{file.path.strip('/')}",
+             "subPath": file.key, "readOnly": True}
+            for file in files
+        ]
     if spec.output.push_secret_ref is not None:
         volumes.append({
             "name": "docker-config",
@@ -138,6 +176,24 @@ def _volumes(spec: ImageBuildSpec) -> tuple[list[dict[str, Any]], list[dict[str,
         })
         mounts.append({"name": "docker-config", "mountPath": DOCKER_CONFIG_DIR, "readOnly": True})
     return volumes, mounts
+
+
+def _ca_bundle(settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
+                                            list[dict[str, Any]]]:
+    """Volume, mount and env that add the CA bundle to Kaniko's trust.
+
+    Go reads every PEM file in each directory of a colon-separated SSL_CERT_DIR, so listing
+    the bundle's directory after the image's own adds to the default trust for every
+    registry (push, cache and base images) instead of replacing it.
+    """
+    if not settings.ca_bundle_configmap:
+        return [], [], []
+    volume = {"name": "ca-bundle", "configMap": {
+        "name": settings.ca_bundle_configmap,
+        "items": [{"key": settings.ca_bundle_key, "path": "ca-bundle.crt"}]}}
+    mount = {"name": "ca-bundle", "mountPath": EXTRA_CA_DIR, "readOnly": True}
+    env = {"name": "SSL_CERT_DIR", "value": f"{KANIKO_CERT_DIR}:{EXTRA_CA_DIR}"}
+    return [volume], [mount], [env]
 
 
 def _env(spec: ImageBuildSpec) -> list[dict[str, Any]]:
@@ -165,10 +221,17 @@ def deadline_seconds(spec: ImageBuildSpec, settings: Settings) -> int:
     return max(1, math.ceil(timeout.total_seconds()))
 
 
-def build_pod(build: ImageBuild, settings: Settings, *, key: str, attempt: int) -> dict[str, Any]:
-    """The Kaniko Pod for one attempt of one build of ``build``."""
+def build_pod(build: ImageBuild, settings: Settings, *, key: str, attempt: int,
+              files: Sequence[ContextFile] = ()) -> dict[str, Any]:
+    """The Kaniko Pod for one attempt of one build of ``build``.
+
+    ``files`` are the ConfigMap context's files (:func:`context_files`), unused for other
+    sources.
+    """
     spec = build.spec
-    volumes, mounts = _volumes(spec)
+    volumes, mounts = _volumes(spec, files)
+    ca_volumes, ca_mounts, ca_env = _ca_bundle(settings)
+    volumes, mounts = volumes + ca_volumes, mounts + ca_mounts
     resources = spec.resources or settings.default_resources
     labels = {
         "app.kubernetes.io/name": "stagewright-build",
@@ -184,7 +247,7 @@ def build_pod(build: ImageBuild, settings: Settings, *, key: str, attempt: int) 
         "name": CONTAINER_NAME,
         "image": settings.kaniko_image,
         "args": kaniko_args(spec),
-        "env": _env(spec),
+        "env": _env(spec) + ca_env,
         "volumeMounts": mounts,
         "resources": resources.model_dump(mode="json", exclude_defaults=False),
         "terminationMessagePath": TERMINATION_LOG,
