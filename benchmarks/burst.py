@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -247,6 +248,7 @@ async def burst(harness: Harness, operator: Operator, namespace: str, count: int
         ]
         await asyncio.to_thread(operator.start)
         await asyncio.sleep(1)
+        profiler = _profile(operator)
         started = time.monotonic()
         await _create_all(kube, harness, namespace, count, seen)
         if during is not None:
@@ -258,6 +260,9 @@ async def burst(harness: Harness, operator: Operator, namespace: str, count: int
                     task.result()
             await asyncio.sleep(0.1)
         peak_kib = rss_kib(operator.pid, "VmHWM")
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its profile and exits
+            await asyncio.to_thread(profiler.wait, 30)
         await asyncio.sleep(2)  # late writes still count
         events = await kube.count(f"/api/v1/namespaces/{namespace}/events")
         pods = await kube.count(f"/api/v1/namespaces/{namespace}/pods")
@@ -270,6 +275,17 @@ async def burst(harness: Harness, operator: Operator, namespace: str, count: int
     _last_reasons.clear()
     _last_reasons.update(seen.reasons_seen)
     return _summary(seen, kubelet, count, started, pods=pods, events=events, peak_kib=peak_kib)
+
+
+def _profile(operator: Operator) -> subprocess.Popen[bytes] | None:
+    """With BENCH_PYSPY=FILE, sample Stagewright with py-spy during the burst (raw stacks)."""
+    target = os.environ.get("BENCH_PYSPY")
+    if not target or not isinstance(operator, StagewrightProcess):
+        return None
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(operator.pid),
+         "--format", "raw", "--rate", "100", "--output", target, "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _summary(seen: Watched, kubelet: InstantKubelet, count: int, started: float, *,

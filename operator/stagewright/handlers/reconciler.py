@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 import logging
+import time
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -79,19 +80,34 @@ class Reconciler:
         self._kopf_settings = kopf_settings
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._lock_users: Counter[tuple[str, str]] = Counter()
+        #: When each unfinished build was last reconciled, so the resync skips fresh ones.
+        self._reconciled_at: dict[tuple[str, str], float] = {}
+
+    def seconds_since_reconciled(self, namespace: str, name: str) -> float:
+        """How long ago this build was last reconciled (infinite if never)."""
+        when = self._reconciled_at.get((namespace, name))
+        return float("inf") if when is None else time.monotonic() - when
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop per-object state once an ImageBuild is deleted."""
         self._locks.pop((namespace, name), None)
+        self._reconciled_at.pop((namespace, name), None)
         self._leave_queue(namespace, name)
 
-    async def reconcile(self, namespace: str, name: str) -> None:
-        """Take the next step for one ImageBuild; serialised per object."""
+    async def reconcile(self, namespace: str, name: str, *, body: dict[str, Any] | None = None,
+                        pod: dict[str, Any] | None = None) -> None:
+        """Take the next step for one ImageBuild; serialised per object.
+
+        ``body`` is the ImageBuild as an event just delivered it (else it is read), and ``pod``
+        a build pod as its event delivered it: under a burst every read saved is a request
+        fewer per build, and an event's body is as fresh as a read made a moment earlier.
+        """
         key = (namespace, name)
         self._lock_users[key] += 1
         try:
             async with self._locks[key]:
-                await self._reconcile_locked(namespace, name)
+                self._reconciled_at[key] = time.monotonic()
+                await self._reconcile_locked(namespace, name, body, pod)
         finally:
             # Locks live only while used, so memory does not grow with builds ever seen.
             self._lock_users[key] -= 1
@@ -99,8 +115,10 @@ class Reconciler:
                 del self._lock_users[key]
                 self._locks.pop(key, None)
 
-    async def _reconcile_locked(self, namespace: str, name: str) -> None:
-        body = await self.api.get_imagebuild(namespace, name)
+    async def _reconcile_locked(self, namespace: str, name: str, body: dict[str, Any] | None,
+                                pod: dict[str, Any] | None) -> None:
+        if body is None:
+            body = await self.api.get_imagebuild(namespace, name)
         if body is None:
             self.forget(namespace, name)
             return
@@ -114,7 +132,7 @@ class Reconciler:
             self._leave_queue(namespace, name)
             await self._reject(body, exc, log)
             return
-        await self._step(build, log)
+        await self._step(build, log, pod)
 
     def _leave_queue(self, namespace: str, name: str) -> None:
         """A build that will not start (finished, invalid, deleted) gives its place back."""
@@ -127,7 +145,7 @@ class Reconciler:
         return kopf.ObjectLogger(body=kopf.Body(cast(kopf.RawBody, body)),
                                  settings=self._kopf_settings)
 
-    async def _step(self, build: ImageBuild, log: Logger) -> None:
+    async def _step(self, build: ImageBuild, log: Logger, pod: dict[str, Any] | None) -> None:
         status = build.status
         key = build_key(build.generation, build.rebuild_token)
         new_request = status.observed_generation is None or key != build_key(
@@ -137,13 +155,16 @@ class Reconciler:
             await self._start_new_build(build, log, key)
             return
         if status.phase in (Phase.SUCCEEDED, Phase.FAILED):
+            self._reconciled_at.pop((build.namespace, build.name), None)
             self._leave_queue(build.namespace, build.name)
             return  # a finished build is never repeated; a new generation or rebuild is
-        await self._follow(build, log, key)
+        await self._follow(build, log, key, pod)
 
     async def _start_new_build(self, build: ImageBuild, log: Logger, key: str) -> None:
-        await self._clean_up_pods(build.namespace, build.name, build.uid, build.status, log,
-                                  current=pod_name(build.name, key, 1))
+        if build.status.observed_generation is not None:
+            # Never handled before: no pod of it can exist but the one this launch adopts.
+            await self._clean_up_pods(build.namespace, build.name, build.uid, build.status, log,
+                                      current=pod_name(build.name, key, 1))
         missing, files = await self._references(build)
         if missing:
             # A pod would only wait on the missing volume without saying why: say it here,
@@ -282,9 +303,15 @@ class Reconciler:
         else:
             raise exc
 
-    async def _follow(self, build: ImageBuild, log: Logger, key: str) -> None:
+    async def _follow(self, build: ImageBuild, log: Logger, key: str,
+                      seen: dict[str, Any] | None) -> None:
         status = build.status
-        pod = await self.api.get_pod(build.namespace, status.pod_name) if status.pod_name else None
+        if seen is not None and seen["metadata"]["name"] == status.pod_name:
+            pod: dict[str, Any] | None = seen
+        elif status.pod_name:
+            pod = await self.api.get_pod(build.namespace, status.pod_name)
+        else:
+            pod = None
         if pod is None:
             outcome = PodOutcome(finished=True, reason=Reason.POD_LOST,
                                  message=f"Build pod {status.pod_name} disappeared.")
@@ -410,6 +437,7 @@ class Reconciler:
                              message=message, generation=generation, pod_name=None,
                              completion_time=now_iso(), **_NO_RESULT)
         await self.api.patch_imagebuild_status(meta["namespace"], meta["name"], patch)
+        self._reconciled_at.pop((meta["namespace"], meta["name"]), None)
         if self.metrics is not None:
             self.metrics.build_finished(Phase.FAILED.value, Reason.INVALID_SPEC.value, None)
         await self._post_event(meta, Reason.INVALID_SPEC, message)
@@ -438,6 +466,8 @@ class Reconciler:
         patch = status_patch(build.status, phase=phase, reason=reason, message=message,
                              generation=build.generation, rebuild=build.rebuild_token, **fields)
         await self.api.patch_imagebuild_status(build.namespace, build.name, patch)
+        if completion:
+            self._reconciled_at.pop((build.namespace, build.name), None)
         if completion and self.metrics is not None:
             started = _parse_time(build.status.start_time)
             seconds = (datetime.now(UTC) - started).total_seconds() if started else None
