@@ -249,6 +249,7 @@ async def burst(harness: Harness, operator: Operator, namespace: str, count: int
         await asyncio.to_thread(operator.start)
         await asyncio.sleep(1)
         profiler = _profile(operator)
+        cpu_before = cpu_seconds(operator.pid)
         started = time.monotonic()
         await _create_all(kube, harness, namespace, count, seen)
         if during is not None:
@@ -260,6 +261,7 @@ async def burst(harness: Harness, operator: Operator, namespace: str, count: int
                     task.result()
             await asyncio.sleep(0.1)
         peak_kib = rss_kib(operator.pid, "VmHWM")
+        cpu_used = cpu_seconds(operator.pid) - cpu_before
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)  # py-spy writes its profile and exits
             await asyncio.to_thread(profiler.wait, 30)
@@ -274,7 +276,11 @@ async def burst(harness: Harness, operator: Operator, namespace: str, count: int
             gone.raise_for_status()
     _last_reasons.clear()
     _last_reasons.update(seen.reasons_seen)
-    return _summary(seen, kubelet, count, started, pods=pods, events=events, peak_kib=peak_kib)
+    summary = _summary(seen, kubelet, count, started, pods=pods, events=events,
+                       peak_kib=peak_kib)
+    # CPU the operator used for the burst: unlike wall time, not inflated by other load.
+    summary["operator_cpu_seconds"] = round(cpu_used, 2)
+    return summary
 
 
 def _profile(operator: Operator) -> subprocess.Popen[bytes] | None:
@@ -327,6 +333,8 @@ def _ratios(stagewright: dict[str, Any], baseline: dict[str, Any]) -> dict[str, 
         "writes_per_build": round(stagewright["writes_per_build"]
                                   / baseline["writes_per_build"], 3),
         "peak_rss": round(stagewright["peak_rss_mib"] / baseline["peak_rss_mib"], 3),
+        "operator_cpu": round(stagewright["operator_cpu_seconds"]
+                              / baseline["operator_cpu_seconds"], 3),
     }
 
 
