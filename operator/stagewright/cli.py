@@ -67,7 +67,6 @@ def _run(*, verbose: bool) -> int:
     settings = Settings()
     # kopf's formatter prefixes each message about an object with [namespace/name].
     kopf.configure(verbose=verbose, log_prefix=True)
-    logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
     if not verbose:  # kopf reports every event handler call; our handlers log what matters
         logging.getLogger("kopf.objects").addFilter(
             lambda record: not record.getMessage().endswith("' succeeded."))

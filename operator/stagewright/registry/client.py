@@ -1,9 +1,13 @@
-"""Resolve a pushed image to the registry's digest and size: the OCI distribution API on httpx.
+"""Resolve a pushed image to the registry's digest and size: the OCI distribution API on aiohttp.
 
 Hand-written because what the operator needs is small but must be async and bounded:
 python-dxf is synchronous (requests), and oras-py is built to push and pull artifacts, not
 to size images. This is one manifest GET per single-platform image, the registry token
 dance, and go-containerregistry's https-then-http fallback for insecure registries.
+
+Why aiohttp, not httpx: measured in benchmarks/burst.py (clients scenario), httpx spent about
+seven times aiohttp's CPU per request even with its pool bounded, and a quarter of the
+operator's CPU under a burst went to this client's one manifest GET per build.
 """
 
 from __future__ import annotations
@@ -17,11 +21,14 @@ import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import urlencode, urlsplit
 
-import httpx
+import aiohttp
+from multidict import CIMultiDictProxy
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stagewright.registry.credentials import Credentials, find_credentials
@@ -48,9 +55,7 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 #: Children of an index fetched at most; more is not a build's output.
 MAX_INDEX_CHILDREN = 64
 _CHILD_CONCURRENCY = 4
-#: Requests in flight per client at most. httpx's pool is quadratic in the requests queued on
-#: it (benchmarks/README.md): with at most this many, fewer than its connections, none queue
-#: there; the rest wait here in FIFO order, which costs nothing per waiter.
+#: Connections per client at most; more requests wait for a free one.
 MAX_CONCURRENT_REQUESTS = 16
 _MAX_ERROR_BODY = 16 * 1024
 #: Distribution's token spec: a token without expires_in lives 60 s, and none less.
@@ -123,7 +128,7 @@ class _Target:
 @dataclass
 class _Reply:
     status: int
-    headers: httpx.Headers
+    headers: CIMultiDictProxy[str]
     body: bytes
     #: False when the body was longer than the limit (and was not read to the end).
     complete: bool
@@ -172,15 +177,22 @@ class RegistryClient:
         self._timeout = timeout
         self._ca_bundle = ca_bundle
         self._max_manifest_bytes = max_manifest_bytes
-        self._verified: httpx.AsyncClient | None = None
-        self._unverified: httpx.AsyncClient | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._trust: ssl.SSLContext | None = None
         self._cache = _Cache()
-        self._slots = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)
         #: Told (status code or "error", seconds) of every request: metrics hook in here.
         self._observer = observer
 
     async def __aenter__(self) -> Self:
-        self._verified = self._new_client(verify=True)
+        self._trust = self.trust_context()
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=MAX_CONCURRENT_REQUESTS),
+            headers={"User-Agent": "stagewright"},
+            # Proxies from HTTPS_PROXY/NO_PROXY, as Docker and Kaniko honour them.
+            trust_env=True,
+            # Each request is bounded by asyncio.timeout below, waiting for a connection too.
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
         return self
 
     async def __aexit__(
@@ -192,20 +204,9 @@ class RegistryClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        for client in (self._verified, self._unverified):
-            if client is not None:
-                await client.aclose()
-        self._verified = self._unverified = None
-
-    def _new_client(self, *, verify: bool) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            verify=self.trust_context() if verify else False,
-            timeout=self._timeout,
-            limits=httpx.Limits(max_connections=MAX_CONCURRENT_REQUESTS),
-            follow_redirects=True,
-            max_redirects=5,
-            headers={"User-Agent": "stagewright"},
-        )
+        if self._session is not None:
+            await self._session.close()
+        self._session = None
 
     def trust_context(self) -> ssl.SSLContext:
         """The system's CAs plus the CA bundle, if any: added to the default trust, never
@@ -215,14 +216,10 @@ class RegistryClient:
             context.load_verify_locations(cafile=str(self._ca_bundle))
         return context
 
-    def _client(self, *, verify: bool) -> httpx.AsyncClient:
-        if self._verified is None:
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
             raise RuntimeError("use RegistryClient as an async context manager")
-        if verify:
-            return self._verified
-        if self._unverified is None:
-            self._unverified = self._new_client(verify=False)
-        return self._unverified
+        return self._session
 
     async def resolve(
         self,
@@ -374,38 +371,37 @@ class RegistryClient:
         fallback: bool = False,
     ) -> _Reply:
         """One request within the timeout; the body is read up to the manifest limit."""
-        host = httpx.URL(url).netloc.decode()
-        client = self._client(verify=verify)
-        async with self._slots:  # waiting for a slot is not the registry's slowness: untimed
-            started, code = time.monotonic(), "error"
-            try:
-                reply = await self._request(client, method, url, headers, data, fallback, host)
-                code = str(reply.status)
-                return reply
-            finally:
-                if self._observer is not None:
-                    self._observer(code, time.monotonic() - started)
+        host = urlsplit(url).netloc
+        started, code = time.monotonic(), "error"
+        try:
+            reply = await self._request(method, url, verify, headers, data, fallback, host)
+            code = str(reply.status)
+            return reply
+        finally:
+            if self._observer is not None:
+                self._observer(code, time.monotonic() - started)
 
-    async def _request(self, client: httpx.AsyncClient, method: str, url: str,
-                       headers: Mapping[str, str], data: Mapping[str, str] | None,
-                       fallback: bool, host: str) -> _Reply:
+    async def _request(self, method: str, url: str, verify: bool, headers: Mapping[str, str],
+                       data: Mapping[str, str] | None, fallback: bool, host: str) -> _Reply:
+        trust: ssl.SSLContext | bool = (self._trust or True) if verify else False
         try:
             async with (
                 asyncio.timeout(self._timeout),
-                client.stream(method, url, headers=headers, data=data) as response,
+                self._client().request(method, url, headers=headers, data=data, ssl=trust,
+                                       max_redirects=5) as response,
             ):
-                limit = self._max_manifest_bytes if response.is_success else _MAX_ERROR_BODY
+                limit = self._max_manifest_bytes if response.status < 400 else _MAX_ERROR_BODY
                 body, complete = await _read_bounded(response, limit)
-                return _Reply(response.status_code, response.headers, body, complete)
-        except httpx.ConnectError as exc:
+                return _Reply(response.status, response.headers, body, complete)
+        except aiohttp.ClientConnectorError as exc:
             if fallback:
                 raise _FallBack from exc
             raise _connect_error(host, exc) from None
-        except (TimeoutError, httpx.TimeoutException):
+        except TimeoutError:
             raise RegistryUnavailable(
                 f"registry {host} did not answer within {self._timeout:g} s"
             ) from None
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
             raise RegistryUnavailable(
                 f"connection to registry {host} failed: {exc or type(exc).__name__}"
             ) from None
@@ -425,9 +421,10 @@ class RegistryClient:
         scope = self._cache.scopes.get((target.host, target.ref.repository), target.default_scope)
         self._cache.tokens.pop((target.host, scope, target.identity), None)
 
-    async def _answer_challenge(self, target: _Target, headers: httpx.Headers) -> str:
+    async def _answer_challenge(self, target: _Target, headers: CIMultiDictProxy[str]) -> str:
         """Turn a 401's ``WWW-Authenticate`` into an Authorization header, or explain why not."""
-        challenges = parse_challenges(headers.get_list("www-authenticate"))
+        offers = headers.getall("www-authenticate", [])
+        challenges = parse_challenges(offers)
         bearer = challenges.get("bearer")
         if bearer is not None and bearer.get("realm"):
             return f"Bearer {await self._token(target, bearer)}"
@@ -437,7 +434,7 @@ class RegistryClient:
                 raise RegistryAuthError(_no_credentials(target))
             self._cache.basic_hosts.add(target.host)
             return _basic_header(*creds.basic)
-        offered = ", ".join(headers.get_list("www-authenticate")) or "no WWW-Authenticate header"
+        offered = ", ".join(offers) or "no WWW-Authenticate header"
         raise RegistryAuthError(
             f"registry {target.host} requires authentication that is not supported ({offered})"
         )
@@ -456,10 +453,10 @@ class RegistryClient:
             return cached.value
 
         realm = _realm(target, challenge["realm"], sends_secret=creds is not None)
-        verify = not (target.insecure and realm.netloc.decode() == target.host)
+        verify = not (target.insecure and urlsplit(realm).netloc == target.host)
         service = [("service", challenge["service"])] if challenge.get("service") else []
-        params = httpx.QueryParams([*service, *(("scope", part) for part in scope.split())])
-        url = str(realm.copy_merge_params(params))
+        params = urlencode([*service, *(("scope", part) for part in scope.split())])
+        url = f"{realm}{'&' if urlsplit(realm).query else '?'}{params}"
         reply: _Reply | None = None
         if creds is not None and creds.identity_token:
             form = {"grant_type": "refresh_token", "refresh_token": creds.identity_token,
@@ -505,14 +502,14 @@ def parse_challenges(values: list[str]) -> dict[str, dict[str, str]]:
     return challenges
 
 
-async def _read_bounded(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
     """The body, or its first ``limit`` bytes and False: a registry cannot make us buffer GBs."""
     declared = response.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         return b"", False
     chunks: list[bytes] = []
     total = 0
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.content.iter_chunked(64 * 1024):
         chunks.append(chunk)
         total += len(chunk)
         if total > limit:
@@ -646,7 +643,14 @@ def _error_detail(reply: _Reply) -> tuple[set[str], str]:
         )
     except (ValueError, AttributeError):
         codes, detail = set(), ""
-    return codes, detail or f"HTTP {reply.status} {httpx.codes.get_reason_phrase(reply.status)}"
+    return codes, detail or f"HTTP {reply.status} {_reason_phrase(reply.status)}"
+
+
+def _reason_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def _rejected(target: _Target, reply: _Reply) -> RegistryAuthError:
@@ -672,13 +676,14 @@ def _no_credentials(target: _Target, detail: str = "authentication required") ->
     )
 
 
-def _realm(target: _Target, realm: str, *, sends_secret: bool) -> httpx.URL:
+def _realm(target: _Target, realm: str, *, sends_secret: bool) -> str:
     """The token service URL; credentials go over plain http only to an insecure registry."""
     try:
-        url = httpx.URL(realm)
-    except httpx.InvalidURL:
-        url = None
-    if url is None or url.scheme not in ("http", "https") or not url.host:
+        url = urlsplit(realm)
+        host = url.hostname
+    except ValueError:
+        url, host = None, None
+    if url is None or url.scheme not in ("http", "https") or not host:
         raise RegistryAuthError(
             f"registry {target.host} named an unusable token service realm {realm!r}"
         )
@@ -687,7 +692,7 @@ def _realm(target: _Target, realm: str, *, sends_secret: bool) -> httpx.URL:
             f"registry {target.host} asks for credentials at plain-HTTP {realm}; refusing "
             f"to send them unencrypted ({_INSECURE_HINT} only if that is intended)"
         )
-    return url
+    return realm
 
 
 def _token_basic(creds: Credentials | None) -> tuple[str, str] | None:
@@ -698,9 +703,9 @@ def _token_basic(creds: Credentials | None) -> tuple[str, str] | None:
     return creds.basic
 
 
-def _read_token(target: _Target, realm: httpx.URL, reply: _Reply) -> tuple[str, float]:
+def _read_token(target: _Target, realm: str, reply: _Reply) -> tuple[str, float]:
     """``token`` (or OAuth2's ``access_token``) and its lifetime in seconds."""
-    service = realm.netloc.decode()
+    service = urlsplit(realm).netloc
     if reply.status in (401, 403):
         _, detail = _error_detail(reply)
         if target.credentials is None:
@@ -733,9 +738,9 @@ def _basic_header(username: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
 
 
-def _connect_error(host: str, exc: httpx.ConnectError) -> RegistryError:
+def _connect_error(host: str, exc: aiohttp.ClientConnectorError) -> RegistryError:
     """A TLS failure is a configuration problem; anything else is worth retrying."""
-    cause: BaseException | None = exc
+    cause: BaseException | None = getattr(exc, "certificate_error", None) or exc.os_error
     while cause is not None and not isinstance(cause, ssl.SSLError):
         cause = cause.__cause__ or cause.__context__
     if isinstance(cause, ssl.SSLCertVerificationError):
