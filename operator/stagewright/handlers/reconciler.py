@@ -468,6 +468,7 @@ class Reconciler:
         await self.api.patch_imagebuild_status(build.namespace, build.name, patch)
         if completion:
             self._reconciled_at.pop((build.namespace, build.name), None)
+            self._leave_queue(build.namespace, build.name)  # if its pod's end went unseen
         if completion and self.metrics is not None:
             started = _parse_time(build.status.start_time)
             seconds = (datetime.now(UTC) - started).total_seconds() if started else None

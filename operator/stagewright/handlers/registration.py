@@ -141,15 +141,16 @@ def _pristine(status: kopf.Status) -> bool:
 @kopf.index(GROUP, VERSION, PLURAL, id="unsettled")
 async def unsettled(namespace: str | None, name: str, status: kopf.Status, meta: kopf.Meta,
                     annotations: kopf.Annotations,
-                    **_: Any) -> dict[tuple[str, str], Waiting | None] | None:
+                    **_: Any) -> dict[tuple[str, str], Waiting | None]:
     """ImageBuilds not finished building; the value is set for those waiting for a slot.
 
     A finished ImageBuild has no entry, so the operator's memory does not grow with history.
+    No entry is an empty dict, never None: for None kopf keeps the object's previous entry.
     Async, as every handler here: kopf runs sync handlers in a thread pool, a thread hop per
     event that cost a tenth of the operator's CPU under a burst.
     """
     if _settled(status, meta, annotations):
-        return None
+        return {}
     waiting = status.get("reason") == Reason.QUEUED.value or not status.get("phase") or (
         status.get("observedGeneration") != meta.get("generation"))
     entry = Waiting(str(meta.get("creationTimestamp") or ""), namespace or "", name)
@@ -163,11 +164,14 @@ def _owner(meta: kopf.Meta) -> str | None:
 
 @kopf.index("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGED_BY}, id="running_pods")
 async def running_pods(namespace: str | None, name: str, meta: kopf.Meta, status: kopf.Status,
-                       **_: Any) -> dict[tuple[str, str], str] | None:
-    """Unfinished build pods by owner: the running builds, as the cluster says (for the queue)."""
+                       **_: Any) -> dict[tuple[str, str], str]:
+    """Unfinished build pods by owner: the running builds, as the cluster says (for the queue).
+
+    A finished pod gives an empty dict, which removes its entry (None would keep it).
+    """
     owner = _owner(meta)
     if owner is None or status.get("phase") in ("Succeeded", "Failed"):
-        return None
+        return {}
     return {(namespace or "", owner): name}
 
 
