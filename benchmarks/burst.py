@@ -247,6 +247,7 @@ async def burst(harness: Harness, operator: Operator, namespace: str, count: int
                 await kube.list_version(f"/api/v1/namespaces/{namespace}/pods"))),
         ]
         await asyncio.to_thread(operator.start)
+        stack.callback(operator.stop)  # also when the run fails or is interrupted
         await asyncio.sleep(1)
         profiler = _profile(operator)
         cpu_before = cpu_seconds(operator.pid)
