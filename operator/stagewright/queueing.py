@@ -40,20 +40,31 @@ class Limits:
         return self.total is None and self.per_namespace is None
 
 
+def _line_order(entry: Waiting) -> tuple[str, str]:
+    """Creation time, then name: a plain tuple, so sorting stays in C (queues reach thousands)."""
+    return entry.created, entry.name
+
+
 def admit(waiting: Iterable[Waiting], running: Mapping[str, int], limits: Limits) -> list[Waiting]:
     """The waiting builds that start now, in the order they take the free slots."""
-    queues: dict[str, list[Waiting]] = {}
-    for entry in sorted(waiting, reverse=True):  # newest first: each queue pops its oldest
-        queues.setdefault(entry.namespace, []).append(entry)
     counts = Counter(running)
     total = sum(counts.values())
+    if limits.total is not None and total >= limits.total:
+        return []  # the common case while a queue waits: nothing to sort
+    queues: dict[str, list[Waiting]] = {}
+    for entry in waiting:
+        if limits.per_namespace is None or counts[entry.namespace] < limits.per_namespace:
+            queues.setdefault(entry.namespace, []).append(entry)
+    for line in queues.values():
+        line.sort(key=_line_order, reverse=True)  # each line pops its oldest from the end
     started: list[Waiting] = []
     while queues and (limits.total is None or total < limits.total):
         open_namespaces = [ns for ns in queues
                            if limits.per_namespace is None or counts[ns] < limits.per_namespace]
         if not open_namespaces:
             break
-        namespace = min(open_namespaces, key=lambda ns: (counts[ns], queues[ns][-1]))
+        namespace = min(open_namespaces,
+                        key=lambda ns: (counts[ns], _line_order(queues[ns][-1]), ns))
         entry = queues[namespace].pop()
         if not queues[namespace]:
             del queues[namespace]
@@ -63,11 +74,18 @@ def admit(waiting: Iterable[Waiting], running: Mapping[str, int], limits: Limits
     return started
 
 
+def place_in_line(waiting: Iterable[Waiting], entry: Waiting) -> int:
+    """``entry``'s place in its namespace's line, 1 for the next to start (one pass, no sort)."""
+    mine = _line_order(entry)
+    return 1 + sum(1 for other in waiting
+                   if other.namespace == entry.namespace and _line_order(other) < mine)
+
+
 def places(waiting: Iterable[Waiting]) -> dict[tuple[str, str], int]:
     """Each waiting build's place in its namespace's line, 1 for the next to start."""
     result: dict[tuple[str, str], int] = {}
     seen: Counter[str] = Counter()
-    for entry in sorted(waiting):
+    for entry in sorted(waiting, key=_line_order):
         seen[entry.namespace] += 1
         result[entry.key] = seen[entry.namespace]
     return result

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from stagewright.queueing import Limits, Waiting, admit, ordinal, places, queued_message
+from stagewright.queueing import (
+    Limits,
+    Waiting,
+    admit,
+    ordinal,
+    place_in_line,
+    places,
+    queued_message,
+)
 
 
 def _w(namespace: str, name: str, second: int) -> Waiting:
@@ -49,6 +57,7 @@ def test_same_second_ties_break_by_name() -> None:
 def test_places_are_per_namespace() -> None:
     waiting = [_w("a", "x", 3), _w("b", "y", 1), _w("a", "z", 2), _w("a", "w", 1)]
     assert places(waiting) == {("a", "w"): 1, ("a", "z"): 2, ("a", "x"): 3, ("b", "y"): 1}
+    assert [place_in_line(waiting, w) for w in waiting] == [3, 1, 2, 1]
 
 
 def test_message_names_the_place_and_namespace() -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 
-from stagewright.queueing import Limits, Waiting, admit, places
+from stagewright.queueing import Limits, Waiting, admit, place_in_line
 
 #: Called for a build that may start now: re-run its reconciliation.
 Wake = Callable[[str, str], None]
@@ -41,6 +41,8 @@ class BuildQueue:
         self._seeded = True
         for entry in entries:
             self._waiting.setdefault(entry.key, entry)
+        if self._waiting:
+            self._admit()  # free slots go to the oldest at once, before any event arrives
 
     def request(self, entry: Waiting) -> int | None:
         """Ask to start ``entry`` now: None if it may, else its place in its namespace's line."""
@@ -52,7 +54,7 @@ class BuildQueue:
         self._admit(asking=entry.key)
         if entry.key in self._reserved:
             return None
-        return places(self._waiting.values()).get(entry.key, 1)
+        return place_in_line(self._waiting.values(), entry)
 
     def waiting(self) -> list[tuple[str, str]]:
         """The builds waiting for a slot now."""

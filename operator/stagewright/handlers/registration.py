@@ -132,6 +132,24 @@ def _building(status: kopf.Status, meta: kopf.Meta, annotations: kopf.Annotation
             and status.get("rebuild") == (annotations.get(REBUILD_ANNOTATION) or None))
 
 
+def _queued(status: kopf.Status, meta: kopf.Meta, annotations: kopf.Annotations) -> bool:
+    """The current generation and rebuild request waits in the build queue."""
+    return (status.get("reason") == Reason.QUEUED.value
+            and status.get("observedGeneration") == meta.get("generation")
+            and status.get("rebuild") == (annotations.get(REBUILD_ANNOTATION) or None))
+
+
+def _seed_queue(reconciler: Reconciler, memo: kopf.Memo) -> None:
+    """On the first event, queue the builds that wait, from the ImageBuild index.
+
+    kopf fills every index before the first handler runs, so after a restart the builds start
+    in their old order, not in the order their events happen to arrive.
+    """
+    if reconciler.queue is not None:
+        index: kopf.Index[tuple[str, str], Waiting | None] = memo.unsettled
+        reconciler.queue.seed(entry for store in index.values() for entry in store if entry)
+
+
 def _pristine(status: kopf.Status) -> bool:
     """A pod just created: no scheduler or kubelet has said anything about it yet."""
     return (status.get("phase") in (None, "Pending") and not status.get("conditions")
@@ -182,6 +200,7 @@ async def on_imagebuild(event: kopf.RawEvent, namespace: str | None, name: str, 
                         **_: Any) -> None:
     """Any change to an ImageBuild (and each one at start-up): take the next step."""
     reconciler: Reconciler = memo.reconciler
+    _seed_queue(reconciler, memo)
     namespace = namespace or ""  # ImageBuilds are namespaced; kopf's type allows None
     if event["type"] == "DELETED":
         reconciler.forget(namespace, name)  # its pods go with it (owner references)
@@ -191,11 +210,14 @@ async def on_imagebuild(event: kopf.RawEvent, namespace: str | None, name: str, 
     if _building(status, meta, annotations):
         # Our own "Building" write: the pod's events (and the resync) carry it on from here.
         return
+    queue = reconciler.queue
+    if _queued(status, meta, annotations) and queue is not None and queue.holds(namespace, name):
+        return  # our own "Queued" write: the queue wakes it when a slot frees
     if _settled(status, meta, annotations):
         # Finished: no read, no lock, no state. Thousands of finished builds cost nothing
         # at start-up; a new generation or rebuild request arrives as another event.
         return
-    await _reconcile(reconciler, namespace, name, memo, body=dict(body))
+    await _reconcile(reconciler, namespace, name, body=dict(body))
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGED_BY}, id="build-pod")
@@ -207,6 +229,7 @@ async def on_build_pod(event: kopf.RawEvent, namespace: str | None, meta: kopf.M
     if not owner or not namespace:
         return
     reconciler: Reconciler = memo.reconciler
+    _seed_queue(reconciler, memo)
     ended = event["type"] == "DELETED" or status.get("phase") in ("Succeeded", "Failed")
     if ended and reconciler.queue is not None:
         reconciler.queue.release(namespace, owner)
@@ -214,18 +237,13 @@ async def on_build_pod(event: kopf.RawEvent, namespace: str | None, meta: kopf.M
         return  # the reconcile that created it recorded it; nothing new to read
     if (namespace, owner) in memo.unsettled:  # a finished build's old pod needs nothing
         pod = None if event["type"] == "DELETED" else dict(body)
-        await _reconcile(reconciler, namespace, owner, memo, pod=pod)
+        await _reconcile(reconciler, namespace, owner, pod=pod)
 
 
-async def _reconcile(reconciler: Reconciler, namespace: str, name: str,
-                     memo: kopf.Memo | None = None, *, body: dict[str, Any] | None = None,
+async def _reconcile(reconciler: Reconciler, namespace: str, name: str, *,
+                     body: dict[str, Any] | None = None,
                      pod: dict[str, Any] | None = None) -> None:
     """Reconcile, turning failures into a log line: the resync retries unsettled builds."""
-    if memo is not None and reconciler.queue is not None:
-        # kopf fills every index before the first handler runs: seed the queue from it, so
-        # after a restart builds start in their old order, not in event order.
-        index: kopf.Index[tuple[str, str], Waiting | None] = memo.unsettled
-        reconciler.queue.seed(entry for store in index.values() for entry in store if entry)
     try:
         await reconciler.reconcile(namespace, name, body=body, pod=pod)
     except (ApiError, RegistryError) as exc:

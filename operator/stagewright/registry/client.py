@@ -16,6 +16,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import os
 import re
 import ssl
 import time
@@ -188,8 +189,9 @@ class RegistryClient:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=MAX_CONCURRENT_REQUESTS),
             headers={"User-Agent": "stagewright"},
-            # Proxies from HTTPS_PROXY/NO_PROXY, as Docker and Kaniko honour them.
-            trust_env=True,
+            # Proxies from HTTPS_PROXY/NO_PROXY, as Docker and Kaniko honour them; only when
+            # one is set: aiohttp then reads ~/.netrc on a thread for every request.
+            trust_env=_proxy_configured(),
             # Each request is bounded by asyncio.timeout below, waiting for a connection too.
             timeout=aiohttp.ClientTimeout(total=None),
         )
@@ -472,6 +474,11 @@ class RegistryClient:
         self._cache.tokens = {k: t for k, t in self._cache.tokens.items() if t.expires > now}
         self._cache.tokens[key] = _Token(value, now + lifetime * 0.9)
         return value
+
+
+def _proxy_configured() -> bool:
+    return any(os.environ.get(name) for name in (
+        "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"))
 
 
 class _FallBack(Exception):  # noqa: N818 - control flow, never escapes this module
