@@ -428,10 +428,11 @@ def run_restart(harness: Harness, count: int, limit: int) -> dict[str, Any]:
 
     async def kill_mid_queue(kube: Kube, seen: Watched, kubelet: InstantKubelet) -> None:
         del kube
-        while True:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # kill at the first moment the queue is full
             figures = await asyncio.to_thread(scrape, port)
             depth = figures.get('stagewright_queue_depth{namespace="bench-restart"}', 0.0)
-            if len(kubelet.times.seen) >= limit and depth >= count - limit:
+            if len(kubelet.times.unfinished) >= limit and depth >= count - limit:
                 break
             await asyncio.sleep(0.2)
         at_kill.update(running_pods=len(kubelet.times.unfinished), queue_depth=depth,
@@ -441,7 +442,8 @@ def run_restart(harness: Harness, count: int, limit: int) -> dict[str, Any]:
         await asyncio.to_thread(operator.start)
         at_kill["restart_to_live_seconds"] = round(time.monotonic() - killed, 2)
 
-    result = asyncio.run(burst(harness, operator, "bench-restart", count, hold_seconds=15,
+    # Pods "run" 40 s: long enough that all are created, and the line full, before any ends.
+    result = asyncio.run(burst(harness, operator, "bench-restart", count, hold_seconds=40,
                                during=kill_mid_queue))
     result.update({"limit": limit, "at_sigkill": at_kill})
     return result
