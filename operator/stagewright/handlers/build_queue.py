@@ -60,6 +60,10 @@ class BuildQueue:
         """The builds waiting for a slot now."""
         return list(self._waiting)
 
+    def waits(self, namespace: str, name: str) -> bool:
+        """Whether the build waits in line for a slot."""
+        return (namespace, name) in self._waiting
+
     def holds(self, namespace: str, name: str) -> bool:
         """Whether the build waits in line or holds a slot it has not shown a pod for."""
         key = (namespace, name)

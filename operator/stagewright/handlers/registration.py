@@ -260,6 +260,8 @@ async def _resync(reconciler: Reconciler,
         for namespace, name in list(unsettled):
             if reconciler.seconds_since_reconciled(namespace, name) < settings.resync_seconds:
                 continue  # an event just brought it up to date
+            if reconciler.queue is not None and reconciler.queue.waits(namespace, name):
+                continue  # in line: nothing to check until the queue wakes it
             try:
                 await _reconcile(reconciler, namespace, name)
             except Exception:  # one broken object must not end the resync of all others
