@@ -85,7 +85,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any)
     registry = await clients.enter_async_context(
         RegistryClient(timeout=operator_settings.registry_timeout_seconds,
                        observer=metrics.registry_request,
-                       ca_bundle=operator_settings.ca_bundle_file))
+                       ca_bundle=operator_settings.ca_bundle_file,
+                       allow=operator_settings.registry_allow))
     wakers: set[asyncio.Task[None]] = set()
 
     def wake(namespace: str, name: str) -> None:

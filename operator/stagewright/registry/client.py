@@ -1,13 +1,9 @@
-"""Resolve a pushed image to the registry's digest and size: the OCI distribution API on aiohttp.
+"""Resolve a pushed image to the registry's digest and size: the OCI distribution API on httpx.
 
 Hand-written because what the operator needs is small but must be async and bounded:
 python-dxf is synchronous (requests), and oras-py is built to push and pull artifacts, not
 to size images. This is one manifest GET per single-platform image, the registry token
 dance, and go-containerregistry's https-then-http fallback for insecure registries.
-
-Why aiohttp, not httpx: measured in benchmarks/burst.py (clients scenario), httpx spent about
-seven times aiohttp's CPU per request even with its pool bounded, and a quarter of the
-operator's CPU under a burst went to this client's one manifest GET per build.
 """
 
 from __future__ import annotations
@@ -16,28 +12,32 @@ import asyncio
 import base64
 import hashlib
 import json
-import os
 import re
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import urlencode, urlsplit
 
-import aiohttp
-from multidict import CIMultiDictProxy
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stagewright.registry.credentials import Credentials, find_credentials
+from stagewright.registry.egress import (
+    ForbiddenAddressError,
+    Resolver,
+    guarded_transport,
+    host_allowed,
+    system_resolver,
+)
 from stagewright.registry.errors import (
     ImageNotFound,
     InvalidManifest,
     RegistryAuthError,
     RegistryError,
+    RegistryNotAllowed,
     RegistryTLSError,
     RegistryUnavailable,
 )
@@ -56,7 +56,9 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 #: Children of an index fetched at most; more is not a build's output.
 MAX_INDEX_CHILDREN = 64
 _CHILD_CONCURRENCY = 4
-#: Connections per client at most; more requests wait for a free one.
+#: Requests in flight per client at most. httpx's pool is quadratic in the requests queued on
+#: it (benchmarks/README.md): with at most this many, fewer than its connections, none queue
+#: there; the rest wait here in FIFO order, which costs nothing per waiter.
 MAX_CONCURRENT_REQUESTS = 16
 _MAX_ERROR_BODY = 16 * 1024
 #: Distribution's token spec: a token without expires_in lives 60 s, and none less.
@@ -64,6 +66,9 @@ _MIN_TOKEN_SECONDS = 60
 _NOT_FOUND_CODES = frozenset({"MANIFEST_UNKNOWN", "NAME_UNKNOWN", "BLOB_UNKNOWN"})
 _ATTESTATION_ANNOTATION = "vnd.docker.reference.type"
 _INSECURE_HINT = "set output.insecure: true on the ImageBuild"
+#: Redirects followed per request (go-containerregistry follows 10; blob stores need 1-2).
+_MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 class _Lenient(BaseModel):
@@ -129,7 +134,7 @@ class _Target:
 @dataclass
 class _Reply:
     status: int
-    headers: CIMultiDictProxy[str]
+    headers: httpx.Headers
     body: bytes
     #: False when the body was longer than the limit (and was not read to the end).
     complete: bool
@@ -171,30 +176,26 @@ class RegistryClient:
     """
 
     def __init__(self, timeout: float, max_manifest_bytes: int = MAX_MANIFEST_BYTES,
-                 ca_bundle: Path | None = None,
+                 ca_bundle: Path | None = None, allow: Sequence[str] = (),
+                 resolver: Resolver = system_resolver,
                  observer: Callable[[str, float], None] | None = None) -> None:
         if timeout <= 0 or max_manifest_bytes <= 0:
             raise ValueError("timeout and max_manifest_bytes must be positive")
         self._timeout = timeout
         self._ca_bundle = ca_bundle
+        #: Host patterns the client may contact (egress.host_allowed); empty: any.
+        self._allow = tuple(allow)
+        self._resolver = resolver
         self._max_manifest_bytes = max_manifest_bytes
-        self._session: aiohttp.ClientSession | None = None
-        self._trust: ssl.SSLContext | None = None
+        self._verified: httpx.AsyncClient | None = None
+        self._unverified: httpx.AsyncClient | None = None
         self._cache = _Cache()
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)
         #: Told (status code or "error", seconds) of every request: metrics hook in here.
         self._observer = observer
 
     async def __aenter__(self) -> Self:
-        self._trust = self.trust_context()
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=MAX_CONCURRENT_REQUESTS),
-            headers={"User-Agent": "stagewright"},
-            # Proxies from HTTPS_PROXY/NO_PROXY, as Docker and Kaniko honour them; only when
-            # one is set: aiohttp then reads ~/.netrc on a thread for every request.
-            trust_env=_proxy_configured(),
-            # Each request is bounded by asyncio.timeout below, waiting for a connection too.
-            timeout=aiohttp.ClientTimeout(total=None),
-        )
+        self._verified = self._new_client(verify=True)
         return self
 
     async def __aexit__(
@@ -206,9 +207,22 @@ class RegistryClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-        self._session = None
+        for client in (self._verified, self._unverified):
+            if client is not None:
+                await client.aclose()
+        self._verified = self._unverified = None
+
+    def _new_client(self, *, verify: bool) -> httpx.AsyncClient:
+        # Redirects are followed by _send, which checks every hop (allow-list, no downgrade
+        # to plain HTTP, no credentials to another host); every connection goes through the
+        # address guard.
+        return httpx.AsyncClient(
+            transport=guarded_transport(self.trust_context() if verify else False,
+                                        self._resolver),
+            timeout=self._timeout,
+            follow_redirects=False,
+            headers={"User-Agent": "stagewright"},
+        )
 
     def trust_context(self) -> ssl.SSLContext:
         """The system's CAs plus the CA bundle, if any: added to the default trust, never
@@ -218,10 +232,14 @@ class RegistryClient:
             context.load_verify_locations(cafile=str(self._ca_bundle))
         return context
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def _client(self, *, verify: bool) -> httpx.AsyncClient:
+        if self._verified is None:
             raise RuntimeError("use RegistryClient as an async context manager")
-        return self._session
+        if verify:
+            return self._verified
+        if self._unverified is None:
+            self._unverified = self._new_client(verify=False)
+        return self._unverified
 
     async def resolve(
         self,
@@ -350,12 +368,14 @@ class RegistryClient:
         if host not in self._cache.plain_http_hosts:
             try:
                 return await self._send(
-                    "GET", f"https://{host}{path}", False, headers=headers, fallback=True
+                    "GET", f"https://{host}{path}", False, headers=headers, fallback=True,
+                    plain_http_host=host,
                 )
             except _FallBack:
                 pass
         try:
-            reply = await self._send("GET", f"http://{host}{path}", False, headers=headers)
+            reply = await self._send("GET", f"http://{host}{path}", False, headers=headers,
+                                     plain_http_host=host)
         except RegistryUnavailable:
             self._cache.plain_http_hosts.discard(host)  # try https again next time
             raise
@@ -371,42 +391,90 @@ class RegistryClient:
         headers: Mapping[str, str],
         data: Mapping[str, str] | None = None,
         fallback: bool = False,
+        plain_http_host: str | None = None,
     ) -> _Reply:
-        """One request within the timeout; the body is read up to the manifest limit."""
-        host = urlsplit(url).netloc
-        started, code = time.monotonic(), "error"
-        try:
-            reply = await self._request(method, url, verify, headers, data, fallback, host)
-            code = str(reply.status)
-            return reply
-        finally:
-            if self._observer is not None:
-                self._observer(code, time.monotonic() - started)
+        """``_send_once`` with at most MAX_CONCURRENT_REQUESTS in flight, observed for metrics."""
+        async with self._slots:  # waiting for a slot is not the registry's slowness: untimed
+            started, code = time.monotonic(), "error"
+            try:
+                reply = await self._send_once(method, url, verify, headers=headers, data=data,
+                                              fallback=fallback,
+                                              plain_http_host=plain_http_host)
+                code = str(reply.status)
+                return reply
+            finally:
+                if self._observer is not None:
+                    self._observer(code, time.monotonic() - started)
 
-    async def _request(self, method: str, url: str, verify: bool, headers: Mapping[str, str],
-                       data: Mapping[str, str] | None, fallback: bool, host: str) -> _Reply:
-        trust: ssl.SSLContext | bool = (self._trust or True) if verify else False
+    async def _send_once(
+        self,
+        method: str,
+        url: str,
+        verify: bool,
+        *,
+        headers: Mapping[str, str],
+        data: Mapping[str, str] | None = None,
+        fallback: bool = False,
+        plain_http_host: str | None = None,
+    ) -> _Reply:
+        """One request within the timeout, redirects included; the body is read up to the
+        manifest limit.
+
+        Each redirect hop must be allowed, may use plain HTTP only towards
+        ``plain_http_host`` (an insecure registry), and loses the Authorization header when
+        it leaves the host the credentials were meant for.
+        """
+        host = httpx.URL(url).netloc.decode()
+        client = self._client(verify=verify)
         try:
-            async with (
-                asyncio.timeout(self._timeout),
-                self._client().request(method, url, headers=headers, data=data, ssl=trust,
-                                       max_redirects=5) as response,
-            ):
-                limit = self._max_manifest_bytes if response.status < 400 else _MAX_ERROR_BODY
-                body, complete = await _read_bounded(response, limit)
-                return _Reply(response.status, response.headers, body, complete)
-        except aiohttp.ClientConnectorError as exc:
+            async with asyncio.timeout(self._timeout):
+                for _ in range(_MAX_REDIRECTS + 1):
+                    self._check_destination(httpx.URL(url), host, plain_http_host)
+                    async with client.stream(method, url, headers=headers, data=data) as response:
+                        location = response.headers.get("location")
+                        if response.status_code in _REDIRECTS and location:
+                            next_url = response.url.join(location)
+                            if next_url.netloc != response.url.netloc:
+                                headers = {k: v for k, v in headers.items()
+                                           if k.lower() != "authorization"}
+                            url = str(next_url)
+                            continue
+                        limit = (self._max_manifest_bytes if response.is_success
+                                 else _MAX_ERROR_BODY)
+                        body, complete = await _read_bounded(response, limit)
+                        return _Reply(response.status_code, response.headers, body, complete)
+                raise RegistryUnavailable(f"registry {host}: more than {_MAX_REDIRECTS} "
+                                          "redirects")
+        except httpx.ConnectError as exc:
+            if _caused_by(exc, ForbiddenAddressError):
+                raise RegistryNotAllowed(f"registry {host}: {exc}") from None
             if fallback:
                 raise _FallBack from exc
             raise _connect_error(host, exc) from None
-        except TimeoutError:
+        except (TimeoutError, httpx.TimeoutException):
             raise RegistryUnavailable(
                 f"registry {host} did not answer within {self._timeout:g} s"
             ) from None
-        except aiohttp.ClientError as exc:
+        except httpx.TransportError as exc:
             raise RegistryUnavailable(
                 f"connection to registry {host} failed: {exc or type(exc).__name__}"
             ) from None
+
+    def _check_destination(self, url: httpx.URL, origin: str,
+                           plain_http_host: str | None) -> None:
+        """Refuse a request (or redirect hop) the operator must not make."""
+        host = url.netloc.decode()
+        if not host_allowed(host, self._allow):
+            raise RegistryNotAllowed(
+                f"registry {origin} led to {host}, which is not in the operator's allowed "
+                f"registries (STAGEWRIGHT_REGISTRY_ALLOW: {', '.join(self._allow)})"
+                if host != origin else
+                f"registry {host} is not in the operator's allowed registries "
+                f"(STAGEWRIGHT_REGISTRY_ALLOW: {', '.join(self._allow)})")
+        if url.scheme != "https" and host != plain_http_host:
+            raise RegistryTLSError(
+                f"registry {origin} redirected to plain-HTTP {url}; refusing to downgrade "
+                f"({_INSECURE_HINT} only if that registry really speaks plain HTTP)")
 
     def _known_authorization(self, target: _Target) -> str | None:
         """An Authorization header from what earlier requests taught us, to save a 401."""
@@ -423,10 +491,9 @@ class RegistryClient:
         scope = self._cache.scopes.get((target.host, target.ref.repository), target.default_scope)
         self._cache.tokens.pop((target.host, scope, target.identity), None)
 
-    async def _answer_challenge(self, target: _Target, headers: CIMultiDictProxy[str]) -> str:
+    async def _answer_challenge(self, target: _Target, headers: httpx.Headers) -> str:
         """Turn a 401's ``WWW-Authenticate`` into an Authorization header, or explain why not."""
-        offers = headers.getall("www-authenticate", [])
-        challenges = parse_challenges(offers)
+        challenges = parse_challenges(headers.get_list("www-authenticate"))
         bearer = challenges.get("bearer")
         if bearer is not None and bearer.get("realm"):
             return f"Bearer {await self._token(target, bearer)}"
@@ -436,7 +503,7 @@ class RegistryClient:
                 raise RegistryAuthError(_no_credentials(target))
             self._cache.basic_hosts.add(target.host)
             return _basic_header(*creds.basic)
-        offered = ", ".join(offers) or "no WWW-Authenticate header"
+        offered = ", ".join(headers.get_list("www-authenticate")) or "no WWW-Authenticate header"
         raise RegistryAuthError(
             f"registry {target.host} requires authentication that is not supported ({offered})"
         )
@@ -454,31 +521,34 @@ class RegistryClient:
         if cached is not None and cached.expires > now:
             return cached.value
 
+        realm_url = httpx.URL(challenge["realm"]) if _parsable(challenge["realm"]) else None
+        if realm_url is not None and not _same_site(realm_url.host, target.ref.registry):
+            # A registry may name any token service; the tenant's credentials for this
+            # registry go only to this registry's own site (auth.docker.io for docker.io).
+            creds = None
         realm = _realm(target, challenge["realm"], sends_secret=creds is not None)
-        verify = not (target.insecure and urlsplit(realm).netloc == target.host)
+        verify = not (target.insecure and realm.netloc.decode() == target.host)
+        plain_http_host = target.host if target.insecure else None
         service = [("service", challenge["service"])] if challenge.get("service") else []
-        params = urlencode([*service, *(("scope", part) for part in scope.split())])
-        url = f"{realm}{'&' if urlsplit(realm).query else '?'}{params}"
+        params = httpx.QueryParams([*service, *(("scope", part) for part in scope.split())])
+        url = str(realm.copy_merge_params(params))
         reply: _Reply | None = None
         if creds is not None and creds.identity_token:
             form = {"grant_type": "refresh_token", "refresh_token": creds.identity_token,
                     "client_id": "stagewright", "scope": scope, **dict(service)}
-            reply = await self._send("POST", str(realm), verify, headers={}, data=form)
+            reply = await self._send("POST", str(realm), verify, headers={}, data=form,
+                                     plain_http_host=plain_http_host)
             if reply.status in (400, 404, 405):  # no OAuth2 endpoint: Basic GET below
                 reply = None
         if reply is None:
             basic = _token_basic(creds)
             headers = {"Authorization": _basic_header(*basic)} if basic else {}
-            reply = await self._send("GET", url, verify, headers=headers)
+            reply = await self._send("GET", url, verify, headers=headers,
+                                     plain_http_host=plain_http_host)
         value, lifetime = _read_token(target, realm, reply)
         self._cache.tokens = {k: t for k, t in self._cache.tokens.items() if t.expires > now}
         self._cache.tokens[key] = _Token(value, now + lifetime * 0.9)
         return value
-
-
-def _proxy_configured() -> bool:
-    return any(os.environ.get(name) for name in (
-        "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"))
 
 
 class _FallBack(Exception):  # noqa: N818 - control flow, never escapes this module
@@ -509,14 +579,14 @@ def parse_challenges(values: list[str]) -> dict[str, dict[str, str]]:
     return challenges
 
 
-async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+async def _read_bounded(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
     """The body, or its first ``limit`` bytes and False: a registry cannot make us buffer GBs."""
     declared = response.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         return b"", False
     chunks: list[bytes] = []
     total = 0
-    async for chunk in response.content.iter_chunked(64 * 1024):
+    async for chunk in response.aiter_bytes():
         chunks.append(chunk)
         total += len(chunk)
         if total > limit:
@@ -650,14 +720,7 @@ def _error_detail(reply: _Reply) -> tuple[set[str], str]:
         )
     except (ValueError, AttributeError):
         codes, detail = set(), ""
-    return codes, detail or f"HTTP {reply.status} {_reason_phrase(reply.status)}"
-
-
-def _reason_phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""
+    return codes, detail or f"HTTP {reply.status} {httpx.codes.get_reason_phrase(reply.status)}"
 
 
 def _rejected(target: _Target, reply: _Reply) -> RegistryAuthError:
@@ -683,14 +746,13 @@ def _no_credentials(target: _Target, detail: str = "authentication required") ->
     )
 
 
-def _realm(target: _Target, realm: str, *, sends_secret: bool) -> str:
+def _realm(target: _Target, realm: str, *, sends_secret: bool) -> httpx.URL:
     """The token service URL; credentials go over plain http only to an insecure registry."""
     try:
-        url = urlsplit(realm)
-        host = url.hostname
-    except ValueError:
-        url, host = None, None
-    if url is None or url.scheme not in ("http", "https") or not host:
+        url = httpx.URL(realm)
+    except httpx.InvalidURL:
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.host:
         raise RegistryAuthError(
             f"registry {target.host} named an unusable token service realm {realm!r}"
         )
@@ -699,7 +761,41 @@ def _realm(target: _Target, realm: str, *, sends_secret: bool) -> str:
             f"registry {target.host} asks for credentials at plain-HTTP {realm}; refusing "
             f"to send them unencrypted ({_INSECURE_HINT} only if that is intended)"
         )
-    return realm
+    return url
+
+
+def _parsable(url: str) -> bool:
+    try:
+        httpx.URL(url)
+    except httpx.InvalidURL:
+        return False
+    return True
+
+
+def _same_site(realm_host: str, registry: str) -> bool:
+    """Whether a token realm belongs to the registry's own site.
+
+    The same host, or a host under the registry's parent domain (``auth.docker.io`` for
+    ``registry-1.docker.io``); IP addresses only match themselves.
+    """
+    realm_host = realm_host.lower().strip("[]")
+    registry_host = registry.lower().rsplit(":", 1)[0] if registry.count(":") == 1 else registry
+    registry_host = registry_host.strip("[]")
+    if realm_host == registry_host:
+        return True
+    labels = registry_host.split(".")
+    if len(labels) < 3 or registry_host.replace(".", "").isdigit():
+        return realm_host.endswith("." + registry_host)
+    return realm_host.endswith("." + ".".join(labels[1:]))
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, kind):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _token_basic(creds: Credentials | None) -> tuple[str, str] | None:
@@ -710,9 +806,9 @@ def _token_basic(creds: Credentials | None) -> tuple[str, str] | None:
     return creds.basic
 
 
-def _read_token(target: _Target, realm: str, reply: _Reply) -> tuple[str, float]:
+def _read_token(target: _Target, realm: httpx.URL, reply: _Reply) -> tuple[str, float]:
     """``token`` (or OAuth2's ``access_token``) and its lifetime in seconds."""
-    service = urlsplit(realm).netloc
+    service = realm.netloc.decode()
     if reply.status in (401, 403):
         _, detail = _error_detail(reply)
         if target.credentials is None:
@@ -745,9 +841,9 @@ def _basic_header(username: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
 
 
-def _connect_error(host: str, exc: aiohttp.ClientConnectorError) -> RegistryError:
+def _connect_error(host: str, exc: httpx.ConnectError) -> RegistryError:
     """A TLS failure is a configuration problem; anything else is worth retrying."""
-    cause: BaseException | None = getattr(exc, "certificate_error", None) or exc.os_error
+    cause: BaseException | None = exc
     while cause is not None and not isinstance(cause, ssl.SSLError):
         cause = cause.__cause__ or cause.__context__
     if isinstance(cause, ssl.SSLCertVerificationError):
