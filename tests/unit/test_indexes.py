@@ -1,15 +1,14 @@
-"""The kopf index functions: what they keep, and that they drop finished objects.
+"""What the operator tracks per ImageBuild and build pod, and that finished ones are dropped.
 
-kopf keeps an object's previous index entry when the function returns None; only an empty
-dict removes it. Getting that wrong kept every finished ImageBuild (memory, resync work) and
-every finished build pod (a queue that never frees a slot).
+Keeping finished ones would grow memory and resync work with history (ImageBuilds) and
+never free a queue slot (pods).
 """
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
-from stagewright.handlers.registration import running_pods, unsettled
+from stagewright.handlers.registration import Tracked, running_pods, unsettled
 from stagewright.queueing import Waiting
 
 META = {"name": "web", "namespace": "team-a", "generation": 2,
@@ -18,8 +17,7 @@ OWNER = [{"apiVersion": "stagewright.dev/v1alpha1", "kind": "ImageBuild", "name"
 
 
 async def _unsettled(status: dict[str, Any], annotations: dict[str, str] | None = None) -> Any:
-    # Called as kopf calls it (keywords only); kopf's protocol type lists more of them.
-    return await cast(Any, unsettled)(namespace="team-a", name="web", status=status,
+    return await unsettled(namespace="team-a", name="web", status=status,
                            meta=META, annotations=annotations or {})
 
 
@@ -42,7 +40,7 @@ async def test_new_and_queued_imagebuilds_wait_building_ones_do_not() -> None:
 
 async def _running(phase: str, owners: list[dict[str, str]] = OWNER) -> Any:
     meta = {"name": "web-2-1", "namespace": "team-a", "ownerReferences": owners}
-    return await cast(Any, running_pods)(namespace="team-a", name="web-2-1", meta=meta,
+    return await running_pods(namespace="team-a", name="web-2-1", meta=meta,
                               status={"phase": phase})
 
 
@@ -52,3 +50,15 @@ async def test_running_pods_are_indexed_by_owner_and_leave_when_done() -> None:
     assert await _running("Succeeded") == {}
     assert await _running("Failed") == {}
     assert await _running("Running", owners=[]) == {}
+
+
+def test_tracked_keeps_only_unfinished_objects() -> None:
+    tracked = Tracked()
+    tracked.note_imagebuild("team-a", "web", {("team-a", "web"): None})
+    tracked.note_pod("team-a", "web-2-1", {("team-a", "web"): "web-2-1"})
+    tracked.note_pod("team-a", "web-2-2", {("team-a", "web"): "web-2-2"})
+    assert tracked.running_builds() == [("team-a", "web")]
+    tracked.note_pod("team-a", "web-2-1", {})
+    tracked.note_pod("team-a", "web-2-2", {})
+    tracked.note_imagebuild("team-a", "web", {})
+    assert (tracked.unsettled, tracked.running_pods, tracked.running_builds()) == ({}, {}, [])

@@ -145,6 +145,21 @@ class KubeApi:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ApiError(503, f"{type(exc).__name__}: {exc}", "Unreachable") from exc
 
+    async def list_all(self, path: str, label_selector: str = "",
+                       page: int = 500) -> list[dict[str, Any]]:
+        """Every object a list path returns, page by page (no single huge response)."""
+        items: list[dict[str, Any]] = []
+        params = {"limit": str(page)}
+        if label_selector:
+            params["labelSelector"] = label_selector
+        while True:
+            found = await self._request("GET", path, params=params) or {}
+            items += found.get("items") or []
+            token = (found.get("metadata") or {}).get("continue")
+            if not token:
+                return items
+            params["continue"] = token
+
     # ImageBuilds
 
     async def get_imagebuild(self, namespace: str, name: str) -> dict[str, Any] | None:
