@@ -10,6 +10,7 @@ class Reason(StrEnum):
     """Why an ImageBuild is in its phase (status.reason and condition reasons)."""
 
     BUILDING = "Building"
+    QUEUED = "Queued"
     WAITING = "PodWaiting"
     UNSCHEDULABLE = "Unschedulable"
     REFERENCE_NOT_FOUND = "ReferenceNotFound"

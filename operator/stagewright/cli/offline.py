@@ -34,12 +34,13 @@ def run_operator(*, verbose: bool) -> int:
     """``stagewright run``: the operator, until it is stopped."""
     import kopf  # noqa: PLC0415 - only `run` needs kopf's start-up cost
 
-    import stagewright.handlers  # noqa: F401, PLC0415 - registers the handlers
+    from stagewright.handlers.registration import (  # noqa: PLC0415 - registers handlers
+        OperatorMemo,
+    )
 
     settings = Settings()
     # kopf's formatter prefixes each message about an object with [namespace/name].
     kopf.configure(verbose=verbose, log_prefix=True)
-    logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
     if not verbose:  # kopf reports every event handler call; our handlers log what matters
         logging.getLogger("kopf.objects").addFilter(
             lambda record: not record.getMessage().endswith("' succeeded."))
@@ -48,7 +49,7 @@ def run_operator(*, verbose: bool) -> int:
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
         liveness_endpoint=settings.liveness_endpoint,
-        memo=kopf.Memo(settings=settings),
+        memo=OperatorMemo(settings=settings),
     )
     return 0
 

@@ -13,7 +13,8 @@ import base64
 import binascii
 import json
 import logging
-from collections import defaultdict
+import time
+from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -29,8 +30,11 @@ from stagewright.api.v1alpha1 import (
     Phase,
 )
 from stagewright.build_log import BuildLog, parse_build_log
+from stagewright.handlers.build_queue import BuildQueue
 from stagewright.handlers.kube_api import ApiError, KubeApi
+from stagewright.handlers.metrics import Metrics
 from stagewright.insight import SCRATCH, build_insight, over_budget_message, success_message
+from stagewright.queueing import Waiting, queued_message
 from stagewright.registry import (
     ImageInfo,
     ImageNotFound,
@@ -84,34 +88,76 @@ class Reconciler:
     """Drives ImageBuilds towards a finished build of their current spec."""
 
     def __init__(self, api: KubeApi, registry: RegistryClient, settings: Settings,
-                 kopf_settings: kopf.OperatorSettings | None = None) -> None:
+                 kopf_settings: kopf.OperatorSettings | None = None,
+                 queue: BuildQueue | None = None, metrics: Metrics | None = None) -> None:
         self.api = api
         self.registry = registry
         self.settings = settings
+        #: Admission under STAGEWRIGHT_MAX_RUNNING_BUILDS*; None starts every build at once.
+        self.queue = queue
+        self.metrics = metrics
         # With kopf's settings, log lines name the ImageBuild as kopf's own do.
         self._kopf_settings = kopf_settings
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._lock_users: Counter[tuple[str, str]] = Counter()
+        #: When each unfinished build was last reconciled, so the resync skips fresh ones.
+        self._reconciled_at: dict[tuple[str, str], float] = {}
+
+    def seconds_since_reconciled(self, namespace: str, name: str) -> float:
+        """How long ago this build was last reconciled (infinite if never)."""
+        when = self._reconciled_at.get((namespace, name))
+        return float("inf") if when is None else time.monotonic() - when
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop per-object state once an ImageBuild is deleted."""
         self._locks.pop((namespace, name), None)
+        self._reconciled_at.pop((namespace, name), None)
+        self._leave_queue(namespace, name)
 
-    async def reconcile(self, namespace: str, name: str) -> None:
-        """Take the next step for one ImageBuild; serialised per object."""
-        async with self._locks[(namespace, name)]:
+    async def reconcile(self, namespace: str, name: str, *, body: dict[str, Any] | None = None,
+                        pod: dict[str, Any] | None = None) -> None:
+        """Take the next step for one ImageBuild; serialised per object.
+
+        ``body`` is the ImageBuild as an event just delivered it (else it is read), and ``pod``
+        a build pod as its event delivered it: under a burst every read saved is a request
+        fewer per build, and an event's body is as fresh as a read made a moment earlier.
+        """
+        key = (namespace, name)
+        self._lock_users[key] += 1
+        try:
+            async with self._locks[key]:
+                self._reconciled_at[key] = time.monotonic()
+                await self._reconcile_locked(namespace, name, body, pod)
+        finally:
+            # Locks live only while used, so memory does not grow with builds ever seen.
+            self._lock_users[key] -= 1
+            if not self._lock_users[key]:
+                del self._lock_users[key]
+                self._locks.pop(key, None)
+
+    async def _reconcile_locked(self, namespace: str, name: str, body: dict[str, Any] | None,
+                                pod: dict[str, Any] | None) -> None:
+        if body is None:
             body = await self.api.get_imagebuild(namespace, name)
-            if body is None:
-                self.forget(namespace, name)
-                return
-            if body["metadata"].get("deletionTimestamp"):
-                return  # going away: its pods go with it; never start another
-            log = self._logger(body)
-            try:
-                build = ImageBuild.model_validate(body)
-            except ValidationError as exc:
-                await self._reject(body, exc, log)
-                return
-            await self._step(build, log)
+        if body is None:
+            self.forget(namespace, name)
+            return
+        if body["metadata"].get("deletionTimestamp"):
+            self._leave_queue(namespace, name)
+            return  # going away: its pods go with it; never start another
+        log = self._logger(body)
+        try:
+            build = ImageBuild.model_validate(body)
+        except ValidationError as exc:
+            self._leave_queue(namespace, name)
+            await self._reject(body, exc, log)
+            return
+        await self._step(build, log, pod)
+
+    def _leave_queue(self, namespace: str, name: str) -> None:
+        """A build that will not start (finished, invalid, deleted) gives its place back."""
+        if self.queue is not None and self.queue.holds(namespace, name):
+            self.queue.release(namespace, name)
 
     def _logger(self, body: dict[str, Any]) -> Logger:
         if self._kopf_settings is None:
@@ -119,7 +165,7 @@ class Reconciler:
         return kopf.ObjectLogger(body=kopf.Body(cast(kopf.RawBody, body)),
                                  settings=self._kopf_settings)
 
-    async def _step(self, build: ImageBuild, log: Logger) -> None:
+    async def _step(self, build: ImageBuild, log: Logger, pod: dict[str, Any] | None) -> None:
         status = build.status
         key = build_key(build.generation, build.rebuild_token)
         new_request = status.observed_generation is None or key != build_key(
@@ -129,12 +175,16 @@ class Reconciler:
             await self._start_new_build(build, log, key)
             return
         if status.phase in (Phase.SUCCEEDED, Phase.FAILED):
+            self._reconciled_at.pop((build.namespace, build.name), None)
+            self._leave_queue(build.namespace, build.name)
             return  # a finished build is never repeated; a new generation or rebuild is
-        await self._follow(build, log, key)
+        await self._follow(build, log, key, pod)
 
     async def _start_new_build(self, build: ImageBuild, log: Logger, key: str) -> None:
-        await self._clean_up_pods(build.namespace, build.name, build.uid, build.status, log,
-                                  current=pod_name(build.name, key, 1))
+        if build.status.observed_generation is not None:
+            # Never handled before: no pod of it can exist but the one this launch adopts.
+            await self._clean_up_pods(build.namespace, build.name, build.uid, build.status, log,
+                                      current=pod_name(build.name, key, 1))
         refused = self._disallowed_registries(build)
         if refused:
             await self._write(
@@ -152,7 +202,36 @@ class Reconciler:
                 message=f"Waiting for {', '.join(missing)} in namespace {build.namespace}; "
                 "the build starts when it exists.")
             return
-        await self._launch(build, log, key, attempt=1, note="", files=files)
+        if self.queue is None:
+            await self._launch(build, log, key, attempt=1, note="", files=files)
+            return
+        place = self.queue.request(Waiting(str(build.metadata.get("creationTimestamp") or ""),
+                                           build.namespace, build.name))
+        if place is not None:
+            await self._write_queued(build, log, place)
+            return
+        launched = False
+        try:
+            launched = await self._launch(build, log, key, attempt=1, note="", files=files)
+        finally:
+            if not launched:  # the slot goes to the next in line
+                self.queue.release(build.namespace, build.name)
+
+    async def _write_queued(self, build: ImageBuild, log: Logger, place: int) -> None:
+        """Pending/Queued with the place in line, written once per build request.
+
+        The place is not rewritten as the line moves: that would cost a write per queued
+        build per start. The build starts the moment a slot frees, without a write until then.
+        """
+        status = build.status
+        if (status.phase, status.reason, status.observed_generation, status.rebuild) == (
+                Phase.PENDING, Reason.QUEUED, build.generation, build.rebuild_token):
+            return
+        message = queued_message(place, build.namespace)
+        log.info(f"Queued: {message}.")
+        await self._write(build, phase=Phase.PENDING, reason=Reason.QUEUED, message=message,
+                          pod_name=None, attempt=None, start_time=None, completion_time=None,
+                          **_NO_RESULT)
 
     def _disallowed_registries(self, build: ImageBuild) -> str | None:
         """The output or cache registry outside STAGEWRIGHT_REGISTRY_ALLOW, described."""
@@ -215,14 +294,15 @@ class Reconciler:
                          "changed while it was building.")
 
     async def _launch(self, build: ImageBuild, log: Logger, key: str, *, attempt: int,
-                      note: str, files: list[ContextFile]) -> None:
+                      note: str, files: list[ContextFile]) -> bool:
+        """Create (or adopt) the build pod and record it; False when no pod runs for it."""
         pod = build_pod(build, self.settings, key=key, attempt=attempt, files=files)
         name = pod["metadata"]["name"]
         try:
             created, new = await self.api.create_pod(pod)
         except ApiError as exc:
             await self._pod_refused(build, log, exc)
-            return
+            return False
         owners = created["metadata"].get("ownerReferences") or []
         if build.uid and not any(o.get("uid") == build.uid for o in owners):
             await self._write(build, phase=Phase.FAILED, reason=Reason.POD_CONFLICT,
@@ -230,7 +310,7 @@ class Reconciler:
                               "ImageBuild. Delete or rename that pod, then set the "
                               "stagewright.dev/rebuild annotation to build again.",
                               completion=True, pod_name=None)
-            return
+            return False
         log.info(f"{'Created' if new else 'Adopted'} pod {name} for target "
                  f"{build.spec.target or '(last stage)'}.")
         message = f"{note}Building target {build.spec.target or '(last stage)'} in pod {name}."
@@ -239,6 +319,7 @@ class Reconciler:
             message=message, pod_name=name, attempt=attempt, start_time=now_iso(),
             completion_time=None, **_NO_RESULT,
         )
+        return True
 
     async def _pod_refused(self, build: ImageBuild, log: Logger, exc: ApiError) -> None:
         """The API server would not create the build pod: say why in status, or retry."""
@@ -260,9 +341,15 @@ class Reconciler:
         else:
             raise exc
 
-    async def _follow(self, build: ImageBuild, log: Logger, key: str) -> None:
+    async def _follow(self, build: ImageBuild, log: Logger, key: str,
+                      seen: dict[str, Any] | None) -> None:
         status = build.status
-        pod = await self.api.get_pod(build.namespace, status.pod_name) if status.pod_name else None
+        if seen is not None and seen["metadata"]["name"] == status.pod_name:
+            pod: dict[str, Any] | None = seen
+        elif status.pod_name:
+            pod = await self.api.get_pod(build.namespace, status.pod_name)
+        else:
+            pod = None
         if pod is None:
             outcome = PodOutcome(finished=True, reason=Reason.POD_LOST,
                                  message=f"Build pod {status.pod_name} disappeared.")
@@ -471,6 +558,9 @@ class Reconciler:
                              message=message, generation=generation, pod_name=None,
                              completion_time=now_iso(), **_NO_RESULT)
         await self.api.patch_imagebuild_status(meta["namespace"], meta["name"], patch)
+        self._reconciled_at.pop((meta["namespace"], meta["name"]), None)
+        if self.metrics is not None:
+            self.metrics.build_finished(Phase.FAILED.value, Reason.INVALID_SPEC.value, None)
         await self._post_event(meta, Reason.INVALID_SPEC, message)
 
     async def _write_if_changed(self, build: ImageBuild, log: Logger, *, phase: Phase,
@@ -502,6 +592,13 @@ class Reconciler:
         patch = status_patch(build.status, phase=phase, reason=reason, message=message,
                              generation=build.generation, rebuild=build.rebuild_token, **fields)
         await self.api.patch_imagebuild_status(build.namespace, build.name, patch)
+        if completion:
+            self._reconciled_at.pop((build.namespace, build.name), None)
+            self._leave_queue(build.namespace, build.name)  # if its pod's end went unseen
+        if completion and self.metrics is not None:
+            started = _parse_time(build.status.start_time)
+            seconds = (datetime.now(UTC) - started).total_seconds() if started else None
+            self.metrics.build_finished(phase.value, reason.value, seconds)
         if reason in WARNINGS:
             await self._post_event(build.metadata, reason, message)
 

@@ -15,7 +15,7 @@ import json
 import re
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -59,6 +59,10 @@ MAX_CONFIG_BYTES = 4 * 1024 * 1024
 #: Children of an index fetched at most; more is not a build's output.
 MAX_INDEX_CHILDREN = 64
 _CHILD_CONCURRENCY = 4
+#: Requests in flight per client at most. httpx's pool is quadratic in the requests queued on
+#: it (benchmarks/README.md): with at most this many, fewer than its connections, none queue
+#: there; the rest wait here in FIFO order, which costs nothing per waiter.
+MAX_CONCURRENT_REQUESTS = 16
 _MAX_ERROR_BODY = 16 * 1024
 #: Distribution's token spec: a token without expires_in lives 60 s, and none less.
 _MIN_TOKEN_SECONDS = 60
@@ -191,7 +195,8 @@ class RegistryClient:
 
     def __init__(self, timeout: float, max_manifest_bytes: int = MAX_MANIFEST_BYTES,
                  ca_bundle: Path | None = None, allow: Sequence[str] = (),
-                 resolver: Resolver = system_resolver) -> None:
+                 resolver: Resolver = system_resolver,
+                 observer: Callable[[str, float], None] | None = None) -> None:
         if timeout <= 0 or max_manifest_bytes <= 0:
             raise ValueError("timeout and max_manifest_bytes must be positive")
         self._timeout = timeout
@@ -203,6 +208,9 @@ class RegistryClient:
         self._verified: httpx.AsyncClient | None = None
         self._unverified: httpx.AsyncClient | None = None
         self._cache = _Cache()
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)
+        #: Told (status code or "error", seconds) of every request: metrics hook in here.
+        self._observer = observer
 
     async def __aenter__(self) -> Self:
         self._verified = self._new_client(verify=True)
@@ -483,6 +491,33 @@ class RegistryClient:
         return reply
 
     async def _send(
+        self,
+        method: str,
+        url: str,
+        verify: bool,
+        *,
+        headers: Mapping[str, str],
+        data: Mapping[str, str] | None = None,
+        fallback: bool = False,
+        plain_http_host: str | None = None,
+        limit: int | None = None,
+        content: bytes | None = None,
+    ) -> _Reply:
+        """``_send_once`` with at most MAX_CONCURRENT_REQUESTS in flight, observed for metrics."""
+        async with self._slots:  # waiting for a slot is not the registry's slowness: untimed
+            started, code = time.monotonic(), "error"
+            try:
+                reply = await self._send_once(method, url, verify, headers=headers, data=data,
+                                              fallback=fallback,
+                                              plain_http_host=plain_http_host, limit=limit,
+                                              content=content)
+                code = str(reply.status)
+                return reply
+            finally:
+                if self._observer is not None:
+                    self._observer(code, time.monotonic() - started)
+
+    async def _send_once(
         self,
         method: str,
         url: str,
