@@ -223,3 +223,13 @@ def test_a_scheduled_pending_pod_is_not_waiting() -> None:
     pending = {"status": {"phase": "Pending", "conditions": [
         {"type": "PodScheduled", "status": "True"}]}}
     assert classify_pod(pending).waiting is None
+
+
+def test_kanikos_usage_text_does_not_push_the_error_out() -> None:
+    """A fatal error (a git clone refused) is followed by ~100 lines of usage."""
+    flags = "\n".join(f"  --flag{i} string  help" for i in range(120))
+    usage = "Usage:\n  executor [flags]\n" + flags
+    log = ("Error: error resolving source context: authentication required\n" + usage)
+    outcome = classify_pod(pod("Failed", terminated(1, log)), message_limit=1024)
+    assert "authentication required" in outcome.message.splitlines()[0]
+    assert "--flag" not in outcome.message
