@@ -64,6 +64,9 @@ class PodOutcome:
     reason: Reason | None = None
     message: str = ""
     waiting: str | None = None
+    #: The termination message held a digest, not the log: Kaniko also writes its digest file
+    #: when it pushes cache layers, so only the log tells a failed push from a failed step.
+    log_needed: bool = False
     #: Why the pod is waiting, when ``waiting`` is set (PodWaiting or Unschedulable).
     waiting_reason: Reason = Reason.WAITING
     finished_at: str | None = None
@@ -72,6 +75,11 @@ class PodOutcome:
     def infrastructure_failure(self) -> bool:
         """True when a retry might succeed: the build itself never failed."""
         return self.reason in INFRASTRUCTURE_FAILURES
+
+
+def kaniko_terminated(pod: dict[str, Any]) -> dict[str, Any]:
+    """The build container's ``terminated`` state, or {} while it has none."""
+    return dict(_kaniko_state(pod).get("terminated") or {})
 
 
 def _kaniko_state(pod: dict[str, Any]) -> dict[str, Any]:
@@ -209,10 +217,19 @@ def _terminated_outcome(terminated: dict[str, Any], message_limit: int) -> PodOu
         return PodOutcome(finished=True, reason=Reason.OUT_OF_MEMORY, message=(
             "The build ran out of memory (OOMKilled); raise spec.resources.limits.memory."))
     if _DIGEST.match(text):
-        # Kaniko writes the digest file before pushing: a digest with a failure is a push.
-        return PodOutcome(finished=True, reason=Reason.PUSH_FAILED, message=(
-            f"The image ({text}) was built but the push failed; check output.pushSecretRef "
-            "and the registry's permissions."))
+        # Kaniko writes the digest file before its final push, and also while it pushes
+        # cache layers, so a digest with a failure may be a failed push or a failed step
+        # after a cached one: the log decides (classify_log), this is the fallback.
+        return PodOutcome(finished=True, reason=Reason.PUSH_FAILED, log_needed=True, message=(
+            f"Kaniko exited with code {exit_code} after writing digest {text}; its log could "
+            "not be read to say why. A failed push is likely: check output.pushSecretRef and "
+            "the registry's permissions."))
+    return classify_log(exit_code, text, message_limit)
+
+
+def classify_log(exit_code: int, log: str, message_limit: int) -> PodOutcome:
+    """A failed build's outcome from its log: a push failure or a build failure."""
+    text = strip_ansi(log).strip()
     reason = Reason.PUSH_FAILED if _PUSH_ERRORS.search(text) else Reason.BUILD_FAILED
     return PodOutcome(finished=True, reason=reason,
                       message=failure_message(f"Kaniko exited with code {exit_code}", text,

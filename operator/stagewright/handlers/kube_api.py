@@ -205,13 +205,15 @@ class KubeApi:
         return created, True
 
     async def read_pod_log(self, namespace: str, name: str, container: str,
-                           limit_bytes: int) -> str | None:
+                           limit_bytes: int, tail_lines: int | None = None) -> str | None:
         """The first ``limit_bytes`` of a container's log (``pods/log``); None when gone.
 
         The API server stops at ``limitBytes``, and the body is read no further than that
         here either, so a chatty build cannot make the operator buffer its whole log.
         """
         params = {"container": container, "limitBytes": str(limit_bytes)}
+        if tail_lines is not None:
+            params["tailLines"] = str(tail_lines)
         path = f"/api/v1/namespaces/{namespace}/pods/{name}/log"
         session = self._open()
         body = bytearray()

@@ -60,9 +60,11 @@ from stagewright.settings import Settings
 from stagewright.status import (
     PodOutcome,
     check_results,
+    classify_log,
     classify_pod,
     history_with,
     human_size,
+    kaniko_terminated,
     now_iso,
     status_patch,
 )
@@ -73,6 +75,9 @@ _DEADLINE_GRACE = timedelta(minutes=2)
 #: How long after Kaniko's exit a registry that does not (yet) serve the digest, or cannot be
 #: reached, is asked again before the operator records what it knows.
 _VERIFY_GRACE = timedelta(minutes=5)
+#: How much of a failed build's log is read when its termination message holds only a digest.
+_FAILURE_LOG_LINES = 200
+_FAILURE_LOG_BYTES = 64 * 1024
 #: The status fields of a build's result, cleared when a new build starts.
 _NO_RESULT: dict[str, Any] = dict(
     image=None, digest=None, short_digest=None, size=None, size_human=None, layers=None,
@@ -379,6 +384,8 @@ class Reconciler:
                                  message=f"Build pod {status.pod_name} disappeared.")
         else:
             outcome = classify_pod(pod, message_limit=self.settings.message_limit)
+            if outcome.log_needed:
+                outcome = await self._classify_from_log(build, pod, outcome)
         checks = check_results(pod) if pod is not None and build.spec.checks else None
         if not outcome.finished:
             await self._while_running(build, log, outcome)
@@ -396,6 +403,21 @@ class Reconciler:
             log.warning(f"Build failed ({outcome.reason}): {first_line}")
             await self._write(build, phase=Phase.FAILED, reason=outcome.reason,
                               message=outcome.message, completion=True, checks=checks)
+
+    async def _classify_from_log(self, build: ImageBuild, pod: dict[str, Any],
+                                 outcome: PodOutcome) -> PodOutcome:
+        """Tell a failed push from a failed step by the log's tail (see PodOutcome.log_needed)."""
+        try:
+            text = await self.api.read_pod_log(build.namespace, pod["metadata"]["name"],
+                                               CONTAINER_NAME, _FAILURE_LOG_BYTES,
+                                               tail_lines=_FAILURE_LOG_LINES)
+        except ApiError:
+            return outcome  # no pods/log: the termination message's fallback stands
+        if not text:
+            return outcome
+        terminated = kaniko_terminated(pod)
+        return classify_log(int(terminated.get("exitCode", 1)), text,
+                            self.settings.message_limit)
 
     async def _while_running(self, build: ImageBuild, log: Logger, outcome: PodOutcome) -> None:
         """Surface a pod that cannot start, and enforce the deadline if it never does."""
