@@ -13,12 +13,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from stagewright.api.reasons import INFRASTRUCTURE_FAILURES, Reason
-from stagewright.api.v1alpha1 import Condition, ImageBuildStatus, Phase
+from stagewright.api.v1alpha1 import BUILDER_LABEL, Builder, Condition, ImageBuildStatus, Phase
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-#: Kaniko's own words when the image was built but could not be pushed (its final error
-#: line, or the push-permission check it makes before building). Registry error codes alone
-#: (UNAUTHORIZED, DENIED) are not enough: pulling a private base image fails with them too.
+#: The builder's own words when the image was built but could not be pushed (Kaniko's final
+#: error line or the push-permission check it makes before building; the line the Buildah
+#: pod's script prints when a push fails). Registry error codes alone (UNAUTHORIZED, DENIED)
+#: are not enough: pulling a private base image fails with them too.
 _PUSH_ERRORS = re.compile(
     r"error pushing image|failed to push to destination|error checking push permissions",
 )
@@ -31,8 +32,10 @@ _LOST_POD_REASONS = frozenset({"NodeLost", "Shutdown", "NodeShutdown", "Terminat
 _ANSI_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
 #: A line of the build log that says what failed: Kaniko's final error, or a logged error.
 _ERROR_LINE = re.compile(r"^(error|ERRO|FATA|Error:)", re.IGNORECASE)
-#: Kaniko's log line for the step it is running (``INFO[0001] RUN make``, after stripping).
-_STEP_LINE = re.compile(r"^(?:INFO\[\d+\]\s+|level=info msg=\")?((?:RUN|COPY|ADD)\s.*?)\"?$")
+#: The builder's log line for the step it is running: Kaniko's ``INFO[0001] RUN make``,
+#: Buildah's ``STEP 3/5: RUN make``.
+_STEP_LINE = re.compile(
+    r"^(?:INFO\[\d+\]\s+|level=info msg=\"|STEP \d+/\d+: )?((?:RUN|COPY|ADD)\s.*?)\"?$")
 #: Container waiting reasons that will not clear up by themselves.
 _STUCK_WAITING = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName",
                             "CreateContainerConfigError", "CreateContainerError"})
@@ -63,10 +66,17 @@ class PodOutcome:
         return self.reason in INFRASTRUCTURE_FAILURES
 
 
-def _kaniko_state(pod: dict[str, Any]) -> dict[str, Any]:
+def pod_builder(pod: dict[str, Any]) -> Builder:
+    """The builder a pod's label names; pods made before the label existed ran Kaniko."""
+    value = ((pod.get("metadata") or {}).get("labels") or {}).get(BUILDER_LABEL)
+    return Builder(value) if value in set(Builder) else Builder.KANIKO
+
+
+def _build_state(pod: dict[str, Any], builder: Builder) -> dict[str, Any]:
+    """The state of the build container, which is named after its builder."""
     statuses = (pod.get("status") or {}).get("containerStatuses") or []
     for status in statuses:
-        if status.get("name") == "kaniko":
+        if status.get("name") == builder.value:
             return dict(status.get("state") or {})
     return {}
 
@@ -75,9 +85,10 @@ def classify_pod(pod: dict[str, Any], *, message_limit: int = 2048) -> PodOutcom
     """Read a build pod's outcome; success is trusted only from the container's exit code."""
     status = pod.get("status") or {}
     phase = status.get("phase")
-    state = _kaniko_state(pod)
+    builder = pod_builder(pod)
+    state = _build_state(pod, builder)
     if phase in ("Succeeded", "Failed"):
-        return _ended_outcome(status, state.get("terminated"), message_limit)
+        return _ended_outcome(status, state.get("terminated"), builder, message_limit)
     waiting = state.get("waiting") or {}
     if waiting.get("reason") in _STUCK_WAITING:
         text = f"{waiting['reason']}: {waiting.get('message') or ''}".strip()
@@ -100,7 +111,7 @@ def _unschedulable(status: dict[str, Any]) -> str | None:
 
 
 def _ended_outcome(status: dict[str, Any], terminated: dict[str, Any] | None,
-                   message_limit: int) -> PodOutcome:
+                   builder: Builder, message_limit: int) -> PodOutcome:
     """A pod in a final phase: the pod-level reason first, then the container's exit."""
     pod_reason, pod_message = status.get("reason"), status.get("message") or ""
     if status.get("phase") == "Failed" and pod_reason == "DeadlineExceeded":
@@ -113,32 +124,35 @@ def _ended_outcome(status: dict[str, Any], terminated: dict[str, Any] | None,
         text = f"{pod_reason}: {pod_message or 'the node lost the pod'}"
         return PodOutcome(finished=True, reason=Reason.POD_LOST, message=_tail(text, message_limit))
     if terminated:
-        return _terminated_outcome(terminated, message_limit)
+        return _terminated_outcome(terminated, builder, message_limit)
     text = f"The pod ended ({status.get('phase')}) without a container status. {pod_message}"
     return PodOutcome(finished=True, reason=Reason.POD_LOST, message=_tail(text, message_limit))
 
 
-def _terminated_outcome(terminated: dict[str, Any], message_limit: int) -> PodOutcome:
+def _terminated_outcome(terminated: dict[str, Any], builder: Builder,
+                        message_limit: int) -> PodOutcome:
     exit_code = int(terminated.get("exitCode", -1))
+    name = builder.title()
     text = strip_ansi(terminated.get("message") or "").strip()
     if exit_code == 0:
         if _DIGEST.match(text):
             return PodOutcome(finished=True, succeeded=True, digest=text,
                               finished_at=terminated.get("finishedAt"))
         return PodOutcome(finished=True, reason=Reason.DIGEST_UNVERIFIED, message=_tail(
-            "Kaniko exited 0 but wrote no digest to the termination log "
+            f"{name} exited 0 but wrote no digest to the termination log "
             f"(got {text[:100]!r}).", message_limit))
     if terminated.get("reason") == "OOMKilled":
         return PodOutcome(finished=True, reason=Reason.OUT_OF_MEMORY, message=(
             "The build ran out of memory (OOMKilled); raise spec.resources.limits.memory."))
     if _DIGEST.match(text):
         # Kaniko writes the digest file before pushing: a digest with a failure is a push.
+        # (The Buildah pod writes it after its pushes, so it never gets here.)
         return PodOutcome(finished=True, reason=Reason.PUSH_FAILED, message=(
             f"The image ({text}) was built but the push failed; check output.pushSecretRef "
             "and the registry's permissions."))
     reason = Reason.PUSH_FAILED if _PUSH_ERRORS.search(text) else Reason.BUILD_FAILED
     return PodOutcome(finished=True, reason=reason,
-                      message=failure_message(f"Kaniko exited with code {exit_code}", text,
+                      message=failure_message(f"{name} exited with code {exit_code}", text,
                                               message_limit))
 
 

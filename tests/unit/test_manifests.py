@@ -34,7 +34,7 @@ from tests.tooling import (
 )
 
 from stagewright.api.v1alpha1 import ImageBuild
-from stagewright.settings import DEFAULT_KANIKO_IMAGE
+from stagewright.settings import DEFAULT_BUILDAH_IMAGE, DEFAULT_KANIKO_IMAGE
 
 NAMESPACE = "stagewright-system"
 OPERATOR = "stagewright-operator"
@@ -141,12 +141,13 @@ def test_probes_hit_the_liveness_endpoint_the_operator_serves(rendered: list[Obj
         assert container[probe]["httpGet"] == {"path": match.group(2), "port": "health"}, probe
 
 
-def test_image_and_kaniko_defaults_match_the_chart_and_settings(rendered: list[Obj]) -> None:
+def test_image_and_builder_defaults_match_the_chart_and_settings(rendered: list[Obj]) -> None:
     container = one(rendered, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
     assert container["image"] == f"ghcr.io/stagewright/stagewright:{app_version}"
     env = {item["name"]: item.get("value") for item in container["env"]}
     assert env["STAGEWRIGHT_KANIKO_IMAGE"] == DEFAULT_KANIKO_IMAGE
+    assert env["STAGEWRIGHT_BUILDAH_IMAGE"] == DEFAULT_BUILDAH_IMAGE
     assert env["STAGEWRIGHT_NAMESPACES"] == ""  # cluster-wide, as the ClusterRole grants
 
 

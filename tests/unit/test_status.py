@@ -189,3 +189,38 @@ def test_a_scheduled_pending_pod_is_not_waiting() -> None:
     pending = {"status": {"phase": "Pending", "conditions": [
         {"type": "PodScheduled", "status": "True"}]}}
     assert classify_pod(pending).waiting is None
+
+
+def buildah_pod(phase: str, state: dict[str, Any]) -> dict[str, Any]:
+    """A pod as the Buildah builder makes it: labelled, its container named buildah."""
+    return {"metadata": {"labels": {"stagewright.dev/builder": "buildah"}},
+            "status": {"phase": phase,
+                       "containerStatuses": [{"name": "buildah", "state": state}]}}
+
+
+def test_buildah_pods_are_read_from_their_buildah_container() -> None:
+    outcome = classify_pod(buildah_pod("Succeeded", terminated(0, DIGEST, "Completed")))
+    assert (outcome.succeeded, outcome.digest) == (True, DIGEST)
+    # A pod labelled buildah has no kaniko container to read: the label decides.
+    kaniko_named = pod("Succeeded", terminated(0, DIGEST, "Completed"))
+    kaniko_named["metadata"] = {"labels": {"stagewright.dev/builder": "buildah"}}
+    assert not classify_pod(kaniko_named).succeeded
+
+
+def test_buildah_failures_name_buildah_and_its_failing_step() -> None:
+    log = ("STEP 1/4: FROM registry.local:5000/base:latest AS build\n"
+           "STEP 2/4: RUN make\n/bin/sh: make: not found\n"
+           "Error: building at STEP \"RUN make\": while running runtime: exit status 127")
+    outcome = classify_pod(buildah_pod("Failed", terminated(1, log)))
+    assert outcome.reason is Reason.BUILD_FAILED
+    first = outcome.message.splitlines()[0]
+    assert first.startswith("Buildah exited with code 1 at step RUN make: Error: building")
+    assert outcome.message.endswith("exit status 127")
+
+
+def test_a_failed_buildah_push_is_a_push_failure() -> None:
+    log = ("Getting image source signatures\nError: pushing image \"r/x:1\" to \"docker://r/x:1\""
+           ": unauthorized\nerror pushing image r/x:1")
+    outcome = classify_pod(buildah_pod("Failed", terminated(1, log)))
+    assert outcome.reason is Reason.PUSH_FAILED
+    assert outcome.message.startswith("Buildah exited with code 1")

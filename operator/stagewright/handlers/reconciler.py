@@ -31,11 +31,11 @@ from stagewright.registry import (
     RegistryClient,
     RegistryError,
 )
+from stagewright.resources.build_pod import build_pod
 from stagewright.resources.events import build_event
-from stagewright.resources.kaniko_pod import (
+from stagewright.resources.pod_common import (
     LABEL_IMAGEBUILD,
     build_key,
-    build_pod,
     context_files,
     deadline_seconds,
     imagebuild_label,
@@ -48,7 +48,7 @@ from stagewright.status import PodOutcome, classify_pod, human_size, now_iso, st
 #: How long past its deadline a pod that never started is given before the operator gives up
 #: on it (activeDeadlineSeconds only counts once a kubelet has started the pod).
 _DEADLINE_GRACE = timedelta(minutes=2)
-#: How long after Kaniko's exit a registry that does not (yet) serve the digest, or cannot be
+#: How long after the builder's exit a registry that does not (yet) serve the digest, or cannot be
 #: reached, is asked again before the operator records what it knows.
 _VERIFY_GRACE = timedelta(minutes=5)
 #: The status fields of a build's result, cleared when a new build starts.
@@ -264,7 +264,7 @@ class Reconciler:
 
     async def _succeed(self, build: ImageBuild, log: Logger, digest: str,
                        finished_at: str | None) -> None:
-        """Confirm Kaniko's digest at the registry and record the image's size."""
+        """Confirm the builder's digest at the registry and record the image's size."""
         image = f"{build.spec.output.image}@{digest}"
         finished = _parse_time(finished_at) or datetime.now(UTC)
         patient = datetime.now(UTC) - finished < _VERIFY_GRACE
@@ -274,13 +274,13 @@ class Reconciler:
             if isinstance(exc, ImageNotFound) and patient:
                 raise  # a replicated registry may lag behind the push: the resync asks again
             await self._write(build, phase=Phase.FAILED, reason=Reason.DIGEST_UNVERIFIED,
-                              message=f"Kaniko reported {digest}, but the registry does not "
-                              f"serve it: {exc}", completion=True)
+                              message=f"{build.spec.builder.title()} reported {digest}, but "
+                              f"the registry does not serve it: {exc}", completion=True)
             return
         except RegistryError as exc:
             if exc.temporary and patient:
                 raise  # the registry is down or busy: the resync tries again
-            # Kaniko pushed (exit code 0) with access the operator lacks (a node's workload
+            # The builder pushed (exit code 0) with access the operator lacks (a node's workload
             # identity, a network policy): the build succeeded, its size is unknown.
             log.warning(f"Could not check {digest} at the registry: {exc}")
             await self._write(

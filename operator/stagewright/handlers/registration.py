@@ -26,7 +26,7 @@ from stagewright.api.v1alpha1 import (
 from stagewright.handlers.kube_api import ApiError, KubeApi, load_configuration
 from stagewright.handlers.reconciler import Reconciler
 from stagewright.registry import RegistryClient, RegistryError
-from stagewright.resources.kaniko_pod import LABEL_MANAGED_BY, MANAGED_BY
+from stagewright.resources.pod_common import LABEL_MANAGED_BY, MANAGED_BY
 from stagewright.settings import Settings
 
 _SETTLED = (Phase.SUCCEEDED.value, Phase.FAILED.value)

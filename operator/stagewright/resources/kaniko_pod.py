@@ -1,72 +1,30 @@
-"""Build the Kaniko Pod for an ImageBuild: pure, no I/O, so every flag is unit-tested.
+"""The Kaniko container of a build pod: pure, no I/O, so every flag is unit-tested.
 
 Arguments are a list (never a shell string), so user input cannot become a command.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from stagewright.api.v1alpha1 import (
-    API_VERSION,
-    GROUP,
-    KIND,
-    REBUILD_ANNOTATION,
-    ConfigMapSource,
-    ContextFile,
-    ImageBuild,
-    ImageBuildSpec,
-    parse_duration,
+from stagewright.api.v1alpha1 import ContextFile, ImageBuildSpec
+from stagewright.resources.pod_common import (
+    TERMINATION_LOG,
+    WORKSPACE_DIR,
+    build_container,
+    context_volumes,
+    is_commit,
+    push_secret_volume,
 )
 from stagewright.settings import Settings
 
-CONTAINER_NAME = "kaniko"
 #: Where Kaniko looks for registry credentials; a different path is the classic failure.
 DOCKER_CONFIG_DIR = "/kaniko/.docker"
-#: Kaniko's documented default context directory; ConfigMap contexts are mounted here.
-WORKSPACE_DIR = "/workspace"
-TERMINATION_LOG = "/dev/termination-log"
-
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGED_BY = "stagewright"
-LABEL_IMAGEBUILD = f"{GROUP}/imagebuild"
-LABEL_GENERATION = f"{GROUP}/generation"
-LABEL_ATTEMPT = f"{GROUP}/attempt"
-ANNOTATION_TARGET = f"{GROUP}/target"
 
 #: Kaniko runs as root inside its container to unpack base images and run RUN steps; these
 #: are the capabilities that needs (the runtime's defaults minus network and device ones).
 KANIKO_CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID"]
-
-_MAX_NAME = 63
-
-
-def build_key(generation: int, rebuild: str | None) -> str:
-    """Identify one requested build: a spec generation plus the rebuild annotation's value."""
-    if not rebuild:
-        return str(generation)
-    return f"{generation}-{hashlib.sha256(rebuild.encode()).hexdigest()[:6]}"
-
-
-def pod_name(build_name: str, key: str, attempt: int) -> str:
-    """Deterministic per build and attempt, so a retried create finds its own pod (409)."""
-    return f"{_bounded(build_name, _MAX_NAME - len(key) - len(str(attempt)) - 2)}-{key}-{attempt}"
-
-
-def imagebuild_label(name: str) -> str:
-    """The ``stagewright.dev/imagebuild`` label value of an ImageBuild's pods (max. 63)."""
-    return _bounded(name, _MAX_NAME)
-
-
-def _bounded(name: str, limit: int) -> str:
-    """``name`` if it fits, else a prefix plus a hash of the whole, so long names stay unique."""
-    if len(name) <= limit:
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:6]
-    return f"{name[: limit - 7].rstrip('-.')}-{digest}"
 
 
 def kaniko_context(spec: ImageBuildSpec) -> str:
@@ -79,15 +37,11 @@ def kaniko_context(spec: ImageBuildSpec) -> str:
         # scheme from GIT_PULL_METHOD; plain branch and tag names go through --git=branch=.
         location = source.git.url.split("://", 1)[1]
         revision = source.git.revision
-        if revision is not None and (_is_commit(revision) or revision.startswith("refs/")):
+        if revision is not None and (is_commit(revision) or revision.startswith("refs/")):
             return f"git://{location}#{revision}"
         return f"git://{location}"
     assert source.url is not None  # the model guarantees exactly one source
     return source.url
-
-
-def _is_commit(revision: str) -> bool:
-    return len(revision) == 40 and all(c in "0123456789abcdef" for c in revision)
 
 
 def kaniko_args(spec: ImageBuildSpec) -> list[str]:
@@ -95,7 +49,7 @@ def kaniko_args(spec: ImageBuildSpec) -> list[str]:
     args = [f"--context={kaniko_context(spec)}"]
     git = spec.source.git
     if git is not None and git.revision and not (
-        _is_commit(git.revision) or git.revision.startswith("refs/")
+        is_commit(git.revision) or git.revision.startswith("refs/")
     ):
         args.append(f"--git=branch={git.revision}")
     if spec.source.context_dir:
@@ -126,54 +80,6 @@ def kaniko_args(spec: ImageBuildSpec) -> list[str]:
     return args
 
 
-def context_files(source: ConfigMapSource, keys: Iterable[str]) -> list[ContextFile]:
-    """The files of a ConfigMap context: ``source.items``, else every key at the root.
-
-    ``keys`` are the ConfigMap's data and binaryData keys, as read from the cluster; items
-    naming a key it lacks are reported by :func:`missing_context_keys`, not here.
-    """
-    if source.items is not None:
-        return list(source.items)
-    return [ContextFile(key=key, path=key) for key in sorted(set(keys))]
-
-
-def missing_context_keys(source: ConfigMapSource, keys: Iterable[str]) -> list[str]:
-    """Keys ``source.items`` names that the ConfigMap does not have."""
-    present = set(keys)
-    return sorted({item.key for item in source.items or [] if item.key not in present})
-
-
-def _volumes(spec: ImageBuildSpec, files: Sequence[ContextFile],
-             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    volumes: list[dict[str, Any]] = []
-    mounts: list[dict[str, Any]] = []
-    if spec.source.config_map is not None:
-        # The kubelet projects ConfigMap keys as symlinks into a hidden ..data directory, and
-        # Kaniko's COPY copies a symlink as a symlink, not its content. A subPath mount is a
-        # bind mount of the resolved file: each key arrives as a regular file, at any path,
-        # with no ..data entries in the context. The emptyDir holds those mount points.
-        volumes += [
-            {"name": "context-files", "configMap": {"name": spec.source.config_map.name}},
-            {"name": "context", "emptyDir": {}},
-        ]
-        mounts.append({"name": "context", "mountPath": WORKSPACE_DIR})
-        mounts += [
-            {"name": "context-files", "mountPath": f"{WORKSPACE_DIR}/{file.path.strip('/')}",
-             "subPath": file.key, "readOnly": True}
-            for file in files
-        ]
-    if spec.output.push_secret_ref is not None:
-        volumes.append({
-            "name": "docker-config",
-            "secret": {
-                "secretName": spec.output.push_secret_ref.name,
-                "items": [{"key": ".dockerconfigjson", "path": "config.json"}],
-            },
-        })
-        mounts.append({"name": "docker-config", "mountPath": DOCKER_CONFIG_DIR, "readOnly": True})
-    return volumes, mounts
-
-
 def _env(spec: ImageBuildSpec) -> list[dict[str, Any]]:
     git = spec.source.git
     if git is None:
@@ -193,79 +99,20 @@ def _env(spec: ImageBuildSpec) -> list[dict[str, Any]]:
     return env
 
 
-def deadline_seconds(spec: ImageBuildSpec, settings: Settings) -> int:
-    """The build's deadline in whole seconds (the spec's timeout, else the operator's)."""
-    timeout = parse_duration(spec.timeout or settings.default_timeout)
-    return max(1, math.ceil(timeout.total_seconds()))
+def kaniko_container(spec: ImageBuildSpec, settings: Settings,
+                     files: Sequence[ContextFile]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The Kaniko container and the volumes it mounts.
 
-
-def build_pod(build: ImageBuild, settings: Settings, *, key: str, attempt: int,
-              files: Sequence[ContextFile] = ()) -> dict[str, Any]:
-    """The Kaniko Pod for one attempt of one build of ``build``.
-
-    ``files`` are the ConfigMap context's files (:func:`context_files`), unused for other
-    sources.
+    ``files`` are the ConfigMap context's files, unused for other sources.
     """
-    spec = build.spec
-    volumes, mounts = _volumes(spec, files)
-    resources = spec.resources or settings.default_resources
-    labels = {
-        "app.kubernetes.io/name": "stagewright-build",
-        LABEL_MANAGED_BY: MANAGED_BY,
-        LABEL_IMAGEBUILD: imagebuild_label(build.name),
-        LABEL_GENERATION: str(build.generation),
-        LABEL_ATTEMPT: str(attempt),
-    }
-    annotations = {ANNOTATION_TARGET: spec.target or "(last stage)"}
-    if build.rebuild_token:
-        annotations[REBUILD_ANNOTATION] = build.rebuild_token
-    container: dict[str, Any] = {
-        "name": CONTAINER_NAME,
-        "image": settings.kaniko_image,
-        "args": kaniko_args(spec),
-        "env": _env(spec),
-        "volumeMounts": mounts,
-        "resources": resources.model_dump(mode="json", exclude_defaults=False),
-        "terminationMessagePath": TERMINATION_LOG,
-        # On failure the log tail becomes the termination message: the reason users read.
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "privileged": False,
-            "runAsUser": 0,
-            "runAsNonRoot": False,
-            "capabilities": {"drop": ["ALL"], "add": KANIKO_CAPABILITIES},
-        },
-    }
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "activeDeadlineSeconds": deadline_seconds(spec, settings),
-        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [container],
-        "volumes": volumes,
-    }
-    if spec.service_account_name:
-        pod_spec["serviceAccountName"] = spec.service_account_name
-    if spec.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.node_selector)
-    if spec.tolerations:
-        pod_spec["tolerations"] = [
-            t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in spec.tolerations
-        ]
-    metadata: dict[str, Any] = {
-        "name": pod_name(build.name, key, attempt),
-        "namespace": build.namespace,
-        "labels": labels,
-        "annotations": annotations,
-    }
-    if build.uid:
-        metadata["ownerReferences"] = [{
-            "apiVersion": API_VERSION,
-            "kind": KIND,
-            "name": build.name,
-            "uid": build.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }]
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
+    volumes, mounts = context_volumes(spec, files)
+    secret = push_secret_volume(spec)
+    if secret is not None:
+        volumes.append(secret)
+        mounts.append({"name": secret["name"], "mountPath": DOCKER_CONFIG_DIR, "readOnly": True})
+    container = build_container(
+        spec, settings, image=settings.kaniko_image, args=kaniko_args(spec), env=_env(spec),
+        mounts=mounts,
+        security={"capabilities": {"drop": ["ALL"], "add": KANIKO_CAPABILITIES}},
+    )
+    return container, volumes
