@@ -33,9 +33,9 @@ _ANSI_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
 #: A line of the build log that says what failed: Kaniko's final error, or a logged error.
 _ERROR_LINE = re.compile(r"^(error|ERRO|FATA|Error:)", re.IGNORECASE)
 #: The builder's log line for the step it is running: Kaniko's ``INFO[0001] RUN make``,
-#: Buildah's ``STEP 3/5: RUN make``.
-_STEP_LINE = re.compile(
-    r"^(?:INFO\[\d+\]\s+|level=info msg=\"|STEP \d+/\d+: )?((?:RUN|COPY|ADD)\s.*?)\"?$")
+#: Buildah's ``[1/2] STEP 3/5: RUN make`` (the stage prefix only in multi-stage builds).
+_STEP_LINE = re.compile(r"^(?:INFO\[\d+\]\s+|level=info msg=\"|(?:\[\d+/\d+\] )?STEP \d+/\d+: )?"
+                        r"((?:RUN|COPY|ADD)\s.*?)\"?$")
 #: Container waiting reasons that will not clear up by themselves.
 _STUCK_WAITING = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName",
                             "CreateContainerConfigError", "CreateContainerError"})

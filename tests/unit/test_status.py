@@ -208,9 +208,11 @@ def test_buildah_pods_are_read_from_their_buildah_container() -> None:
 
 
 def test_buildah_failures_name_buildah_and_its_failing_step() -> None:
-    log = ("STEP 1/4: FROM registry.local:5000/base:latest AS build\n"
-           "STEP 2/4: RUN make\n/bin/sh: make: not found\n"
-           "Error: building at STEP \"RUN make\": while running runtime: exit status 127")
+    # As buildah 1.28 logs a failing RUN in the first stage of a two-stage build.
+    log = ("[1/2] STEP 1/3: FROM registry.local:5000/base:latest AS build\n"
+           "[1/2] STEP 2/3: RUN make\n/bin/sh: make: not found\n"
+           "subprocess exited with status 127\n"
+           "Error: building at STEP \"RUN make\": exit status 127")
     outcome = classify_pod(buildah_pod("Failed", terminated(1, log)))
     assert outcome.reason is Reason.BUILD_FAILED
     first = outcome.message.splitlines()[0]

@@ -8,13 +8,10 @@ from typing import Any
 from stagewright.api.v1alpha1 import Builder, ContextFile, ImageBuild, ImageBuildSpec
 from stagewright.resources.buildah_pod import buildah_container
 from stagewright.resources.kaniko_pod import kaniko_container
-from stagewright.resources.pod_common import assemble_pod
+from stagewright.resources.pod_common import BuilderParts, assemble_pod
 from stagewright.settings import Settings
 
-_ContainerBuilder = Callable[
-    [ImageBuildSpec, Settings, Sequence[ContextFile]],
-    tuple[dict[str, Any], list[dict[str, Any]]],
-]
+_ContainerBuilder = Callable[[ImageBuildSpec, Settings, Sequence[ContextFile]], BuilderParts]
 _CONTAINERS: dict[Builder, _ContainerBuilder] = {
     Builder.KANIKO: kaniko_container,
     Builder.BUILDAH: buildah_container,
@@ -28,6 +25,5 @@ def build_pod(build: ImageBuild, settings: Settings, *, key: str, attempt: int,
     ``files`` are the ConfigMap context's files (``pod_common.context_files``), unused for
     other sources.
     """
-    container, volumes = _CONTAINERS[build.spec.builder](build.spec, settings, files)
-    return assemble_pod(build, settings, key=key, attempt=attempt, container=container,
-                        volumes=volumes)
+    parts = _CONTAINERS[build.spec.builder](build.spec, settings, files)
+    return assemble_pod(build, settings, key=key, attempt=attempt, parts=parts)

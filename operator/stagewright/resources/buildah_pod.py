@@ -16,6 +16,7 @@ from stagewright.api.v1alpha1 import ContextFile, ImageBuildSpec
 from stagewright.resources.pod_common import (
     TERMINATION_LOG,
     WORKSPACE_DIR,
+    BuilderParts,
     build_container,
     context_volumes,
     push_secret_volume,
@@ -64,12 +65,24 @@ done
 printf '%s' "$digest" > {TERMINATION_LOG}
 """
 
-#: What Buildah needs on top of dropping ALL: the capabilities of a root build (Kaniko's), plus
-#: those RUN steps need in ``--isolation chroot`` (see docs/install.md for each one's use).
+#: The capabilities a Buildah build needs, measured by dropping each in turn (docs/install.md
+#: has the table). Every RUN step gets buildah's default set minus :data:`RUN_CAPS_DROPPED`,
+#: and a process cannot hand out what it lacks, so those come first: CHOWN, DAC_OVERRIDE,
+#: FOWNER, FSETID, KILL, SETFCAP, SETGID, SETUID and SYS_CHROOT (which also unpacks layers,
+#: in a chroot). SYS_ADMIN is for the mount namespace and bind mounts of ``--isolation chroot``;
+#: without it buildah tries a user namespace, which RuntimeDefault seccomp forbids. The
+#: runtime's RuntimeDefault profile opens mount/unshare only because SYS_ADMIN is granted.
 BUILDAH_CAPABILITIES = [
-    "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
-    "SETFCAP", "MKNOD", "SYS_CHROOT", "SYS_ADMIN",
+    "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETFCAP", "SETGID", "SETUID",
+    "SYS_CHROOT", "SYS_ADMIN",
 ]
+#: Capabilities of buildah's default RUN set that the pod does not get, so RUN steps do not
+#: ask for them (binding ports below 1024, changing capability sets); Kaniko's RUN steps
+#: lack them too.
+RUN_CAPS_DROPPED = ["NET_BIND_SERVICE", "SETPCAP"]
+#: AppArmor's runtime default profile denies mount(2), which chroot isolation needs; on nodes
+#: without AppArmor the kubelet accepts (and ignores) ``unconfined``.
+APPARMOR_ANNOTATION = "container.apparmor.security.beta.kubernetes.io/buildah"
 
 
 def buildah_context(spec: ImageBuildSpec) -> str:
@@ -99,7 +112,8 @@ def buildah_args(spec: ImageBuildSpec) -> list[str]:
     source = spec.source
     dockerfile = (f"{_in_workspace(source.context_dir)}/{spec.dockerfile}"
                   if source.config_map is not None else spec.dockerfile)
-    args = ["--isolation=chroot", "--format=docker", f"--file={dockerfile}"]
+    args = ["--isolation=chroot", "--format=docker",
+            *[f"--cap-drop={cap}" for cap in RUN_CAPS_DROPPED], f"--file={dockerfile}"]
     if spec.target:
         args.append(f"--target={spec.target}")
     args += [f"--build-arg={name}={value}" for name, value in sorted(spec.build_args.items())]
@@ -125,8 +139,8 @@ def _env(spec: ImageBuildSpec) -> list[dict[str, Any]]:
 
 
 def buildah_container(spec: ImageBuildSpec, settings: Settings,
-                      files: Sequence[ContextFile]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The Buildah container and the volumes it mounts.
+                      files: Sequence[ContextFile]) -> BuilderParts:
+    """The Buildah container, the volumes it mounts and the AppArmor exception it needs.
 
     ``files`` are the ConfigMap context's files, unused for other sources.
     """
@@ -142,4 +156,4 @@ def buildah_container(spec: ImageBuildSpec, settings: Settings,
         args=buildah_args(spec), env=_env(spec), mounts=mounts,
         security={"capabilities": {"drop": ["ALL"], "add": BUILDAH_CAPABILITIES}},
     )
-    return container, volumes
+    return BuilderParts(container, volumes, {APPARMOR_ANNOTATION: "unconfined"})

@@ -12,6 +12,7 @@ from stagewright.api.v1alpha1 import ContextFile, ImageBuildSpec
 from stagewright.resources.pod_common import (
     TERMINATION_LOG,
     WORKSPACE_DIR,
+    BuilderParts,
     build_container,
     context_volumes,
     is_commit,
@@ -100,7 +101,7 @@ def _env(spec: ImageBuildSpec) -> list[dict[str, Any]]:
 
 
 def kaniko_container(spec: ImageBuildSpec, settings: Settings,
-                     files: Sequence[ContextFile]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                     files: Sequence[ContextFile]) -> BuilderParts:
     """The Kaniko container and the volumes it mounts.
 
     ``files`` are the ConfigMap context's files, unused for other sources.
@@ -115,4 +116,4 @@ def kaniko_container(spec: ImageBuildSpec, settings: Settings,
         mounts=mounts,
         security={"capabilities": {"drop": ["ALL"], "add": KANIKO_CAPABILITIES}},
     )
-    return container, volumes
+    return BuilderParts(container, volumes)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from stagewright.api.v1alpha1 import (
@@ -40,6 +41,15 @@ ANNOTATION_TARGET = f"{GROUP}/target"
 PUSH_SECRET_VOLUME = "docker-config"  # noqa: S105 (a volume name, not a secret)
 
 _MAX_NAME = 63
+
+
+@dataclass(frozen=True)
+class BuilderParts:
+    """What a builder adds to the shared pod: its container, volumes and pod annotations."""
+
+    container: dict[str, Any]
+    volumes: list[dict[str, Any]]
+    annotations: dict[str, str] = field(default_factory=dict)
 
 
 def build_key(generation: int, rebuild: str | None) -> str:
@@ -156,8 +166,8 @@ def build_container(spec: ImageBuildSpec, settings: Settings, *, image: str,
 
 
 def assemble_pod(build: ImageBuild, settings: Settings, *, key: str, attempt: int,
-                 container: dict[str, Any], volumes: list[dict[str, Any]]) -> dict[str, Any]:
-    """The build Pod around ``container``: identity, ownership, deadline and safety."""
+                 parts: BuilderParts) -> dict[str, Any]:
+    """The build Pod around the builder's parts: identity, ownership, deadline and safety."""
     spec = build.spec
     labels = {
         "app.kubernetes.io/name": "stagewright-build",
@@ -167,7 +177,7 @@ def assemble_pod(build: ImageBuild, settings: Settings, *, key: str, attempt: in
         LABEL_ATTEMPT: str(attempt),
         BUILDER_LABEL: spec.builder.value,
     }
-    annotations = {ANNOTATION_TARGET: spec.target or "(last stage)"}
+    annotations = {ANNOTATION_TARGET: spec.target or "(last stage)", **parts.annotations}
     if build.rebuild_token:
         annotations[REBUILD_ANNOTATION] = build.rebuild_token
     pod_spec: dict[str, Any] = {
@@ -176,8 +186,8 @@ def assemble_pod(build: ImageBuild, settings: Settings, *, key: str, attempt: in
         "enableServiceLinks": False,
         "activeDeadlineSeconds": deadline_seconds(spec, settings),
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [container],
-        "volumes": volumes,
+        "containers": [parts.container],
+        "volumes": parts.volumes,
     }
     if spec.service_account_name:
         pod_spec["serviceAccountName"] = spec.service_account_name
