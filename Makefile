@@ -63,4 +63,4 @@ kind-down: ## Delete the kind cluster and its registry
 	PATH="$(USER_PATH)" hack/kind-down.sh
 
 clean: ## Remove the venv and caches in the tree (keeps ~/.cache/stagewright)
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-e2e .mypy_cache .ruff_cache .pytest_cache

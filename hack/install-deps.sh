@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install everything the tests and the demo need on a fresh Debian 12 machine.
 #
-# apt: the registry, buildah and friends, etcd, and the Go toolchain for the apiserver build.
+# apt: the registry, buildah and friends, etcd, containerd and CNI for the sandbox node, and
+# the Go toolchain for the Kubernetes build.
 # pip: the project with its test and lint extras, into .venv.
-# Then the cached builds: kube-apiserver (~5-7 min the first time) and helm/kubectl.
+# Then the cached builds: the Kubernetes binaries (~10 min the first time) and helm/kubectl.
 # Idempotent: a second run takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +13,8 @@ log() { echo "install-deps: $*" >&2; }
 
 APT_PACKAGES=(
   docker-registry        # the real OCI registry the tests push to
-  buildah runc skopeo busybox-static  # the sandbox kubelet's builds and base image
+  buildah skopeo busybox-static  # the sandbox's own images (base, pause, Kaniko)
+  containerd runc conntrack containernetworking-plugins iptables iproute2  # the sandbox node
   etcd-server            # kube-apiserver's storage
   apache2-utils openssl  # htpasswd and certificates for registry/apiserver TLS
   golang-go rsync golang-github-modern-go-reflect2-dev  # building kube-apiserver

@@ -28,6 +28,8 @@ from sandbox.processes import free_port, stop_group
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "hack" / "build-kubernetes.sh"
 
+#: The one node's name (sandbox.node runs it); its kubelet's identity is system:node:<this>.
+NODE_NAME = "sandbox-node"
 OPERATOR_NAMESPACE = "stagewright-system"
 OPERATOR_SERVICE_ACCOUNT = "stagewright-operator"
 #: The user name Kubernetes gives a ServiceAccount: RBAC matches it to ServiceAccount subjects.
@@ -58,6 +60,14 @@ def _make_certificates(directory: Path) -> None:
              "-CAcreateserial", "-extfile", str(directory / "san.ext"),
              "-out", str(directory / "apiserver.crt"))
     _openssl("genrsa", "-out", str(directory / "sa.key"), "2048")
+    # The apiserver's client certificate for kubelets (logs, exec): the node accepts only it.
+    _openssl("req", "-newkey", "rsa:2048", "-nodes",
+             "-keyout", str(directory / "kubelet-client.key"),
+             "-out", str(directory / "kubelet-client.csr"),
+             "-subj", "/O=system:masters/CN=kube-apiserver-kubelet-client")
+    _openssl("x509", "-req", "-in", str(directory / "kubelet-client.csr"), "-days", "2",
+             "-CA", str(directory / "ca.crt"), "-CAkey", str(directory / "ca.key"),
+             "-CAcreateserial", "-out", str(directory / "kubelet-client.crt"))
 
 
 @dataclass
@@ -79,8 +89,19 @@ class ControlPlane:
         self.url = f"https://127.0.0.1:{self.port}"
         self._processes: list[subprocess.Popen[bytes]] = []
         self.admin = Identity("sandbox-admin", secrets.token_hex(16), ("system:masters",))
-        self.kubelet = Identity("sandbox-kubelet", secrets.token_hex(16), ("system:masters",))
         self.operator = Identity(OPERATOR_USER, secrets.token_hex(16), OPERATOR_GROUPS)
+        # The node's components, as kubeadm names them: the Node authorizer and the default
+        # RBAC roles (system:kube-scheduler, ...) then apply to them unchanged.
+        self.kubelet = Identity(f"system:node:{NODE_NAME}", secrets.token_hex(16),
+                                ("system:nodes",))
+        self.scheduler = Identity("system:kube-scheduler", secrets.token_hex(16), ())
+        self.controller_manager = Identity("system:kube-controller-manager",
+                                           secrets.token_hex(16), ())
+
+    @property
+    def pki(self) -> Path:
+        """CA, serving certificate and ServiceAccount key (the controller-manager needs them)."""
+        return self.work_dir / "pki"
 
     def __enter__(self) -> Self:
         try:
@@ -97,12 +118,14 @@ class ControlPlane:
     def start(self) -> None:
         """Start etcd and kube-apiserver and wait until the API answers."""
         binary = kubernetes_binary("kube-apiserver")
-        pki = self.work_dir / "pki"
+        pki = self.pki
         pki.mkdir(parents=True, exist_ok=True)
         _make_certificates(pki)
-        identities = (self.admin, self.kubelet, self.operator)
+        identities = (self.admin, self.operator, self.kubelet, self.scheduler,
+                      self.controller_manager)
         (self.work_dir / "tokens.csv").write_text("".join(
-            f'{i.token},{i.name},{i.name},"{",".join(i.groups)}"\n' for i in identities))
+            f"{i.token},{i.name},{i.name}" + (f',"{",".join(i.groups)}"' if i.groups else "")
+            + "\n" for i in identities))
         for identity in identities:
             identity.kubeconfig = self._write_kubeconfig(identity, pki / "ca.crt")
         etcd_port, etcd_peer = free_port(), free_port()
@@ -123,7 +146,11 @@ class ControlPlane:
             "--tls-private-key-file", str(pki / "apiserver.key"),
             "--client-ca-file", str(pki / "ca.crt"),
             "--token-auth-file", str(self.work_dir / "tokens.csv"),
-            "--authorization-mode", "RBAC",
+            "--authorization-mode", "Node,RBAC",
+            # The node registers with its IP: logs and exec go there, not to its host name.
+            "--kubelet-preferred-address-types", "InternalIP",
+            "--kubelet-client-certificate", str(pki / "kubelet-client.crt"),
+            "--kubelet-client-key", str(pki / "kubelet-client.key"),
             "--service-account-issuer", "https://kubernetes.default.svc",
             "--service-account-key-file", str(pki / "sa.key"),
             "--service-account-signing-key-file", str(pki / "sa.key"),

@@ -1,9 +1,9 @@
 """``make demo``: one multi-stage Dockerfile, built at two targets, on the local sandbox.
 
-It starts the sandbox (apiserver, registry, buildah kubelet, operator), applies a ConfigMap
-context and two ImageBuilds (the fat ``build`` stage and the slim ``runtime`` stage), waits
-for both, asks for a rebuild of the runtime to show the registry layer cache at work, prints
-the statuses side by side, and stops everything it started.
+It starts the sandbox (apiserver, registry, a real node running real Kaniko, operator), applies
+a ConfigMap context and two ImageBuilds (the fat ``build`` stage and the slim ``runtime``
+stage), waits for both, asks for a rebuild of the runtime to show the registry layer cache at
+work, prints the statuses side by side, and stops everything it started.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sandbox.images import KanikoMissingError, kaniko_executor
 from sandbox.stack import IMAGEBUILD_API, Sandbox
 
 #: A toolchain-heavy build stage, a test stage, and a runtime stage that keeps only the
@@ -99,10 +100,11 @@ def table(rows: list[tuple[str, dict[str, Any]]]) -> str:
 def run(work_dir: Path) -> int:
     """The demo itself; returns the exit code (0 when both targets built)."""
     started = time.monotonic()
-    print("Starting the sandbox: kube-apiserver + etcd, registry, buildah kubelet, operator...")
+    print("Starting the sandbox: kube-apiserver + etcd, registry, images, a node "
+          "(containerd, kubelet, scheduler, controller-manager), operator...")
     with Sandbox(work_dir) as sandbox:
         print(f"  ready in {time.monotonic() - started:.1f}s "
-              f"(registry {sandbox.registry.host}, base image {sandbox.base_image})")
+              f"(registry {sandbox.registry.host}, Kaniko image {sandbox.images.kaniko})")
         admin, registry = sandbox.admin, sandbox.registry.host
         admin.apply([context_configmap("default")])
         builds = [imagebuild("demo-build", "build", registry, sandbox.base_image),
@@ -135,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", type=Path, help="keep logs and state in this directory")
     args = parser.parse_args(argv)
+    try:
+        kaniko_executor()
+    except KanikoMissingError as exc:
+        print(f"make demo needs the real Kaniko executor: {exc}", file=sys.stderr)
+        return 2
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
         return run(args.keep)

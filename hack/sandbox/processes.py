@@ -9,10 +9,10 @@ import socket
 import subprocess
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (bound a moment later)."""
+def free_port(address: str = "127.0.0.1") -> int:
+    """A TCP port on ``address`` that nothing listens on right now (bound a moment later)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind((address, 0))
         port: int = probe.getsockname()[1]
         return port
 

@@ -39,14 +39,14 @@ def _htpasswd_line(user: str, password: str) -> str:
     return f"{user}:{hashed}"
 
 
-def _self_signed_cert(directory: Path) -> tuple[Path, Path]:
-    """A throwaway certificate valid for IP 127.0.0.1 (EC: generated in milliseconds)."""
+def _self_signed_cert(directory: Path, address: str) -> tuple[Path, Path]:
+    """A throwaway certificate valid for IP ``address`` (EC: generated in milliseconds)."""
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
         [
             "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
             "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
-            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-subj", f"/CN={address}", "-addext", f"subjectAltName=IP:{address}",
         ],
         check=True,
         capture_output=True,
@@ -58,10 +58,13 @@ class LocalRegistry:
     """A real registry process for one test session; ``with LocalRegistry() as reg: ...``."""
 
     def __init__(
-        self, *, htpasswd: tuple[str, str] | None = None, tls: bool = False
+        self, *, htpasswd: tuple[str, str] | None = None, tls: bool = False,
+        address: str = "127.0.0.1",
     ) -> None:
         self.htpasswd = htpasswd
         self.tls = tls
+        #: 127.0.0.1, or the sandbox bridge's gateway when build pods must reach it.
+        self.address = address
         self.port = 0
         self.cert_path: Path | None = None
         self._dir: Path | None = None
@@ -69,8 +72,8 @@ class LocalRegistry:
 
     @property
     def host(self) -> str:
-        """``127.0.0.1:PORT``: the registry part of image references."""
-        return f"127.0.0.1:{self.port}"
+        """``ADDRESS:PORT``: the registry part of image references."""
+        return f"{self.address}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -116,7 +119,7 @@ class LocalRegistry:
         self._dir = Path(tempfile.mkdtemp(prefix="stagewright-registry-"))
         try:
             for attempt in range(_START_ATTEMPTS):
-                self.port = free_port()
+                self.port = free_port(self.address)
                 config = self._write_config(self._dir)
                 if self._launch(config, last_attempt=attempt == _START_ATTEMPTS - 1):
                     return
@@ -128,7 +131,7 @@ class LocalRegistry:
         storage = directory / "storage"
         storage.mkdir(exist_ok=True)
         http: dict[str, object] = {
-            "addr": f"127.0.0.1:{self.port}",
+            "addr": self.host,
             "secret": "stagewright-sandbox-secret",
         }
         config: dict[str, object] = {
@@ -142,7 +145,7 @@ class LocalRegistry:
             path.write_text(_htpasswd_line(*self.htpasswd) + "\n")
             config["auth"] = {"htpasswd": {"realm": "stagewright-sandbox", "path": str(path)}}
         if self.tls:
-            cert, key = _self_signed_cert(directory)
+            cert, key = _self_signed_cert(directory, self.address)
             self.cert_path = cert
             http["tls"] = {"certificate": str(cert), "key": str(key)}
         path = directory / "config.yml"

@@ -1,8 +1,10 @@
 """The whole local sandbox in one context manager: what ``make demo`` and the cluster tier run.
 
-Control plane (etcd + kube-apiserver, RBAC on) -> Stagewright's CRD and RBAC -> a registry
--> a busybox base image in it -> the sandbox kubelet (buildah in place of Kaniko) -> the
-operator as a real ``stagewright run`` process. Everything stops, by PID, on exit.
+Control plane (etcd + kube-apiserver, Node and RBAC authorisation) -> Stagewright's CRD and
+RBAC -> the node's host side (lock, bridge) -> a registry on the bridge's gateway -> the
+sandbox's images in it (busybox base, pause, real Kaniko) -> the node (containerd, scheduler,
+controller-manager, kubelet) -> the operator as a real ``stagewright run`` process whose build
+pods run the Kaniko image. Everything stops, by PID, on exit; host changes are undone.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from sandbox.base_image import build_base_image
+from kubernetes import client
+
 from sandbox.cluster import Cluster, OperatorProcess, install_stagewright
 from sandbox.controlplane import ControlPlane
-from sandbox.kubelet import SandboxKubelet
+from sandbox.images import SandboxImages, build_images
+from sandbox.node import GATEWAY, Node, NodeHost
 from sandbox.registry import LocalRegistry
 
 IMAGEBUILD_API = "stagewright.dev/v1alpha1"
@@ -30,11 +34,14 @@ class Sandbox:
         self.work_dir = work_dir
         self._stack = contextlib.ExitStack()
         self.control_plane = ControlPlane(work_dir / "control-plane")
-        self.registry = LocalRegistry()
-        self.operator = OperatorProcess(self.control_plane, work_dir / "operator.log",
-                                        env=operator_env)
+        self.node_host = NodeHost()
+        #: On the bridge's gateway: containerd pulls from it and Kaniko pushes to it.
+        self.registry = LocalRegistry(address=GATEWAY)
+        self.operator_env = operator_env or {}
         self.admin: Cluster
-        self.kubelet: SandboxKubelet
+        self.node: Node
+        self.operator: OperatorProcess
+        self.images: SandboxImages
         self.base_image = ""
         self.timings: dict[str, float] = {}
 
@@ -61,13 +68,27 @@ class Sandbox:
         self.admin = Cluster(self.control_plane.admin.kubeconfig)
         install_stagewright(self.admin)
         started = time.monotonic()
+        self._stack.enter_context(self.node_host)
         self._stack.enter_context(self.registry)
-        self.base_image = build_base_image(self.registry.host, work_dir=self.work_dir)
-        self._timed("registry and base image", started)
-        kubelet_cluster = Cluster(self.control_plane.kubelet.kubeconfig)
-        self.kubelet = SandboxKubelet(kubelet_cluster.api_client, self.work_dir / "kubelet")
-        self._stack.enter_context(self.kubelet)
+        self.images = build_images(self.registry.host, work_dir=self.work_dir)
+        self.base_image = self.images.base
+        self._timed("registry and images", started)
+        started = time.monotonic()
+        self.node = Node(self.control_plane, self.work_dir / "node",
+                         pause_image=self.images.pause,
+                         insecure_registries=(self.registry.host,))
+        self._stack.enter_context(self.node)
+        self._timed("node ready", started)
+        self.operator = OperatorProcess(
+            self.control_plane, self.work_dir / "operator.log",
+            env={"STAGEWRIGHT_KANIKO_IMAGE": self.images.kaniko, **self.operator_env})
         self._stack.enter_context(self.operator)
+
+    def pod_log(self, name: str, namespace: str = "default") -> str:
+        """A pod's log as the kubelet serves it (``kubectl logs``), through the apiserver."""
+        text: str = client.CoreV1Api(self.admin.api_client).read_namespaced_pod_log(
+            name, namespace)
+        return text
 
     def imagebuild(self, name: str, namespace: str = "default") -> dict[str, Any] | None:
         """The ImageBuild as stored, or None."""

@@ -6,12 +6,15 @@ with different settings side by side.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from stagewright.api.v1alpha1 import Duration, ResourceRequirements
+
+_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 #: The maintained Kaniko fork (upstream was archived on 2025-06-03). Pinned: a moving tag
 #: would make two builds of the same spec use different executors.
@@ -48,6 +51,15 @@ class Settings(BaseSettings):
     liveness_endpoint: str | None = None
     #: How many characters of a failed build's log tail are kept in status.message.
     message_limit: int = Field(default=2048, ge=256, le=32768)
+    #: A ConfigMap of extra CA certificates (PEM) for registries with a private CA, present
+    #: under this name in every build namespace (as trust-manager distributes a Bundle): build
+    #: pods mount it and trust it in addition to the executor's own CAs. Unset: none.
+    ca_bundle_configmap: str | None = Field(default=None, pattern=_DNS_SUBDOMAIN)
+    #: The key of that ConfigMap holding the PEM certificates.
+    ca_bundle_key: str = Field(default="ca.crt", pattern=r"^[-._a-zA-Z0-9]+$")
+    #: The same certificates as a file in the operator's own pod, added to its default trust
+    #: for the registry look-ups (the chart mounts the ConfigMap there).
+    ca_bundle_file: Path | None = None
 
     @field_validator("namespaces", mode="before")
     @classmethod

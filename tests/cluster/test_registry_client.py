@@ -7,6 +7,7 @@ registry's Docker-Content-Digest and sizes against what was uploaded.
 from __future__ import annotations
 
 import os
+import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -275,3 +276,18 @@ def test_local_registry_needs_the_binary(
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(RuntimeError, match="run `make deps`"):
         LocalRegistry().start()
+
+
+async def test_ca_bundle_adds_a_private_ca_to_the_default_trust(
+        tls_registry: LocalRegistry) -> None:
+    """STAGEWRIGHT_CA_BUNDLE_FILE: a private-CA registry is verified, not skipped, and the
+    system's CAs stay trusted (the bundle is added; SSL_CERT_FILE would replace them)."""
+    p = pusher_for(tls_registry)
+    async with p.client:
+        pushed = await p.image("private-ca", "v1")
+    assert tls_registry.cert_path is not None
+    async with RegistryClient(timeout=5, ca_bundle=tls_registry.cert_path) as trusting:
+        info = await trusting.resolve(ref(tls_registry.host, "private-ca:v1"))
+        system_cas = ssl.create_default_context().cert_store_stats()["x509_ca"]
+        assert trusting.trust_context().cert_store_stats()["x509_ca"] == system_cas + 1
+    assert info.digest == pushed.digest

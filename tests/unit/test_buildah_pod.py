@@ -13,6 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 from pydantic import ValidationError
@@ -131,6 +132,22 @@ def test_push_secret_is_the_auth_file_of_every_registry_access() -> None:
 def test_no_secret_and_a_secure_registry_set_no_auth_or_insecure_env() -> None:
     container = pod_for(build({"source": {"configMap": {"name": "c"}}}))["spec"]["containers"][0]
     assert [e["name"] for e in container["env"]] == ["STORAGE_DRIVER"]
+
+
+def test_ca_bundle_is_added_to_buildahs_trust() -> None:
+    """SSL_CERT_DIR keeps Go's own directories and adds the bundle's (its default bundle
+    file is read whatever SSL_CERT_DIR says), so private-CA registries are trusted too."""
+    settings = SETTINGS.model_copy(update={"ca_bundle_configmap": "corp-ca"})
+    imagebuild = load()
+    pod = build_pod(imagebuild, settings, key="1", attempt=1)
+    container = pod["spec"]["containers"][0]
+    assert {"name": "SSL_CERT_DIR", "value": "/etc/ssl/certs:/etc/pki/tls/certs:"
+            "/var/run/stagewright/extra-certs"} in container["env"]
+    assert {"name": "ca-bundle", "mountPath": "/var/run/stagewright/extra-certs",
+            "readOnly": True} in container["volumeMounts"]
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "ca-bundle")
+    assert volume["configMap"]["name"] == "corp-ca"
+    kubernetes_validate.validate(pod, "1.33.0", strict=True)
 
 
 @pytest.mark.parametrize(

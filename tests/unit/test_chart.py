@@ -176,7 +176,9 @@ def test_default_env_gives_the_operator_its_own_defaults(
     """The chart's defaults are the operator's: the rendered env parses to Settings()."""
     env = _env(default)
     field_envs = {f"STAGEWRIGHT_{name.upper()}" for name in Settings.model_fields}
-    assert set(env) == field_envs - {"STAGEWRIGHT_NAMESPACES"}
+    # Optional settings are rendered only when configured (watchNamespaces, caBundle.configMap).
+    assert set(env) == field_envs - {"STAGEWRIGHT_NAMESPACES", "STAGEWRIGHT_CA_BUNDLE_CONFIGMAP",
+                                     "STAGEWRIGHT_CA_BUNDLE_FILE"}
     baseline = Settings()
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -215,6 +217,23 @@ def test_values_reach_the_deployment() -> None:
         validate(obj)
 
 
+def test_ca_bundle_reaches_the_operator_and_its_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """caBundle mounts the ConfigMap into the operator and names it for the build pods."""
+    objs = helm_template("caBundle.configMap=corp-ca", "caBundle.key=root.pem")
+    deployment = one(objs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    items = [{"key": "root.pem", "path": "ca-bundle.crt"}]
+    assert {"name": "ca-bundle", "configMap": {"name": "corp-ca", "items": items}} in pod["volumes"]
+    env = _env(objs)
+    mount = next(m for m in _container(objs)["volumeMounts"] if m["name"] == "ca-bundle")
+    assert env["STAGEWRIGHT_CA_BUNDLE_FILE"].startswith(mount["mountPath"] + "/")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert (settings.ca_bundle_configmap, settings.ca_bundle_key) == ("corp-ca", "root.pem")
+    validate(deployment)
+
+
 def test_image_tag_defaults_to_the_app_version(default: list[Obj]) -> None:
     app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
     assert _container(default)["image"] == f"ghcr.io/stagewright/stagewright:{app_version}"
@@ -230,6 +249,7 @@ def test_image_tag_defaults_to_the_app_version(default: list[Obj]) -> None:
     ("operator.messageLimit=oops", "/operator/messageLimit"),
     ("watchNamespaces={Team_A}", "/watchNamespaces/0"),
     ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
+    ("caBundle.configMap=Corp_CA", "/caBundle/configMap"),
     ("image.digest=latest", "/image/digest"),
     ("operator.extraEnv[0].name=STAGEWRIGHT_NAMESPACES", "/operator/extraEnv/0"),
 ])

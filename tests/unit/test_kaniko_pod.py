@@ -210,3 +210,22 @@ def test_kaniko_is_the_default_builder_and_names_the_container() -> None:
     pod = pod_for(load(HERE / "fixtures" / "git-runtime.yaml"))
     assert pod["metadata"]["labels"]["stagewright.dev/builder"] == "kaniko"
     assert [c["name"] for c in pod["spec"]["containers"]] == ["kaniko"]
+
+
+def test_ca_bundle_is_added_to_kanikos_trust() -> None:
+    """The bundle's directory follows the image's own in SSL_CERT_DIR: added, not replacing."""
+    settings = SETTINGS.model_copy(update={"ca_bundle_configmap": "corp-ca",
+                                           "ca_bundle_key": "root.pem"})
+    build = load(HERE / "fixtures" / "git-runtime.yaml")
+    pod = build_pod(build, settings, key="1", attempt=1)
+    container = pod["spec"]["containers"][0]
+    assert {"name": "SSL_CERT_DIR",
+            "value": "/kaniko/ssl/certs:/kaniko/ssl/extra-certs"} in container["env"]
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "ca-bundle")
+    assert volume["configMap"] == {"name": "corp-ca",
+                                   "items": [{"key": "root.pem", "path": "ca-bundle.crt"}]}
+    assert {"name": "ca-bundle", "mountPath": "/kaniko/ssl/extra-certs",
+            "readOnly": True} in container["volumeMounts"]
+    kubernetes_validate.validate(pod, "1.33.0", strict=True)
+    without = pod_for(build)["spec"]
+    assert not any(v["name"] == "ca-bundle" for v in without["volumes"])

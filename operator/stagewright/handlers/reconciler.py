@@ -145,6 +145,9 @@ class Reconciler:
                 missing += [f"key {key} of ConfigMap {source.name}"
                             for key in missing_context_keys(source, keys)]
                 files = context_files(source, keys)
+        bundle = self.settings.ca_bundle_configmap
+        if bundle and await self.api.get_configmap(namespace, bundle) is None:
+            missing.append(f"ConfigMap {bundle} (the operator's CA bundle)")
         git_secret = spec.source.git.secret_ref if spec.source.git else None
         for ref in (spec.output.push_secret_ref, git_secret):
             if ref is not None and await self.api.get_secret(namespace, ref.name) is None:

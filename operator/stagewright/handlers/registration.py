@@ -61,7 +61,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any)
     api = await clients.enter_async_context(KubeApi(load_configuration()))
     # One registry client for the operator's life: its bearer tokens are reused across builds.
     registry = await clients.enter_async_context(
-        RegistryClient(timeout=operator_settings.registry_timeout_seconds))
+        RegistryClient(timeout=operator_settings.registry_timeout_seconds,
+                       ca_bundle=operator_settings.ca_bundle_file))
     memo.reconciler = Reconciler(api, registry, operator_settings, kopf_settings=settings)
     memo.resync = asyncio.create_task(_resync(memo.reconciler, unsettled, operator_settings))
 

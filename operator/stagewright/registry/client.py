@@ -17,6 +17,7 @@ import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -159,10 +160,12 @@ class RegistryClient:
     total, and manifest bodies by ``max_manifest_bytes``.
     """
 
-    def __init__(self, timeout: float, max_manifest_bytes: int = MAX_MANIFEST_BYTES) -> None:
+    def __init__(self, timeout: float, max_manifest_bytes: int = MAX_MANIFEST_BYTES,
+                 ca_bundle: Path | None = None) -> None:
         if timeout <= 0 or max_manifest_bytes <= 0:
             raise ValueError("timeout and max_manifest_bytes must be positive")
         self._timeout = timeout
+        self._ca_bundle = ca_bundle
         self._max_manifest_bytes = max_manifest_bytes
         self._verified: httpx.AsyncClient | None = None
         self._unverified: httpx.AsyncClient | None = None
@@ -188,12 +191,20 @@ class RegistryClient:
 
     def _new_client(self, *, verify: bool) -> httpx.AsyncClient:
         return httpx.AsyncClient(
-            verify=verify,
+            verify=self.trust_context() if verify else False,
             timeout=self._timeout,
             follow_redirects=True,
             max_redirects=5,
             headers={"User-Agent": "stagewright"},
         )
+
+    def trust_context(self) -> ssl.SSLContext:
+        """The system's CAs plus the CA bundle, if any: added to the default trust, never
+        replacing it (as ``SSL_CERT_FILE`` would)."""
+        context = ssl.create_default_context()
+        if self._ca_bundle is not None:
+            context.load_verify_locations(cafile=str(self._ca_bundle))
+        return context
 
     def _client(self, *, verify: bool) -> httpx.AsyncClient:
         if self._verified is None:

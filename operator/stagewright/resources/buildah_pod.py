@@ -18,6 +18,7 @@ from stagewright.resources.pod_common import (
     WORKSPACE_DIR,
     BuilderParts,
     build_container,
+    ca_bundle_volume,
     context_volumes,
     push_secret_volume,
 )
@@ -26,6 +27,11 @@ from stagewright.settings import Settings
 #: Where the push Secret's ``config.json`` is mounted; REGISTRY_AUTH_FILE points buildah there
 #: for every registry access: base image pulls, the layer cache and the pushes.
 AUTH_DIR = "/var/run/stagewright/registry-auth"
+#: Where the operator's extra CA bundle is mounted; SSL_CERT_DIR adds it to the trust.
+EXTRA_CA_DIR = "/var/run/stagewright/extra-certs"
+#: Go's own certificate directories on Linux, kept in SSL_CERT_DIR so that setting it adds
+#: the bundle instead of replacing them (Go still reads its default bundle file as well).
+SYSTEM_CERT_DIRS = ("/etc/ssl/certs", "/etc/pki/tls/certs")
 #: Buildah's image store: an emptyDir, so layers land on the node's ephemeral storage (counted
 #: against the pod's limit) instead of the container's overlay root.
 STORAGE_DIR = "/var/lib/containers"
@@ -128,13 +134,15 @@ def buildah_args(spec: ImageBuildSpec) -> list[str]:
     return args
 
 
-def _env(spec: ImageBuildSpec) -> list[dict[str, Any]]:
+def _env(spec: ImageBuildSpec, *, ca_bundle: bool) -> list[dict[str, Any]]:
     # vfs needs no mounts and works on any node filesystem, overlay included.
     env: list[dict[str, Any]] = [{"name": "STORAGE_DRIVER", "value": "vfs"}]
     if spec.output.push_secret_ref is not None:
         env.append({"name": "REGISTRY_AUTH_FILE", "value": f"{AUTH_DIR}/config.json"})
     if spec.output.insecure:
         env.append({"name": INSECURE_REGISTRY_ENV, "value": spec.output.registry})
+    if ca_bundle:
+        env.append({"name": "SSL_CERT_DIR", "value": ":".join((*SYSTEM_CERT_DIRS, EXTRA_CA_DIR))})
     return env
 
 
@@ -151,9 +159,13 @@ def buildah_container(spec: ImageBuildSpec, settings: Settings,
     if secret is not None:
         volumes.append(secret)
         mounts.append({"name": secret["name"], "mountPath": AUTH_DIR, "readOnly": True})
+    ca_volume = ca_bundle_volume(settings)
+    if ca_volume is not None:
+        volumes.append(ca_volume)
+        mounts.append({"name": ca_volume["name"], "mountPath": EXTRA_CA_DIR, "readOnly": True})
     container = build_container(
         spec, settings, image=settings.buildah_image, command=["sh", "-c", BUILD_SCRIPT, "sh"],
-        args=buildah_args(spec), env=_env(spec), mounts=mounts,
+        args=buildah_args(spec), env=_env(spec, ca_bundle=ca_volume is not None), mounts=mounts,
         security={"capabilities": {"drop": ["ALL"], "add": BUILDAH_CAPABILITIES}},
     )
     return BuilderParts(container, volumes, {APPARMOR_ANNOTATION: "unconfined"})

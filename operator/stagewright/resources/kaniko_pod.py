@@ -14,6 +14,7 @@ from stagewright.resources.pod_common import (
     WORKSPACE_DIR,
     BuilderParts,
     build_container,
+    ca_bundle_volume,
     context_volumes,
     is_commit,
     push_secret_volume,
@@ -22,6 +23,10 @@ from stagewright.settings import Settings
 
 #: Where Kaniko looks for registry credentials; a different path is the classic failure.
 DOCKER_CONFIG_DIR = "/kaniko/.docker"
+#: Where the Kaniko image keeps its CA certificates (upstream's deploy/Dockerfile sets
+#: SSL_CERT_DIR to it); the operator's extra CA bundle is mounted beside them.
+KANIKO_CERT_DIR = "/kaniko/ssl/certs"
+EXTRA_CA_DIR = "/kaniko/ssl/extra-certs"
 
 #: Kaniko runs as root inside its container to unpack base images and run RUN steps; these
 #: are the capabilities that needs (the runtime's defaults minus network and device ones).
@@ -111,8 +116,17 @@ def kaniko_container(spec: ImageBuildSpec, settings: Settings,
     if secret is not None:
         volumes.append(secret)
         mounts.append({"name": secret["name"], "mountPath": DOCKER_CONFIG_DIR, "readOnly": True})
+    env = _env(spec)
+    ca_volume = ca_bundle_volume(settings)
+    if ca_volume is not None:
+        # Go reads every PEM file in each directory of a colon-separated SSL_CERT_DIR: the
+        # bundle's directory after the image's own adds to the default trust of every
+        # registry (push, cache, base images) instead of replacing it.
+        volumes.append(ca_volume)
+        mounts.append({"name": ca_volume["name"], "mountPath": EXTRA_CA_DIR, "readOnly": True})
+        env.append({"name": "SSL_CERT_DIR", "value": f"{KANIKO_CERT_DIR}:{EXTRA_CA_DIR}"})
     container = build_container(
-        spec, settings, image=settings.kaniko_image, args=kaniko_args(spec), env=_env(spec),
+        spec, settings, image=settings.kaniko_image, args=kaniko_args(spec), env=env,
         mounts=mounts,
         security={"capabilities": {"drop": ["ALL"], "add": KANIKO_CAPABILITIES}},
     )

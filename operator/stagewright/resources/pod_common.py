@@ -136,6 +136,18 @@ def push_secret_volume(spec: ImageBuildSpec) -> dict[str, Any] | None:
     }
 
 
+def ca_bundle_volume(settings: Settings) -> dict[str, Any] | None:
+    """The operator's extra CA bundle as a volume with one file, ``ca-bundle.crt``.
+
+    Each builder mounts it in a directory of its own and adds that to its trust.
+    """
+    if not settings.ca_bundle_configmap:
+        return None
+    return {"name": "ca-bundle", "configMap": {
+        "name": settings.ca_bundle_configmap,
+        "items": [{"key": settings.ca_bundle_key, "path": "ca-bundle.crt"}]}}
+
+
 def deadline_seconds(spec: ImageBuildSpec, settings: Settings) -> int:
     """The build's deadline in whole seconds (the spec's timeout, else the operator's)."""
     timeout = parse_duration(spec.timeout or settings.default_timeout)

@@ -1,0 +1,160 @@
+"""The sandbox's own images, made with buildah and pushed to its registry (nothing is pulled).
+
+- ``busybox``: busybox-static in an otherwise empty image, the base of every test Dockerfile
+  (~1 MB compressed). No base image can be pulled on these machines.
+- ``pause``: the same rootfs with a sleep-forever entrypoint, containerd's ``sandbox_image``.
+- ``kaniko``: the real Kaniko executor from ``../shared/kaniko/`` (or the file
+  ``STAGEWRIGHT_KANIKO_EXECUTOR`` names) laid out as upstream's ``deploy/Dockerfile`` does,
+  so build pods run Kaniko exactly as in production. Its checksum is verified; where the file
+  is absent, :class:`KanikoMissingError` says so and callers skip or stop, never fall back.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandbox.buildah import buildah_env, remove_storage
+from sandbox.controlplane import REPO_ROOT
+
+#: Where busybox-static puts its binary (Debian package ``busybox-static``).
+BUSYBOX = Path("/bin/busybox")
+#: The applets linked into /bin: enough for shell-script RUN steps.
+APPLETS = (
+    "sh", "ash", "ls", "cat", "echo", "printf", "mkdir", "cp", "mv", "rm", "ln", "dd", "head",
+    "tail", "sed", "grep", "wc", "sleep", "test", "[", "true", "false", "env", "chmod",
+    "chown", "tar", "gzip", "gunzip", "touch", "find", "sort", "uniq", "tr", "cut", "date",
+    "id", "whoami", "hostname", "uname", "du", "df", "pwd", "basename", "dirname", "sha256sum",
+    "md5sum", "xargs", "awk", "expr", "seq", "yes", "stat", "readlink", "realpath", "which",
+    "vi", "less", "more", "tee", "diff", "cmp", "kill",
+)
+KANIKO_VERSION = "v1.28.3"
+#: The executor the operator pins, kept next to the repository with its provenance (README).
+DEFAULT_KANIKO_EXECUTOR = (REPO_ROOT.parent / "shared" / "kaniko"
+                           / f"executor-{KANIKO_VERSION}-linux-amd64.gz")
+KANIKO_EXECUTOR_ENV = "STAGEWRIGHT_KANIKO_EXECUTOR"
+KANIKO_SHA256 = "a1dd844d1d20e5e5b626499f685470660eca81e9586f60a1b483dbe40735a643"
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+#: The pause container's whole job: hold the pod's namespaces, exit cleanly on TERM.
+PAUSE_SCRIPT = 'trap "exit 0" TERM INT; while :; do sleep 3600 & wait $!; done'
+
+
+class KanikoMissingError(RuntimeError):
+    """The Kaniko executor is not where the sandbox looks for it (a clone outside the project)."""
+
+
+@dataclass(frozen=True)
+class SandboxImages:
+    """References of the pushed images, as pods (and containerd) name them."""
+
+    base: str
+    pause: str
+    kaniko: str
+
+
+def kaniko_executor() -> Path:
+    """The gzipped Kaniko executor, or :class:`KanikoMissingError` saying where it was sought."""
+    path = Path(os.environ.get(KANIKO_EXECUTOR_ENV, DEFAULT_KANIKO_EXECUTOR))
+    if not path.is_file():
+        raise KanikoMissingError(
+            f"the Kaniko executor {path} is missing (set {KANIKO_EXECUTOR_ENV} to "
+            f"executor-{KANIKO_VERSION}-linux-amd64.gz; see ../shared/kaniko/README.md)")
+    return path
+
+
+def build_images(registry: str, *, work_dir: Path) -> SandboxImages:
+    """Build the three images in one private buildah store and push them to ``registry``."""
+    executor = kaniko_executor()
+    scratch = Path(tempfile.mkdtemp(prefix="sandbox-images-", dir=work_dir))
+    try:
+        builder = _Buildah(scratch, registry)
+        rootfs = _busybox_rootfs(scratch / "busybox")
+        base = builder.image(rootfs, f"{registry}/stagewright-sandbox/busybox:latest",
+                             ["--cmd", "/bin/sh", "--env", "PATH=/bin:/usr/bin",
+                              "--workingdir", "/"])
+        pause = builder.image(rootfs, f"{registry}/stagewright-sandbox/pause:latest",
+                              ["--entrypoint", f'["/bin/sh", "-c", {json.dumps(PAUSE_SCRIPT)}]',
+                               "--cmd", "", "--env", "PATH=/bin"])
+        kaniko_rootfs = _kaniko_rootfs(scratch / "kaniko", executor)
+        kaniko = builder.image(kaniko_rootfs, f"{registry}/stagewright-sandbox/kaniko:"
+                               f"{KANIKO_VERSION}", [
+            "--env", "HOME=/root", "--env", "USER=root",
+            "--env", "PATH=/usr/local/bin:/kaniko", "--env", "SSL_CERT_DIR=/kaniko/ssl/certs",
+            "--env", "DOCKER_CONFIG=/kaniko/.docker/", "--workingdir", "/workspace",
+            "--entrypoint", '["/kaniko/executor"]', "--cmd", ""])
+    finally:
+        remove_storage(scratch)
+    return SandboxImages(base=base, pause=pause, kaniko=kaniko)
+
+
+class _Buildah:
+    """``buildah from scratch`` + copy + config + commit + push, in one private store."""
+
+    def __init__(self, scratch: Path, registry: str) -> None:
+        self.env = buildah_env(scratch, insecure_registries=(registry,))
+        # vfs: these steps run in this mount namespace, and vfs mounts nothing.
+        self.argv = ["buildah", "--root", str(scratch / "root"), "--runroot",
+                     str(scratch / "runroot"), "--storage-driver", "vfs"]
+
+    def image(self, rootfs: Path, reference: str, config: list[str]) -> str:
+        container = self._run("from", "scratch").strip()
+        self._run("copy", container, f"{rootfs}/", "/")
+        self._run("config", "--os", "linux", "--arch", "amd64", *config, container)
+        local = f"localhost/{reference.rsplit('/', 1)[-1]}"
+        self._run("commit", "--quiet", "--rm", "--format", "docker", container, local)
+        self._run("push", "--format", "docker", "--tls-verify=false", local,
+                  f"docker://{reference}")
+        return reference
+
+    def _run(self, *args: str) -> str:
+        done = subprocess.run([*self.argv, *args], env=self.env, capture_output=True, text=True,
+                              check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"buildah {' '.join(args[:3])} ... failed ({done.returncode}): "
+                               f"{done.stderr}")
+        return done.stdout
+
+
+def _busybox_rootfs(rootfs: Path) -> Path:
+    """/bin/busybox plus one symlink per applet, and the usual dirs."""
+    if not BUSYBOX.exists():
+        raise FileNotFoundError(f"{BUSYBOX} is missing: apt-get install -y busybox-static")
+    bin_dir = rootfs / "bin"
+    bin_dir.mkdir(parents=True)
+    for name in ("tmp", "etc", "root", "usr/bin", "var", "workspace"):
+        (rootfs / name).mkdir(parents=True, exist_ok=True)
+    (rootfs / "tmp").chmod(0o1777)
+    shutil.copy2(BUSYBOX, bin_dir / "busybox")
+    for applet in sorted(set(APPLETS)):
+        os.symlink("busybox", bin_dir / applet)
+    (rootfs / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (rootfs / "etc" / "group").write_text("root:x:0:\n")
+    return rootfs
+
+
+def _kaniko_rootfs(rootfs: Path, executor_gz: Path) -> Path:
+    """Upstream's layout: /kaniko/executor, /kaniko/.docker, CA bundle, nsswitch.conf."""
+    kaniko = rootfs / "kaniko"
+    (kaniko / ".docker").mkdir(parents=True)
+    (kaniko / "ssl" / "certs").mkdir(parents=True)
+    (rootfs / "etc").mkdir()
+    (rootfs / "workspace").mkdir()
+    executor = kaniko / "executor"
+    with gzip.open(executor_gz, "rb") as source, executor.open("wb") as target:
+        shutil.copyfileobj(source, target)
+    digest = hashlib.sha256(executor.read_bytes()).hexdigest()
+    if digest != KANIKO_SHA256:
+        raise KanikoMissingError(f"{executor_gz}: sha256 {digest}, expected {KANIKO_SHA256} "
+                                 "(a broken checkout; see ../shared/kaniko/README.md)")
+    executor.chmod(0o755)
+    kaniko.chmod(0o777)
+    shutil.copyfile(HOST_CA_BUNDLE, kaniko / "ssl" / "certs" / "ca-certificates.crt")
+    (rootfs / "etc" / "nsswitch.conf").write_text("hosts: files dns\n")
+    return rootfs
