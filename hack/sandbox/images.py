@@ -7,6 +7,8 @@
   ``STAGEWRIGHT_KANIKO_EXECUTOR`` names) laid out as upstream's ``deploy/Dockerfile`` does,
   so build pods run Kaniko exactly as in production. Its checksum is verified; where the file
   is absent, :class:`KanikoMissingError` says so and callers skip or stop, never fall back.
+- ``buildah``: Debian's buildah laid out as upstream's image works (``sandbox.buildah_image``),
+  for ImageBuilds with ``builder: buildah``; cached by content, so usually only uploaded.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox.buildah import buildah_env, remove_storage
+from sandbox.buildah_image import push_buildah_image
 from sandbox.controlplane import REPO_ROOT
 
 #: Where busybox-static puts its binary (Debian package ``busybox-static``).
@@ -57,6 +60,7 @@ class SandboxImages:
     base: str
     pause: str
     kaniko: str
+    buildah: str
 
 
 def kaniko_executor() -> Path:
@@ -70,7 +74,7 @@ def kaniko_executor() -> Path:
 
 
 def build_images(registry: str, *, work_dir: Path) -> SandboxImages:
-    """Build the three images in one private buildah store and push them to ``registry``."""
+    """Build the images in one private buildah store and push them to ``registry``."""
     executor = kaniko_executor()
     scratch = Path(tempfile.mkdtemp(prefix="sandbox-images-", dir=work_dir))
     try:
@@ -91,7 +95,8 @@ def build_images(registry: str, *, work_dir: Path) -> SandboxImages:
             "--entrypoint", '["/kaniko/executor"]', "--cmd", ""])
     finally:
         remove_storage(scratch)
-    return SandboxImages(base=base, pause=pause, kaniko=kaniko)
+    buildah = push_buildah_image(registry)
+    return SandboxImages(base=base, pause=pause, kaniko=kaniko, buildah=buildah)
 
 
 class _Buildah:
