@@ -5,11 +5,12 @@ it, so it lays out the host's own buildah the way that image works: the binary w
 libraries ``ldd`` names, Debian's containers config (policy.json, registries.conf,
 containers.conf, seccomp.json), a CA bundle, busybox for the pod's ``sh`` script, and
 ``BUILDAH_ISOLATION=chroot`` as upstream's image sets it. No runc: with chroot isolation buildah
-runs RUN steps itself and never calls an OCI runtime. About 30 MB, no git (so no git contexts).
+runs RUN steps itself and never calls an OCI runtime. About 26 MB (12 MB compressed); no git,
+so no git contexts in the sandbox.
 
-The image is cached by content as an OCI archive under ``~/.cache/stagewright``: the key
-hashes every file that goes in, so a Debian upgrade of buildah or a library makes a new one,
-and a later run only uploads the archive (``skopeo copy``, about a second).
+``sandbox.images`` builds it once per content key into an OCI archive under
+``~/.cache/stagewright``: the key hashes every file that goes in, so a Debian upgrade of
+buildah or a library makes a new one, and later runs only upload the archive (``skopeo copy``).
 """
 
 from __future__ import annotations
@@ -19,11 +20,7 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-
-from sandbox.buildah import buildah_env, remove_storage
 
 BUILDAH = Path("/usr/bin/buildah")
 BUSYBOX = Path("/bin/busybox")
@@ -91,56 +88,16 @@ IMAGE_CONFIG = ["--env", "PATH=/usr/bin:/bin", "--env", "BUILDAH_ISOLATION=chroo
                 "--env", "HOME=/root", "--workingdir", "/", "--cmd", "/bin/sh"]
 
 
-def buildah_archive(cache_dir: Path = CACHE_DIR) -> Path:
-    """The Buildah image as an OCI archive, built once per content key and kept in the cache."""
-    archive = cache_dir / f"buildah-image-{content_key()}.oci.tar"
-    if archive.exists():
-        return archive
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="buildah-image-", dir=cache_dir))
-    try:
-        rootfs = buildah_rootfs(scratch / "rootfs")
-        run = _runner(scratch)
-        container = run("from", "scratch").strip()
-        run("copy", container, f"{rootfs}/", "/")
-        run("config", "--os", "linux", "--arch", "amd64", *IMAGE_CONFIG, container)
-        run("commit", "--quiet", "--rm", "--format", "docker", container, "localhost/buildah")
-        partial = archive.with_suffix(".partial")
-        run("push", "--format", "docker", "localhost/buildah", f"oci-archive:{partial}")
-        partial.rename(archive)  # complete or absent, never half-written
-    finally:
-        remove_storage(scratch)
-    return archive
+def cached_archive(cache_dir: Path = CACHE_DIR) -> Path:
+    """Where the image's OCI archive is kept for the current content (it may not exist yet)."""
+    return cache_dir / f"buildah-image-{content_key()}.oci.tar"
 
 
-def push_buildah_image(registry: str, *, cache_dir: Path = CACHE_DIR,
-                       tag: str = "sandbox") -> str:
-    """Push the (cached) Buildah image to a plain-HTTP ``registry``; returns its reference."""
-    archive = buildah_archive(cache_dir)
-    reference = f"{registry}/stagewright-sandbox/buildah:{tag}"
-    scratch = Path(tempfile.mkdtemp(prefix="buildah-push-", dir=cache_dir))
-    try:
-        env = buildah_env(scratch, insecure_registries=(registry,))
-        subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false",
-                        f"oci-archive:{archive}", f"docker://{reference}"],
-                       env=env, check=True, capture_output=True)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+def push_archive(archive: Path, reference: str, env: dict[str, str]) -> str:
+    """Upload a cached OCI archive to a plain-HTTP registry as it is (no rebuild, no recompress)."""
+    done = subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false",
+                           f"oci-archive:{archive}", f"docker://{reference}"],
+                          env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"skopeo copy {archive} failed ({done.returncode}): {done.stderr}")
     return reference
-
-
-def _runner(scratch: Path) -> Callable[..., str]:
-    """Run buildah in a private store under ``scratch`` (vfs: it mounts nothing)."""
-    env = buildah_env(scratch)
-    argv = ["buildah", "--root", str(scratch / "root"), "--runroot", str(scratch / "runroot"),
-            "--storage-driver", "vfs"]
-
-    def run(*args: str) -> str:
-        done = subprocess.run([*argv, *args], env=env, capture_output=True, text=True,
-                              check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"buildah {' '.join(args[:2])} failed ({done.returncode}): "
-                               f"{done.stderr}")
-        return done.stdout
-
-    return run

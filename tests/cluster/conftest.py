@@ -18,8 +18,8 @@ import pytest
 from sandbox.images import KanikoMissingError, kaniko_executor
 from sandbox.stack import Sandbox
 
-REQUIRED = ("etcd", "docker-registry", "buildah", "openssl", "containerd", "runc", "iptables",
-            "ip", "git")
+REQUIRED = ("etcd", "docker-registry", "buildah", "skopeo", "openssl", "containerd", "runc",
+            "iptables", "ip", "git")
 
 
 @pytest.fixture(scope="session")

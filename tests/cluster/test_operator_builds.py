@@ -159,6 +159,20 @@ def test_invalid_spec_the_schema_cannot_catch_ends_in_failed(sandbox: Sandbox,
     assert sandbox.operator.running
 
 
+def test_a_source_buildah_cannot_build_ends_invalid_spec_without_a_pod(
+        sandbox: Sandbox, namespace: str) -> None:
+    """The CRD accepts an s3:// context (Kaniko builds it); the operator says Buildah cannot."""
+    admin = sandbox.admin
+    build = imagebuild(sandbox, namespace, "from-s3", builder="buildah")
+    build["spec"]["source"] = {"url": "s3://bucket/ctx.tar.gz"}
+    admin.apply([build])
+    status = sandbox.wait_settled("from-s3", namespace)["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "InvalidSpec"), status
+    assert "builder buildah cannot build this source" in status["message"]
+    assert "s3://" in status["message"]
+    assert pods(sandbox, namespace, "from-s3") == []
+
+
 def test_spec_change_mid_build_cancels_and_builds_the_new_spec(sandbox: Sandbox,
                                                                namespace: str) -> None:
     admin = sandbox.admin
@@ -244,8 +258,10 @@ def test_timeout_ends_in_failed_timeout(sandbox: Sandbox, namespace: str) -> Non
     assert "timeout" in status["message"].lower()
 
 
+@BUILDERS
 def test_push_secret_is_used_for_push_and_for_the_digest_check(sandbox: Sandbox,
-                                                                namespace: str) -> None:
+                                                                namespace: str,
+                                                                builder: str) -> None:
     admin = sandbox.admin
     # FROM scratch: output.insecure covers the private registry only, not the base's.
     admin.apply([context(namespace, "FROM scratch\nCOPY Dockerfile /Dockerfile\n")])
@@ -259,9 +275,10 @@ def test_push_secret_is_used_for_push_and_for_the_digest_check(sandbox: Sandbox,
         image = f"{private.host}/team/private"
         admin.apply([
             imagebuild(sandbox, namespace, "no-creds", cache={"enabled": False},
-                       output={"image": image}),
+                       output={"image": image}, builder=builder),
             imagebuild(sandbox, namespace, "with-creds", cache={"enabled": False},
-                       output={"image": image + "-ok", "pushSecretRef": {"name": "regcred"}}),
+                       output={"image": image + "-ok", "pushSecretRef": {"name": "regcred"}},
+                       builder=builder),
         ])
         denied = sandbox.wait_settled("no-creds", namespace)["status"]
         assert (denied["phase"], denied["reason"]) == ("Failed", "PushFailed"), denied
