@@ -7,6 +7,7 @@ Kaniko executor from ``../shared/kaniko/``; where it is absent the tier skips, s
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -40,7 +41,9 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 
 @pytest.fixture
 def namespace(sandbox: Sandbox, request: pytest.FixtureRequest) -> str:
-    """A fresh namespace named after the test."""
-    name = "t-" + re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-")
+    """A fresh namespace named after the test; a hash of the whole name keeps the variants of a
+    parametrised test apart when their names agree in the first 50 characters."""
+    readable = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-")
+    name = f"t-{readable}-{hashlib.sha256(request.node.name.encode()).hexdigest()[:6]}"
     sandbox.admin.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}])
     return name
