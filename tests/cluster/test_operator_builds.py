@@ -119,8 +119,8 @@ def test_failing_run_step_fails_with_the_command_in_the_message(sandbox: Sandbox
     admin.apply([context(namespace, dockerfile)])
     admin.apply([imagebuild(sandbox, namespace, "broken", builder=builder)])
     status = sandbox.wait_settled("broken", namespace)["status"]
-    assert status["phase"] == "Failed"
-    assert status["reason"] == "BuildFailed"
+    assert status["phase"] == "Failed", status
+    assert status["reason"] == "BuildFailed", status["message"]
     assert "ls /no/such/dir" in status["message"]
     # The first line says who failed, at which step.
     first_line = status["message"].splitlines()[0]

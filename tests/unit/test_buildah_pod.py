@@ -68,6 +68,14 @@ def test_one_container_named_buildah_running_the_constant_script() -> None:
     assert pod["spec"]["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
 
 
+def test_each_pod_gets_its_own_capability_list() -> None:
+    """Editing one built pod (as a test or an admission webhook might) changes no other."""
+    first, second = pod_for(load()), pod_for(load())
+    first["spec"]["containers"][0]["securityContext"]["capabilities"]["add"].clear()
+    assert second["spec"]["containers"][0]["securityContext"]["capabilities"]["add"]
+    assert pod_for(load())["spec"]["containers"][0]["securityContext"]["capabilities"]["add"]
+
+
 def test_privileges_are_the_measured_minimum() -> None:
     """Not privileged; ALL dropped, then only what a build measured to need (docs/install.md)."""
     pod = pod_for(load())

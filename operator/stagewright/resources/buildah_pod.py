@@ -78,14 +78,14 @@ printf '%s' "$digest" > {TERMINATION_LOG}
 #: in a chroot). SYS_ADMIN is for the mount namespace and bind mounts of ``--isolation chroot``;
 #: without it buildah tries a user namespace, which RuntimeDefault seccomp forbids. The
 #: runtime's RuntimeDefault profile opens mount/unshare only because SYS_ADMIN is granted.
-BUILDAH_CAPABILITIES = [
+BUILDAH_CAPABILITIES = (
     "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETFCAP", "SETGID", "SETUID",
     "SYS_CHROOT", "SYS_ADMIN",
-]
+)
 #: Capabilities of buildah's default RUN set that the pod does not get, so RUN steps do not
 #: ask for them (binding ports below 1024, changing capability sets); Kaniko's RUN steps
 #: lack them too.
-RUN_CAPS_DROPPED = ["NET_BIND_SERVICE", "SETPCAP"]
+RUN_CAPS_DROPPED = ("NET_BIND_SERVICE", "SETPCAP")
 #: AppArmor's runtime default profile denies mount(2), which chroot isolation needs; on nodes
 #: without AppArmor the kubelet accepts (and ignores) ``unconfined``.
 APPARMOR_ANNOTATION = "container.apparmor.security.beta.kubernetes.io/buildah"
@@ -166,6 +166,6 @@ def buildah_container(spec: ImageBuildSpec, settings: Settings,
     container = build_container(
         spec, settings, image=settings.buildah_image, command=["sh", "-c", BUILD_SCRIPT, "sh"],
         args=buildah_args(spec), env=_env(spec, ca_bundle=ca_volume is not None), mounts=mounts,
-        security={"capabilities": {"drop": ["ALL"], "add": BUILDAH_CAPABILITIES}},
+        security={"capabilities": {"drop": ["ALL"], "add": list(BUILDAH_CAPABILITIES)}},
     )
     return BuilderParts(container, volumes, {APPARMOR_ANNOTATION: "unconfined"})

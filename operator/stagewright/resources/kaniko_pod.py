@@ -30,7 +30,7 @@ EXTRA_CA_DIR = "/kaniko/ssl/extra-certs"
 
 #: Kaniko runs as root inside its container to unpack base images and run RUN steps; these
 #: are the capabilities that needs (the runtime's defaults minus network and device ones).
-KANIKO_CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID"]
+KANIKO_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID")
 
 
 def kaniko_context(spec: ImageBuildSpec) -> str:
@@ -128,6 +128,6 @@ def kaniko_container(spec: ImageBuildSpec, settings: Settings,
     container = build_container(
         spec, settings, image=settings.kaniko_image, args=kaniko_args(spec), env=env,
         mounts=mounts,
-        security={"capabilities": {"drop": ["ALL"], "add": KANIKO_CAPABILITIES}},
+        security={"capabilities": {"drop": ["ALL"], "add": list(KANIKO_CAPABILITIES)}},
     )
     return BuilderParts(container, volumes)
