@@ -1,10 +1,12 @@
 """The Buildah container of a build pod: pure, no I/O, so every argument is unit-tested.
 
-Buildah needs more than one command (build, then one push per tag), so the container runs
-:data:`BUILD_SCRIPT`, a constant, as ``sh -c BUILD_SCRIPT sh ARG...``. The script reads user
-input only as ``"$@"`` and quoted variables, never as code: a build argument, label or tag
-with shell metacharacters stays one argument. The only value it writes into a file is the
-output registry's host, which the API already restricts to ``host[:port]`` characters.
+Buildah needs more than one command (build, then one push per tag), and they must share one
+image store and end in one exit code and one termination message (what status reads), so the
+one container runs :data:`BUILD_SCRIPT`, a constant, as ``sh -c BUILD_SCRIPT sh ARG...``,
+with the arguments still a list. The script reads user input only as ``"$@"`` and quoted
+variables, never as code: a build argument, label or tag with shell metacharacters stays one
+argument. The only value it writes into a file is the output registry's host, which the API
+already restricts to ``host[:port]`` characters.
 """
 
 from __future__ import annotations
