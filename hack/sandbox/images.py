@@ -7,6 +7,8 @@
   ``STAGEWRIGHT_KANIKO_EXECUTOR`` names) laid out as upstream's ``deploy/Dockerfile`` does,
   so build pods run Kaniko exactly as in production. Its checksum is verified; where the file
   is absent, :class:`KanikoMissingError` says so and callers skip or stop, never fall back.
+- ``buildah``: Debian's buildah laid out as upstream's image works (``sandbox.buildah_image``),
+  for ImageBuilds with ``builder: buildah``; cached by content, so usually only uploaded.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox.buildah import buildah_env, remove_storage
+from sandbox.buildah_image import IMAGE_CONFIG as BUILDAH_IMAGE_CONFIG
+from sandbox.buildah_image import buildah_rootfs, cached_archive, push_archive
 from sandbox.controlplane import REPO_ROOT
 
 #: Where busybox-static puts its binary (Debian package ``busybox-static``).
@@ -57,6 +61,7 @@ class SandboxImages:
     base: str
     pause: str
     kaniko: str
+    buildah: str
 
 
 def kaniko_executor() -> Path:
@@ -70,7 +75,7 @@ def kaniko_executor() -> Path:
 
 
 def build_images(registry: str, *, work_dir: Path) -> SandboxImages:
-    """Build the three images in one private buildah store and push them to ``registry``."""
+    """Build the images in one private buildah store and push them to ``registry``."""
     executor = kaniko_executor()
     scratch = Path(tempfile.mkdtemp(prefix="sandbox-images-", dir=work_dir))
     try:
@@ -89,9 +94,23 @@ def build_images(registry: str, *, work_dir: Path) -> SandboxImages:
             "--env", "PATH=/usr/local/bin:/kaniko", "--env", "SSL_CERT_DIR=/kaniko/ssl/certs",
             "--env", "DOCKER_CONFIG=/kaniko/.docker/", "--workingdir", "/workspace",
             "--entrypoint", '["/kaniko/executor"]', "--cmd", ""])
+        buildah = _buildah_image(builder, f"{registry}/stagewright-sandbox/buildah:sandbox",
+                                 scratch)
     finally:
         remove_storage(scratch)
-    return SandboxImages(base=base, pause=pause, kaniko=kaniko)
+    return SandboxImages(base=base, pause=pause, kaniko=kaniko, buildah=buildah)
+
+
+def _buildah_image(builder: _Buildah, reference: str, scratch: Path) -> str:
+    """Debian's buildah as an image: built into the cache once per content, then uploaded."""
+    archive = cached_archive()
+    if not archive.exists():
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        partial = archive.with_suffix(".partial")
+        builder.image(buildah_rootfs(scratch / "buildah"), reference, BUILDAH_IMAGE_CONFIG,
+                      destination=f"oci-archive:{partial}")
+        partial.rename(archive)  # complete or absent, never half-written
+    return push_archive(archive, reference, builder.env)
 
 
 class _Buildah:
@@ -103,14 +122,16 @@ class _Buildah:
         self.argv = ["buildah", "--root", str(scratch / "root"), "--runroot",
                      str(scratch / "runroot"), "--storage-driver", "vfs"]
 
-    def image(self, rootfs: Path, reference: str, config: list[str]) -> str:
+    def image(self, rootfs: Path, reference: str, config: list[str],
+              destination: str | None = None) -> str:
+        """Make the image; push it to ``reference``, or to ``destination`` (any transport)."""
         container = self._run("from", "scratch").strip()
         self._run("copy", container, f"{rootfs}/", "/")
         self._run("config", "--os", "linux", "--arch", "amd64", *config, container)
         local = f"localhost/{reference.rsplit('/', 1)[-1]}"
         self._run("commit", "--quiet", "--rm", "--format", "docker", container, local)
         self._run("push", "--format", "docker", "--tls-verify=false", local,
-                  f"docker://{reference}")
+                  destination or f"docker://{reference}")
         return reference
 
     def _run(self, *args: str) -> str:

@@ -89,7 +89,8 @@ class Sandbox:
         self._timed("node ready", started)
         self.operator = OperatorProcess(
             self.control_plane, self.work_dir / "operator.log",
-            env={"STAGEWRIGHT_KANIKO_IMAGE": self.images.kaniko, **self.operator_env})
+            env={"STAGEWRIGHT_KANIKO_IMAGE": self.images.kaniko,
+                 "STAGEWRIGHT_BUILDAH_IMAGE": self.images.buildah, **self.operator_env})
         self._stack.enter_context(self.operator)
 
     def pod_log(self, name: str, namespace: str = "default") -> str:

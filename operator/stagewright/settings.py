@@ -19,6 +19,8 @@ _DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])
 #: The maintained Kaniko fork (upstream was archived on 2025-06-03). Pinned: a moving tag
 #: would make two builds of the same spec use different executors.
 DEFAULT_KANIKO_IMAGE = "ghcr.io/osscontainertools/kaniko:v1.28.3"
+#: Upstream's Buildah image (builds for ``spec.builder: buildah``), pinned for the same reason.
+DEFAULT_BUILDAH_IMAGE = "quay.io/buildah/stable:v1.43.0"
 
 
 class Settings(BaseSettings):
@@ -28,6 +30,8 @@ class Settings(BaseSettings):
 
     #: The executor image of every build pod; pin by tag or digest.
     kaniko_image: str = DEFAULT_KANIKO_IMAGE
+    #: The image of build pods whose ImageBuild says ``builder: buildah``; pin it too.
+    buildah_image: str = DEFAULT_BUILDAH_IMAGE
     #: Namespaces to watch, comma-separated; empty means the whole cluster.
     namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
     #: Registries the operator may contact and builds may push to, comma-separated host

@@ -14,7 +14,9 @@ from typing import Any
 
 from stagewright.api.reasons import INFRASTRUCTURE_FAILURES, Reason
 from stagewright.api.v1alpha1 import (
+    BUILDER_LABEL,
     CHECKS_ANNOTATION,
+    Builder,
     BuildRecord,
     Condition,
     ImageBuildStatus,
@@ -23,9 +25,10 @@ from stagewright.api.v1alpha1 import (
 )
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-#: Kaniko's own words when the image was built but could not be pushed (its final error
-#: line, or the push-permission check it makes before building). Registry error codes alone
-#: (UNAUTHORIZED, DENIED) are not enough: pulling a private base image fails with them too.
+#: The builder's own words when the image was built but could not be pushed (Kaniko's final
+#: error line or the push-permission check it makes before building; the line the Buildah
+#: pod's script prints when a push fails). Registry error codes alone (UNAUTHORIZED, DENIED)
+#: are not enough: pulling a private base image fails with them too.
 _PUSH_ERRORS = re.compile(
     r"error pushing image|failed to push to destination|error checking push permissions",
 )
@@ -38,8 +41,10 @@ _LOST_POD_REASONS = frozenset({"NodeLost", "Shutdown", "NodeShutdown", "Terminat
 _ANSI_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
 #: A line of the build log that says what failed: Kaniko's final error, or a logged error.
 _ERROR_LINE = re.compile(r"^(error|ERRO|FATA|Error:)", re.IGNORECASE)
-#: Kaniko's log line for the step it is running (``INFO[0001] RUN make``, after stripping).
-_STEP_LINE = re.compile(r"^(?:INFO\[\d+\]\s+|level=info msg=\")?((?:RUN|COPY|ADD)\s.*?)\"?$")
+#: The builder's log line for the step it is running: Kaniko's ``INFO[0001] RUN make``,
+#: Buildah's ``[1/2] STEP 3/5: RUN make`` (the stage prefix only in multi-stage builds).
+_STEP_LINE = re.compile(r"^(?:INFO\[\d+\]\s+|level=info msg=\"|(?:\[\d+/\d+\] )?STEP \d+/\d+: )?"
+                        r"((?:RUN|COPY|ADD)\s.*?)\"?$")
 #: Container waiting reasons that will not clear up by themselves.
 _STUCK_WAITING = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName",
                             "CreateContainerConfigError", "CreateContainerError"})
@@ -77,15 +82,22 @@ class PodOutcome:
         return self.reason in INFRASTRUCTURE_FAILURES
 
 
-def kaniko_terminated(pod: dict[str, Any]) -> dict[str, Any]:
+def pod_builder(pod: dict[str, Any]) -> Builder:
+    """The builder a pod's label names; pods made before the label existed ran Kaniko."""
+    value = ((pod.get("metadata") or {}).get("labels") or {}).get(BUILDER_LABEL)
+    return Builder(value) if value in set(Builder) else Builder.KANIKO
+
+
+def build_terminated(pod: dict[str, Any]) -> dict[str, Any]:
     """The build container's ``terminated`` state, or {} while it has none."""
-    return dict(_kaniko_state(pod).get("terminated") or {})
+    return dict(_build_state(pod, pod_builder(pod)).get("terminated") or {})
 
 
-def _kaniko_state(pod: dict[str, Any]) -> dict[str, Any]:
+def _build_state(pod: dict[str, Any], builder: Builder) -> dict[str, Any]:
+    """The state of the build container, which is named after its builder."""
     statuses = (pod.get("status") or {}).get("containerStatuses") or []
     for status in statuses:
-        if status.get("name") == "kaniko":
+        if status.get("name") == builder.value:
             return dict(status.get("state") or {})
     return {}
 
@@ -94,15 +106,17 @@ def classify_pod(pod: dict[str, Any], *, message_limit: int = 2048) -> PodOutcom
     """Read a build pod's outcome; success is trusted only from the container's exit code."""
     status = pod.get("status") or {}
     phase = status.get("phase")
-    state = _kaniko_state(pod)
+    builder = pod_builder(pod)
+    state = _build_state(pod, builder)
     meta = pod.get("metadata") or {}
-    ended = (_ended_outcome(status, state.get("terminated"), message_limit,
+    ended = (_ended_outcome(status, state.get("terminated"), builder, message_limit,
                             meta.get("annotations") or {})
              if phase in ("Succeeded", "Failed") else None)
     if meta.get("deletionTimestamp") and not (ended and ended.succeeded):
         # Deleted from outside before it finished: the Eviction API (a drain) and a deletion
-        # by hand, which 1.20 cannot tell apart, both end here. Kaniko then dies of SIGTERM,
-        # which would read as a failed build; it is the infrastructure's doing: retried.
+        # by hand, which 1.20 cannot tell apart, both end here. The builder then dies of
+        # SIGTERM, which would read as a failed build; it is the infrastructure's doing:
+        # retried.
         return PodOutcome(finished=True, reason=Reason.EVICTED, message=(
             f"Build pod {meta.get('name', '')} was deleted before it finished (evicted, e.g. "
             "by a node drain, or deleted by hand)."))
@@ -182,7 +196,8 @@ def _unschedulable(status: dict[str, Any]) -> str | None:
 
 
 def _ended_outcome(status: dict[str, Any], terminated: dict[str, Any] | None,
-                   message_limit: int, pod_annotations: dict[str, str]) -> PodOutcome:
+                   builder: Builder, message_limit: int,
+                   pod_annotations: dict[str, str]) -> PodOutcome:
     """A pod in a final phase: the pod-level reason first, then the container's exit."""
     pod_reason, pod_message = status.get("reason"), status.get("message") or ""
     if status.get("phase") == "Failed" and pod_reason == "DeadlineExceeded":
@@ -198,20 +213,22 @@ def _ended_outcome(status: dict[str, Any], terminated: dict[str, Any] | None,
     if failed_check is not None:
         return failed_check
     if terminated:
-        return _terminated_outcome(terminated, message_limit)
+        return _terminated_outcome(terminated, builder, message_limit)
     text = f"The pod ended ({status.get('phase')}) without a container status. {pod_message}"
     return PodOutcome(finished=True, reason=Reason.POD_LOST, message=_tail(text, message_limit))
 
 
-def _terminated_outcome(terminated: dict[str, Any], message_limit: int) -> PodOutcome:
+def _terminated_outcome(terminated: dict[str, Any], builder: Builder,
+                        message_limit: int) -> PodOutcome:
     exit_code = int(terminated.get("exitCode", -1))
+    name = builder.title()
     text = strip_ansi(terminated.get("message") or "").strip()
     if exit_code == 0:
         if _DIGEST.match(text):
             return PodOutcome(finished=True, succeeded=True, digest=text,
                               finished_at=terminated.get("finishedAt"))
         return PodOutcome(finished=True, reason=Reason.DIGEST_UNVERIFIED, message=_tail(
-            "Kaniko exited 0 but wrote no digest to the termination log "
+            f"{name} exited 0 but wrote no digest to the termination log "
             f"(got {text[:100]!r}).", message_limit))
     if terminated.get("reason") == "OOMKilled":
         return PodOutcome(finished=True, reason=Reason.OUT_OF_MEMORY, message=(
@@ -221,18 +238,20 @@ def _terminated_outcome(terminated: dict[str, Any], message_limit: int) -> PodOu
         # cache layers, so a digest with a failure may be a failed push or a failed step
         # after a cached one: the log decides (classify_log), this is the fallback.
         return PodOutcome(finished=True, reason=Reason.PUSH_FAILED, log_needed=True, message=(
-            f"Kaniko exited with code {exit_code} after writing digest {text}; its log could "
+            f"{name} exited with code {exit_code} after writing digest {text}; its log could "
             "not be read to say why. A failed push is likely: check output.pushSecretRef and "
             "the registry's permissions."))
-    return classify_log(exit_code, text, message_limit)
+    return classify_log(exit_code, text, message_limit, builder)
 
 
-def classify_log(exit_code: int, log: str, message_limit: int) -> PodOutcome:
+def classify_log(exit_code: int, log: str, message_limit: int,
+                 builder: Builder = Builder.KANIKO) -> PodOutcome:
     """A failed build's outcome from its log: a push failure or a build failure."""
+    name = builder.title()
     text = strip_ansi(log).strip()
     reason = Reason.PUSH_FAILED if _PUSH_ERRORS.search(text) else Reason.BUILD_FAILED
     return PodOutcome(finished=True, reason=reason,
-                      message=failure_message(f"Kaniko exited with code {exit_code}", text,
+                      message=failure_message(f"{name} exited with code {exit_code}", text,
                                               message_limit))
 
 

@@ -7,6 +7,7 @@ Kaniko executor from ``../shared/kaniko/``; where it is absent the tier skips, s
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -18,8 +19,8 @@ import pytest
 from sandbox.images import KanikoMissingError, kaniko_executor
 from sandbox.stack import Sandbox
 
-REQUIRED = ("etcd", "docker-registry", "buildah", "openssl", "containerd", "runc", "iptables",
-            "ip", "git")
+REQUIRED = ("etcd", "docker-registry", "buildah", "skopeo", "openssl", "containerd", "runc",
+            "iptables", "ip", "git")
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +53,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 @pytest.fixture
 def namespace(sandbox: Sandbox, request: pytest.FixtureRequest) -> str:
-    """A fresh namespace named after the test."""
-    name = "t-" + re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-")
+    """A fresh namespace named after the test; a hash of the whole name keeps the variants of a
+    parametrised test apart when their names agree in the first 50 characters."""
+    readable = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-")
+    name = f"t-{readable}-{hashlib.sha256(request.node.name.encode()).hexdigest()[:6]}"
     sandbox.admin.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}])
     return name

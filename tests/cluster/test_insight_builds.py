@@ -13,7 +13,7 @@ from tests.cluster.builds import ACCEPT, context, imagebuild, manifest
 from sandbox.demo import APP as DEMO_APP
 from sandbox.demo import DOCKERFILE as DEMO_DOCKERFILE
 from sandbox.stack import Sandbox
-from stagewright.resources.kaniko_pod import staging_tag
+from stagewright.resources.pod_common import staging_tag
 
 pytestmark = pytest.mark.cluster
 

@@ -1,9 +1,9 @@
 """The build loop end to end: ImageBuild -> build pod -> real build and push -> status.
 
 The operator runs as ``stagewright run`` with only the RBAC we ship; its build pods are
-scheduled by the real scheduler and run the real Kaniko executor on the sandbox's node, which
-pushes to a real registry. Sizes and digests are checked against the registry directly,
-not through the operator's own client.
+scheduled by the real scheduler and run the real Kaniko executor (or Buildah, for the tests
+parametrised over ``builder``) on the sandbox's node, which pushes to a real registry. Sizes
+and digests are checked against the registry directly, not through the operator's own client.
 """
 
 from __future__ import annotations
@@ -39,14 +39,19 @@ FROM ${BASE}
 ARG STEP=one
 RUN echo "step ${STEP}" && sleep 6
 """
+#: The builders the core scenarios run with: the same contract, so the same assertions.
+BUILDERS = pytest.mark.parametrize("builder", ["kaniko", "buildah"])
+#: Each builder's log line for a RUN step answered from the registry's layer cache.
+CACHE_HIT = {"kaniko": "Using caching version of cmd", "buildah": "Cache pulled from remote"}
 
 
-def test_two_targets_give_two_images_the_registry_confirms(sandbox: Sandbox,
-                                                           namespace: str) -> None:
+@BUILDERS
+def test_two_targets_give_two_images_the_registry_confirms(sandbox: Sandbox, namespace: str,
+                                                           builder: str) -> None:
     admin = sandbox.admin
     admin.apply([context(namespace, DEMO_DOCKERFILE, files={"app.sh": DEMO_APP})])
-    admin.apply([imagebuild(sandbox, namespace, "fat", target="build"),
-                 imagebuild(sandbox, namespace, "slim", target="runtime",
+    admin.apply([imagebuild(sandbox, namespace, "fat", target="build", builder=builder),
+                 imagebuild(sandbox, namespace, "slim", target="runtime", builder=builder,
                             output={"tags": ["latest", "v1"]})])
     statuses = {}
     for name in ("fat", "slim"):
@@ -64,6 +69,8 @@ def test_two_targets_give_two_images_the_registry_confirms(sandbox: Sandbox,
         ready = {c["type"]: c for c in status["conditions"]}["Ready"]
         assert ready["status"] == "True"
         assert ready["observedGeneration"] == 1
+        [pod] = pods(sandbox, namespace, name)
+        assert [c["name"] for c in pod["spec"]["containers"]] == [builder]
         statuses[name] = status
     assert statuses["fat"]["digest"] != statuses["slim"]["digest"]
     assert statuses["slim"]["size"] * 10 < statuses["fat"]["size"]
@@ -71,11 +78,12 @@ def test_two_targets_give_two_images_the_registry_confirms(sandbox: Sandbox,
     assert manifest(sandbox, f"{namespace}/slim", "v1")[0] == statuses["slim"]["digest"]
 
 
-def test_rebuild_of_the_same_spec_hits_the_registry_cache(sandbox: Sandbox,
-                                                          namespace: str) -> None:
+@BUILDERS
+def test_rebuild_of_the_same_spec_hits_the_registry_cache(sandbox: Sandbox, namespace: str,
+                                                          builder: str) -> None:
     admin = sandbox.admin
     admin.apply([context(namespace, DEMO_DOCKERFILE, files={"app.sh": DEMO_APP})])
-    admin.apply([imagebuild(sandbox, namespace, "app", target="runtime")])
+    admin.apply([imagebuild(sandbox, namespace, "app", target="runtime", builder=builder)])
     first = sandbox.wait_settled("app", namespace)["status"]
     assert first["phase"] == "Succeeded"
     first_log = sandbox.pod_log(first["podName"], namespace)
@@ -88,27 +96,36 @@ def test_rebuild_of_the_same_spec_hits_the_registry_cache(sandbox: Sandbox,
     assert second["podName"] != first["podName"]
     second_log = sandbox.pod_log(second["podName"], namespace)
     # A fresh build pod has an empty filesystem: cache hits can only come from the registry.
-    assert "Using caching version of cmd" not in first_log
-    assert second_log.count("Using caching version of cmd") >= 2, second_log[-2000:]
-    # Not the same digest: Kaniko stamps new times into the config and the COPY layer (it caches
-    # RUN layers only). The same base layer, and as many layers.
+    assert CACHE_HIT[builder] not in first_log
+    assert second_log.count(CACHE_HIT[builder]) >= 2, second_log[-2000:]
+    if builder == "buildah":
+        # Buildah caches COPY steps and the final config too: the very same image.
+        assert second["digest"] == first["digest"]
+    # Kaniko stamps new times into the config and the COPY layer (it caches RUN layers only):
+    # not the same digest, but the same base layer, and as many layers.
     _, first_manifest = manifest(sandbox, f"{namespace}/app", first["digest"])
     _, second_manifest = manifest(sandbox, f"{namespace}/app", second["digest"])
     assert len(second_manifest["layers"]) == len(first_manifest["layers"])
     assert second_manifest["layers"][0]["digest"] == first_manifest["layers"][0]["digest"]
 
 
+@BUILDERS
 def test_failing_run_step_fails_with_the_command_in_the_message(sandbox: Sandbox,
-                                                                namespace: str) -> None:
+                                                                namespace: str,
+                                                                builder: str) -> None:
     admin = sandbox.admin
     dockerfile = ("ARG BASE\nFROM ${BASE}\nRUN echo preparing\n"
                   "RUN echo compiling && ls /no/such/dir\n")
     admin.apply([context(namespace, dockerfile)])
-    admin.apply([imagebuild(sandbox, namespace, "broken")])
+    admin.apply([imagebuild(sandbox, namespace, "broken", builder=builder)])
     status = sandbox.wait_settled("broken", namespace)["status"]
-    assert status["phase"] == "Failed"
-    assert status["reason"] == "BuildFailed"
+    assert status["phase"] == "Failed", status
+    assert status["reason"] == "BuildFailed", status["message"]
     assert "ls /no/such/dir" in status["message"]
+    # The first line says who failed, at which step.
+    first_line = status["message"].splitlines()[0]
+    assert first_line.startswith(f"{builder.title()} exited with code"), first_line
+    assert "at step RUN echo compiling && ls /no/such/dir" in first_line, first_line
     stalled = {c["type"]: c for c in status["conditions"]}["Stalled"]
     assert stalled["status"] == "True"
     assert stalled["reason"] == "BuildFailed"
@@ -148,6 +165,20 @@ def test_invalid_spec_the_schema_cannot_catch_ends_in_failed(sandbox: Sandbox,
     assert again["status"] == status
     assert sandbox.operator.log().count(f"[{namespace}/bad-args] Invalid spec: ") == 1
     assert sandbox.operator.running
+
+
+def test_a_source_buildah_cannot_build_ends_invalid_spec_without_a_pod(
+        sandbox: Sandbox, namespace: str) -> None:
+    """The CRD accepts an s3:// context (Kaniko builds it); the operator says Buildah cannot."""
+    admin = sandbox.admin
+    build = imagebuild(sandbox, namespace, "from-s3", builder="buildah")
+    build["spec"]["source"] = {"url": "s3://bucket/ctx.tar.gz"}
+    admin.apply([build])
+    status = sandbox.wait_settled("from-s3", namespace)["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "InvalidSpec"), status
+    assert "builder buildah cannot build this source" in status["message"]
+    assert "s3://" in status["message"]
+    assert pods(sandbox, namespace, "from-s3") == []
 
 
 def test_spec_change_mid_build_cancels_and_builds_the_new_spec(sandbox: Sandbox,
@@ -237,8 +268,10 @@ def test_timeout_ends_in_failed_timeout(sandbox: Sandbox, namespace: str) -> Non
     assert "timeout" in status["message"].lower()
 
 
+@BUILDERS
 def test_push_secret_is_used_for_push_and_for_the_digest_check(sandbox: Sandbox,
-                                                                namespace: str) -> None:
+                                                                namespace: str,
+                                                                builder: str) -> None:
     admin = sandbox.admin
     # FROM scratch: output.insecure covers the private registry only, not the base's.
     admin.apply([context(namespace, "FROM scratch\nCOPY Dockerfile /Dockerfile\n")])
@@ -252,9 +285,10 @@ def test_push_secret_is_used_for_push_and_for_the_digest_check(sandbox: Sandbox,
         image = f"{private.host}/team/private"
         admin.apply([
             imagebuild(sandbox, namespace, "no-creds", cache={"enabled": False},
-                       output={"image": image}),
+                       output={"image": image}, builder=builder),
             imagebuild(sandbox, namespace, "with-creds", cache={"enabled": False},
-                       output={"image": image + "-ok", "pushSecretRef": {"name": "regcred"}}),
+                       output={"image": image + "-ok", "pushSecretRef": {"name": "regcred"}},
+                       builder=builder),
         ])
         denied = sandbox.wait_settled("no-creds", namespace)["status"]
         assert (denied["phase"], denied["reason"]) == ("Failed", "PushFailed"), denied

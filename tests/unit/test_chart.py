@@ -198,6 +198,7 @@ def test_values_reach_the_deployment() -> None:
     objs = helm_template(
         "image.digest=sha256:" + "a" * 64,
         "kaniko.image=registry.example.com/kaniko:v9",
+        "buildah.image=registry.example.com/buildah:v9",
         "build.defaultTimeout=45m",
         "build.defaultResources.limits.memory=8Gi",
         "nodeSelector.pool=ops",
@@ -210,6 +211,7 @@ def test_values_reach_the_deployment() -> None:
     env = _env(objs)
     assert container["image"] == "ghcr.io/stagewright/stagewright@sha256:" + "a" * 64
     assert env["STAGEWRIGHT_KANIKO_IMAGE"] == "registry.example.com/kaniko:v9"
+    assert env["STAGEWRIGHT_BUILDAH_IMAGE"] == "registry.example.com/buildah:v9"
     assert env["STAGEWRIGHT_DEFAULT_TIMEOUT"] == "45m"
     assert json.loads(env["STAGEWRIGHT_DEFAULT_RESOURCES"])["limits"]["memory"] == "8Gi"
     assert env["STAGEWRIGHT_LIVENESS_ENDPOINT"] == "http://0.0.0.0:9090/healthz"

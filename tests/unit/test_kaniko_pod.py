@@ -1,4 +1,5 @@
-"""The Kaniko pod builder: golden files, schema validation, and the flags users rely on."""
+"""The build pods: golden files and schema validation for every fixture (both builders), and
+the Kaniko flags users rely on."""
 
 from __future__ import annotations
 
@@ -11,12 +12,11 @@ import pytest
 import yaml
 
 from stagewright.api.v1alpha1 import ConfigMapSource, ImageBuild
-from stagewright.resources.kaniko_pod import (
+from stagewright.resources.build_pod import build_pod
+from stagewright.resources.kaniko_pod import kaniko_args, kaniko_context
+from stagewright.resources.pod_common import (
     build_key,
-    build_pod,
     context_files,
-    kaniko_args,
-    kaniko_context,
     missing_context_keys,
     pod_name,
     staging_tag,
@@ -205,6 +205,12 @@ def test_no_deprecated_flags_for_the_pinned_executor() -> None:
     for fixture in FIXTURES:
         assert not any(a.startswith("--skip-unused-stages") for a in kaniko_args(
             load(fixture).spec))
+
+
+def test_kaniko_is_the_default_builder_and_names_the_container() -> None:
+    pod = pod_for(load(HERE / "fixtures" / "git-runtime.yaml"))
+    assert pod["metadata"]["labels"]["stagewright.dev/builder"] == "kaniko"
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["kaniko"]
 
 
 def test_ca_bundle_is_added_to_kanikos_trust() -> None:

@@ -34,7 +34,7 @@ from tests.unit.kmock_support import (
 from stagewright.handlers.kube_api import ApiError, KubeApi
 from stagewright.handlers.reconciler import Reconciler
 from stagewright.registry import RegistryClient
-from stagewright.resources.kaniko_pod import build_key, pod_name
+from stagewright.resources.pod_common import build_key, pod_name
 from stagewright.settings import Settings
 
 NS, NAME, UID = "team-a", "web", "0b9e6c1e-uid-of-web"

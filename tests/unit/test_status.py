@@ -244,3 +244,39 @@ def test_kanikos_usage_text_does_not_push_the_error_out() -> None:
     outcome = classify_pod(pod("Failed", terminated(1, log)), message_limit=1024)
     assert "authentication required" in outcome.message.splitlines()[0]
     assert "--flag" not in outcome.message
+
+def buildah_pod(phase: str, state: dict[str, Any]) -> dict[str, Any]:
+    """A pod as the Buildah builder makes it: labelled, its container named buildah."""
+    return {"metadata": {"labels": {"stagewright.dev/builder": "buildah"}},
+            "status": {"phase": phase,
+                       "containerStatuses": [{"name": "buildah", "state": state}]}}
+
+
+def test_buildah_pods_are_read_from_their_buildah_container() -> None:
+    outcome = classify_pod(buildah_pod("Succeeded", terminated(0, DIGEST, "Completed")))
+    assert (outcome.succeeded, outcome.digest) == (True, DIGEST)
+    # A pod labelled buildah has no kaniko container to read: the label decides.
+    kaniko_named = pod("Succeeded", terminated(0, DIGEST, "Completed"))
+    kaniko_named["metadata"] = {"labels": {"stagewright.dev/builder": "buildah"}}
+    assert not classify_pod(kaniko_named).succeeded
+
+
+def test_buildah_failures_name_buildah_and_its_failing_step() -> None:
+    # As buildah 1.28 logs a failing RUN in the first stage of a two-stage build.
+    log = ("[1/2] STEP 1/3: FROM registry.local:5000/base:latest AS build\n"
+           "[1/2] STEP 2/3: RUN make\n/bin/sh: make: not found\n"
+           "subprocess exited with status 127\n"
+           "Error: building at STEP \"RUN make\": exit status 127")
+    outcome = classify_pod(buildah_pod("Failed", terminated(1, log)))
+    assert outcome.reason is Reason.BUILD_FAILED
+    first = outcome.message.splitlines()[0]
+    assert first.startswith("Buildah exited with code 1 at step RUN make: Error: building")
+    assert outcome.message.endswith("exit status 127")
+
+
+def test_a_failed_buildah_push_is_a_push_failure() -> None:
+    log = ("Getting image source signatures\nError: pushing image \"r/x:1\" to \"docker://r/x:1\""
+           ": unauthorized\nerror pushing image r/x:1")
+    outcome = classify_pod(buildah_pod("Failed", terminated(1, log)))
+    assert outcome.reason is Reason.PUSH_FAILED
+    assert outcome.message.startswith("Buildah exited with code 1")

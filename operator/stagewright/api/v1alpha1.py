@@ -43,6 +43,9 @@ def check_container_name(index: int) -> str:
     (stage names need not be valid container names)."""
     return f"check-{index + 1}"
 
+#: Label naming the builder of a build pod; its container has the same name, so status
+#: reads the right container without knowing how the pod was made.
+BUILDER_LABEL = f"{GROUP}/builder"
 
 _DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)")
@@ -113,6 +116,13 @@ class _Model(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True,
     )
+
+
+class Builder(StrEnum):
+    """The tool that runs the build inside the pod."""
+
+    KANIKO = "kaniko"
+    BUILDAH = "buildah"
 
 
 class LocalObjectReference(_Model):
@@ -297,6 +307,12 @@ class ImageBuildSpec(_Model):
     """What to build, and how. Never written by the operator."""
 
     source: Source = Field(description="The build context.")
+    builder: Builder = Field(
+        default=Builder.KANIKO,
+        description="The build tool: kaniko (default) or buildah. Buildah takes configMap "
+        "contexts, https archive URLs, and public git repositories whose URL ends in .git "
+        "(branch, tag or commit); see docs/install.md for what each needs on a node.",
+    )
     dockerfile: Annotated[str, StringConstraints(pattern=_RELATIVE_PATH)] = Field(
         default="Dockerfile", description="Path of the Dockerfile inside the context.",
     )
@@ -359,6 +375,22 @@ class ImageBuildSpec(_Model):
         if timeout is not None and parse_duration(timeout) < timedelta(seconds=1):
             raise ValueError("timeout must be at least 1s")
         return timeout
+
+    @model_validator(mode="after")
+    def _builder_takes_source(self) -> ImageBuildSpec:
+        if self.builder is Builder.BUILDAH:
+            problems = _buildah_limits(self.source)
+            if problems:
+                raise ValueError("builder buildah cannot build this source: "
+                                 + "; ".join(problems))
+            unsupported = [name for name, used in (
+                ("spec.checks", bool(self.checks)),
+                ("spec.output.maxSize", self.output.max_size is not None)) if used]
+            if unsupported:
+                # Check stages and the staging-tag budget are built on Kaniko's flags.
+                raise ValueError(f"builder buildah does not support {', '.join(unsupported)} "
+                                 "yet; use builder kaniko")
+        return self
 
     @property
     def cache_repo(self) -> str:
@@ -522,6 +554,32 @@ class ImageBuild(_Model):
         """The current stagewright.dev/rebuild annotation value, if any."""
         value = (self.metadata.get("annotations") or {}).get(REBUILD_ANNOTATION)
         return str(value) if value else None
+
+
+def _buildah_limits(source: Source) -> list[str]:
+    """What Buildah cannot take from a source that Kaniko can (empty when it can build it).
+
+    Buildah fetches remote contexts itself: an https archive, or a git repository it clones
+    with ``git clone`` and recognises only by a URL ending in ``.git``. It has no flag for git
+    credentials and cannot fetch a ref outside the branches and tags, nor read s3:// or gs://.
+    """
+    problems = []
+    if source.url is not None and not source.url.startswith("https://"):
+        problems.append("source.url: buildah reads only https:// archive URLs, not s3:// or gs://")
+    if source.url is not None and source.context_dir is not None:
+        problems.append("source.contextDir: buildah cannot use a sub-directory of an archive URL")
+    git = source.git
+    if git is not None:
+        if not git.url.removesuffix("/").endswith(".git"):
+            problems.append("source.git.url: buildah recognises a git context only by a URL "
+                            "ending in .git")
+        if git.revision is not None and git.revision.startswith("refs/"):
+            problems.append("source.git.revision: buildah checks out a branch, tag or commit, "
+                            "not a refs/... name")
+        if git.secret_ref is not None:
+            problems.append("source.git.secretRef: buildah has no way to pass git credentials; "
+                            "use builder kaniko for private repositories")
+    return problems
 
 
 def _snake(camel: str) -> str:

@@ -27,7 +27,7 @@ from stagewright.cli.tables import (
     key_value_table,
     status_rows,
 )
-from stagewright.resources.kaniko_pod import LABEL_ATTEMPT, build_key, pod_name
+from stagewright.resources.pod_common import LABEL_ATTEMPT, build_key, pod_name
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from stagewright.api.v1alpha1 import GROUP, PLURAL, VERSION
-from stagewright.resources.kaniko_pod import LABEL_IMAGEBUILD, imagebuild_label
+from stagewright.resources.pod_common import LABEL_IMAGEBUILD, imagebuild_label
 
 __all__ = ["ApiException", "ConfigException", "Kube", "KubeTarget", "LogStream",
            "UnknownKindError"]

@@ -25,7 +25,8 @@ from stagewright.api.crd import render_crd_yaml
 from stagewright.api.v1alpha1 import ContextFile, ImageBuild
 from stagewright.insight import base_size, largest_layer_fields
 from stagewright.registry import ImageInfo, ImageReference, RegistryClient, RegistryError
-from stagewright.resources.kaniko_pod import build_key, build_pod, context_files
+from stagewright.resources.build_pod import build_pod
+from stagewright.resources.pod_common import build_key, context_files
 from stagewright.settings import Settings
 from stagewright.status import human_size
 

@@ -44,12 +44,11 @@ from stagewright.registry import (
     RegistryError,
 )
 from stagewright.registry.egress import host_allowed
+from stagewright.resources.build_pod import build_pod
 from stagewright.resources.events import build_event
-from stagewright.resources.kaniko_pod import (
-    CONTAINER_NAME,
+from stagewright.resources.pod_common import (
     LABEL_IMAGEBUILD,
     build_key,
-    build_pod,
     context_files,
     deadline_seconds,
     imagebuild_label,
@@ -59,12 +58,12 @@ from stagewright.resources.kaniko_pod import (
 from stagewright.settings import Settings
 from stagewright.status import (
     PodOutcome,
+    build_terminated,
     check_results,
     classify_log,
     classify_pod,
     history_with,
     human_size,
-    kaniko_terminated,
     now_iso,
     status_patch,
 )
@@ -72,7 +71,7 @@ from stagewright.status import (
 #: How long past its deadline a pod that never started is given before the operator gives up
 #: on it (activeDeadlineSeconds only counts once a kubelet has started the pod).
 _DEADLINE_GRACE = timedelta(minutes=2)
-#: How long after Kaniko's exit a registry that does not (yet) serve the digest, or cannot be
+#: How long after the builder's exit a registry that does not (yet) serve the digest, or cannot be
 #: reached, is asked again before the operator records what it knows.
 _VERIFY_GRACE = timedelta(minutes=5)
 #: How much of a failed build's log is read when its termination message holds only a digest.
@@ -409,15 +408,15 @@ class Reconciler:
         """Tell a failed push from a failed step by the log's tail (see PodOutcome.log_needed)."""
         try:
             text = await self.api.read_pod_log(build.namespace, pod["metadata"]["name"],
-                                               CONTAINER_NAME, _FAILURE_LOG_BYTES,
+                                               build.spec.builder.value, _FAILURE_LOG_BYTES,
                                                tail_lines=_FAILURE_LOG_LINES)
         except ApiError:
             return outcome  # no pods/log: the termination message's fallback stands
         if not text:
             return outcome
-        terminated = kaniko_terminated(pod)
+        terminated = build_terminated(pod)
         return classify_log(int(terminated.get("exitCode", 1)), text,
-                            self.settings.message_limit)
+                            self.settings.message_limit, build.spec.builder)
 
     async def _while_running(self, build: ImageBuild, log: Logger, outcome: PodOutcome) -> None:
         """Surface a pod that cannot start, and enforce the deadline if it never does."""
@@ -439,7 +438,7 @@ class Reconciler:
 
     async def _succeed(self, build: ImageBuild, log: Logger, digest: str,
                        finished_at: str | None, checks: list[dict[str, Any]] | None) -> None:
-        """Confirm Kaniko's digest at the registry and record the image's size."""
+        """Confirm the builder's digest at the registry and record the image's size."""
         image = f"{build.spec.output.image}@{digest}"
         finished = _parse_time(finished_at) or datetime.now(UTC)
         patient = datetime.now(UTC) - finished < _VERIFY_GRACE
@@ -449,8 +448,8 @@ class Reconciler:
             if isinstance(exc, ImageNotFound) and patient:
                 raise  # a replicated registry may lag behind the push: the resync asks again
             await self._write(build, phase=Phase.FAILED, reason=Reason.DIGEST_UNVERIFIED,
-                              message=f"Kaniko reported {digest}, but the registry does not "
-                              f"serve it: {exc}", completion=True)
+                              message=f"{build.spec.builder.title()} reported {digest}, but "
+                              f"the registry does not serve it: {exc}", completion=True)
             return
         except RegistryError as exc:
             if exc.temporary and patient:
@@ -460,7 +459,7 @@ class Reconciler:
                                   message=f"The size budget could not be checked ({exc}); the "
                                   "image was not given the output tags.", completion=True)
                 return
-            # Kaniko pushed (exit code 0) with access the operator lacks (a node's workload
+            # The builder pushed (exit code 0) with access the operator lacks (a node's workload
             # identity, a network policy): the build succeeded, its size is unknown.
             log.warning(f"Could not check {digest} at the registry: {exc}")
             await self._write(
@@ -531,7 +530,7 @@ class Reconciler:
         if not name:
             return None
         try:
-            text = await self.api.read_pod_log(build.namespace, name, CONTAINER_NAME,
+            text = await self.api.read_pod_log(build.namespace, name, build.spec.builder.value,
                                                self.settings.build_log_limit_bytes)
         except ApiError as exc:
             log.warning(f"Could not read the log of pod {name} ({exc}); no cache report.")

@@ -32,7 +32,7 @@ from stagewright.handlers.metrics import Metrics
 from stagewright.handlers.reconciler import Reconciler
 from stagewright.queueing import Limits, Waiting
 from stagewright.registry import RegistryClient, RegistryError
-from stagewright.resources.kaniko_pod import LABEL_MANAGED_BY, MANAGED_BY
+from stagewright.resources.pod_common import LABEL_MANAGED_BY, MANAGED_BY
 from stagewright.settings import Settings
 
 _SETTLED = (Phase.SUCCEEDED.value, Phase.FAILED.value)
