@@ -169,16 +169,24 @@ def _kill_kubepods(existing: set[Path]) -> None:
     """SIGKILL every process in the pods' cgroups, then remove the cgroups the kubelet made."""
     roots = [root for root in CGROUP_ROOT.glob(f"*/{KUBEPODS}") if root not in existing]
     for root in roots:
-        for procs in root.rglob("cgroup.procs"):
+        for group in _cgroups_under(root):
             with contextlib.suppress(OSError):
-                for pid in procs.read_text().split():
+                for pid in (group / "cgroup.procs").read_text().split():
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(int(pid), signal.SIGKILL)
     deadline = time.monotonic() + 10
     for root in roots:
-        groups = sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
-        for group in [*groups, root]:
+        for group in _cgroups_under(root):
             _remove_cgroup(group, deadline)
+
+
+def _cgroups_under(root: Path) -> list[Path]:
+    """``root`` and every cgroup below it, deepest first (rmdir order).
+
+    os.walk skips directories that vanish while it walks (the kubelet and runc remove pod
+    cgroups concurrently); Path.rglob raises, which once aborted the whole teardown.
+    """
+    return [Path(directory) for directory, _, _ in os.walk(root, topdown=False)]
 
 
 def _remove_cgroup(group: Path, deadline: float) -> None:
