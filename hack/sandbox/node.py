@@ -107,22 +107,35 @@ class NodeHost:
 
     def restore(self) -> None:
         """Undo the host changes (idempotent), then release the lock."""
+        steps = [
+            lambda: _kill_kubepods(self._existing_kubepods), self._remove_netns,
+            self._restore_iptables, lambda: _run("ip", "link", "delete", BRIDGE, check=False),
+            self._restore_ip_forward, self._remove_fixed_dirs,
+        ]
+        failures: list[Exception] = []
         try:
-            _kill_kubepods(self._existing_kubepods)
-            self._remove_netns()
-            self._restore_iptables()
-            _run("ip", "link", "delete", BRIDGE, check=False)
-            if self._ip_forward:
-                Path("/proc/sys/net/ipv4/ip_forward").write_text(self._ip_forward + "\n")
-            for path in FIXED_DIRS:
-                if path not in self._existing_dirs and path.exists():
-                    _unmount_all_under(path)
-                    shutil.rmtree(path, ignore_errors=True)
+            for step in steps:  # every step runs, whatever an earlier one raised
+                try:
+                    step()
+                except Exception as exc:  # collected, the first raised below
+                    failures.append(exc)
+            if failures:
+                raise failures[0]
         finally:
             lock, self._lock = self._lock, None
             if lock is not None:
                 fcntl.flock(lock, fcntl.LOCK_UN)
                 lock.close()
+
+    def _restore_ip_forward(self) -> None:
+        if self._ip_forward:
+            Path("/proc/sys/net/ipv4/ip_forward").write_text(self._ip_forward + "\n")
+
+    def _remove_fixed_dirs(self) -> None:
+        for path in FIXED_DIRS:
+            if path not in self._existing_dirs and path.exists():
+                _unmount_all_under(path)
+                shutil.rmtree(path, ignore_errors=True)
 
     def _remove_netns(self) -> None:
         if not NETNS_DIR.exists():
