@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     kaniko_image: str = DEFAULT_KANIKO_IMAGE
     #: Namespaces to watch, comma-separated; empty means the whole cluster.
     namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: Registries the operator may contact and builds may push to, comma-separated host
+    #: patterns (``registry.example.com``, ``*.corp.example``, ``10.0.0.5:5000``); empty
+    #: means any. Tenants choose output.image: this bounds where their builds go.
+    registry_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
     #: Deadline of a build whose ImageBuild sets no timeout.
     default_timeout: Duration = "30m"
     #: Build container resources when an ImageBuild sets none (bounded, so one build cannot
@@ -57,7 +61,7 @@ class Settings(BaseSettings):
     #: for the registry look-ups (the chart mounts the ConfigMap there).
     ca_bundle_file: Path | None = None
 
-    @field_validator("namespaces", mode="before")
+    @field_validator("namespaces", "registry_allow", mode="before")
     @classmethod
     def _split_namespaces(cls, value: object) -> object:
         if isinstance(value, str):

@@ -178,7 +178,7 @@ def test_default_env_gives_the_operator_its_own_defaults(
     field_envs = {f"STAGEWRIGHT_{name.upper()}" for name in Settings.model_fields}
     # Optional settings are rendered only when configured (watchNamespaces, caBundle.configMap).
     assert set(env) == field_envs - {"STAGEWRIGHT_NAMESPACES", "STAGEWRIGHT_CA_BUNDLE_CONFIGMAP",
-                                     "STAGEWRIGHT_CA_BUNDLE_FILE"}
+                                     "STAGEWRIGHT_CA_BUNDLE_FILE", "STAGEWRIGHT_REGISTRY_ALLOW"}
     baseline = Settings()
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -232,6 +232,13 @@ def test_ca_bundle_reaches_the_operator_and_its_settings(monkeypatch: pytest.Mon
     validate(deployment)
 
 
+def test_registry_allow_list_reaches_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    objs = helm_template("registryAllow={registry.example.com,*.corp.example}")
+    for name, value in _env(objs).items():
+        monkeypatch.setenv(name, value)
+    assert Settings().registry_allow == ["registry.example.com", "*.corp.example"]
+
+
 def test_image_tag_defaults_to_the_app_version(default: list[Obj]) -> None:
     app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
     assert _container(default)["image"] == f"ghcr.io/stagewright/stagewright:{app_version}"
@@ -248,6 +255,7 @@ def test_image_tag_defaults_to_the_app_version(default: list[Obj]) -> None:
     ("watchNamespaces={Team_A}", "/watchNamespaces/0"),
     ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
     ("caBundle.configMap=Corp_CA", "/caBundle/configMap"),
+    ("registryAllow={http://x}", "/registryAllow/0"),
     ("image.digest=latest", "/image/digest"),
     ("operator.extraEnv[0].name=STAGEWRIGHT_NAMESPACES", "/operator/extraEnv/0"),
 ])

@@ -281,3 +281,25 @@ async def test_missing_context_waits_in_pending_then_builds_when_it_appears(
     status = status_of(emu)
     assert (status["phase"], status["podName"]) == ("Building", POD)
     assert pod_posts(emu) == 1
+
+
+@pytest.mark.parametrize("spec", [
+    {"output": {"image": "evil.example/loot"}},
+    {"cache": {"repo": "evil.example/cache"}},
+], ids=["output", "cache"])
+async def test_a_registry_outside_the_allow_list_never_gets_a_pod(
+        served: tuple[FaultyEmulator, Server, KubeApi], emu: FaultyEmulator,
+        spec: dict[str, Any]) -> None:
+    """STAGEWRIGHT_REGISTRY_ALLOW: refused before any pod exists, said once, never retried."""
+    allowed = Reconciler(served[2], RegistryClient(timeout=5),
+                         Settings(registry_allow=["registry.example.com"]))
+    emu.objects[IMAGEBUILDS, NS, NAME] = imagebuild(**spec)
+
+    await allowed.reconcile(NS, NAME)
+    await allowed.reconcile(NS, NAME)
+
+    status = status_of(emu)
+    assert (status["phase"], status["reason"]) == ("Failed", "RegistryNotAllowed")
+    assert "evil.example" in status["message"]
+    assert pod_posts(emu) == 0
+    assert writes(emu) == ["PATCH imagebuilds", "POST events"]

@@ -18,6 +18,7 @@ class Reason(StrEnum):
     INVALID_SPEC = "InvalidSpec"
     POD_CONFLICT = "PodConflict"
     POD_REJECTED = "PodRejected"
+    REGISTRY_NOT_ALLOWED = "RegistryNotAllowed"
     BUILD_FAILED = "BuildFailed"
     PUSH_FAILED = "PushFailed"
     OUT_OF_MEMORY = "OutOfMemory"
@@ -35,6 +36,7 @@ INFRASTRUCTURE_FAILURES = frozenset({Reason.EVICTED, Reason.POD_LOST})
 WARNINGS = frozenset({
     Reason.WAITING, Reason.UNSCHEDULABLE, Reason.REFERENCE_NOT_FOUND, Reason.RETRYING,
     Reason.INVALID_SPEC, Reason.POD_CONFLICT, Reason.POD_REJECTED, Reason.BUILD_FAILED,
+    Reason.REGISTRY_NOT_ALLOWED,
     Reason.PUSH_FAILED, Reason.OUT_OF_MEMORY, Reason.TIMEOUT, Reason.EVICTED, Reason.POD_LOST,
     Reason.DIGEST_UNVERIFIED,
 })

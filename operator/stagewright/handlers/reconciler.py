@@ -31,6 +31,7 @@ from stagewright.registry import (
     RegistryClient,
     RegistryError,
 )
+from stagewright.registry.egress import host_allowed
 from stagewright.resources.events import build_event
 from stagewright.resources.kaniko_pod import (
     LABEL_IMAGEBUILD,
@@ -115,6 +116,14 @@ class Reconciler:
     async def _start_new_build(self, build: ImageBuild, log: Logger, key: str) -> None:
         await self._clean_up_pods(build.namespace, build.name, build.uid, build.status, log,
                                   current=pod_name(build.name, key, 1))
+        refused = self._disallowed_registries(build)
+        if refused:
+            await self._write(
+                build, phase=Phase.FAILED, reason=Reason.REGISTRY_NOT_ALLOWED, completion=True,
+                message=f"{refused} is not among the registries this operator may use "
+                f"({', '.join(self.settings.registry_allow)}); ask your cluster admin, or "
+                "push to an allowed registry.", pod_name=None, **_NO_RESULT)
+            return
         missing, files = await self._references(build)
         if missing:
             # A pod would only wait on the missing volume without saying why: say it here,
@@ -125,6 +134,16 @@ class Reconciler:
                 "the build starts when it exists.")
             return
         await self._launch(build, log, key, attempt=1, note="", files=files)
+
+    def _disallowed_registries(self, build: ImageBuild) -> str | None:
+        """The output or cache registry outside STAGEWRIGHT_REGISTRY_ALLOW, described."""
+        spec = build.spec
+        cache = ImageReference.parse(spec.cache_repo).registry if spec.cache.enabled else None
+        for what, host in (("output.image's registry", spec.output.registry),
+                           ("cache.repo's registry", cache)):
+            if host is not None and not host_allowed(host, self.settings.registry_allow):
+                return f"{what} {host}"
+        return None
 
     async def _references(self, build: ImageBuild) -> tuple[list[str], list[ContextFile]]:
         """What the build pod would mount or read that does not exist, and the context files.

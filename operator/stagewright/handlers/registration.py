@@ -62,7 +62,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any)
     # One registry client for the operator's life: its bearer tokens are reused across builds.
     registry = await clients.enter_async_context(
         RegistryClient(timeout=operator_settings.registry_timeout_seconds,
-                       ca_bundle=operator_settings.ca_bundle_file))
+                       ca_bundle=operator_settings.ca_bundle_file,
+                       allow=operator_settings.registry_allow))
     memo.reconciler = Reconciler(api, registry, operator_settings, kopf_settings=settings)
     memo.resync = asyncio.create_task(_resync(memo.reconciler, unsettled, operator_settings))
 

@@ -11,6 +11,7 @@ from stagewright.registry.errors import (
     InvalidManifest,
     RegistryAuthError,
     RegistryError,
+    RegistryNotAllowed,
     RegistryTLSError,
     RegistryUnavailable,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "RegistryAuthError",
     "RegistryClient",
     "RegistryError",
+    "RegistryNotAllowed",
     "RegistryTLSError",
     "RegistryUnavailable",
     "find_credentials",

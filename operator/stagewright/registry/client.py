@@ -15,7 +15,7 @@ import json
 import re
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -25,11 +25,19 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stagewright.registry.credentials import Credentials, find_credentials
+from stagewright.registry.egress import (
+    ForbiddenAddressError,
+    Resolver,
+    guarded_transport,
+    host_allowed,
+    system_resolver,
+)
 from stagewright.registry.errors import (
     ImageNotFound,
     InvalidManifest,
     RegistryAuthError,
     RegistryError,
+    RegistryNotAllowed,
     RegistryTLSError,
     RegistryUnavailable,
 )
@@ -54,6 +62,9 @@ _MIN_TOKEN_SECONDS = 60
 _NOT_FOUND_CODES = frozenset({"MANIFEST_UNKNOWN", "NAME_UNKNOWN", "BLOB_UNKNOWN"})
 _ATTESTATION_ANNOTATION = "vnd.docker.reference.type"
 _INSECURE_HINT = "set output.insecure: true on the ImageBuild"
+#: Redirects followed per request (go-containerregistry follows 10; blob stores need 1-2).
+_MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 class _Lenient(BaseModel):
@@ -161,11 +172,15 @@ class RegistryClient:
     """
 
     def __init__(self, timeout: float, max_manifest_bytes: int = MAX_MANIFEST_BYTES,
-                 ca_bundle: Path | None = None) -> None:
+                 ca_bundle: Path | None = None, allow: Sequence[str] = (),
+                 resolver: Resolver = system_resolver) -> None:
         if timeout <= 0 or max_manifest_bytes <= 0:
             raise ValueError("timeout and max_manifest_bytes must be positive")
         self._timeout = timeout
         self._ca_bundle = ca_bundle
+        #: Host patterns the client may contact (egress.host_allowed); empty: any.
+        self._allow = tuple(allow)
+        self._resolver = resolver
         self._max_manifest_bytes = max_manifest_bytes
         self._verified: httpx.AsyncClient | None = None
         self._unverified: httpx.AsyncClient | None = None
@@ -190,11 +205,14 @@ class RegistryClient:
         self._verified = self._unverified = None
 
     def _new_client(self, *, verify: bool) -> httpx.AsyncClient:
+        # Redirects are followed by _send, which checks every hop (allow-list, no downgrade
+        # to plain HTTP, no credentials to another host); every connection goes through the
+        # address guard.
         return httpx.AsyncClient(
-            verify=self.trust_context() if verify else False,
+            transport=guarded_transport(self.trust_context() if verify else False,
+                                        self._resolver),
             timeout=self._timeout,
-            follow_redirects=True,
-            max_redirects=5,
+            follow_redirects=False,
             headers={"User-Agent": "stagewright"},
         )
 
@@ -342,12 +360,14 @@ class RegistryClient:
         if host not in self._cache.plain_http_hosts:
             try:
                 return await self._send(
-                    "GET", f"https://{host}{path}", False, headers=headers, fallback=True
+                    "GET", f"https://{host}{path}", False, headers=headers, fallback=True,
+                    plain_http_host=host,
                 )
             except _FallBack:
                 pass
         try:
-            reply = await self._send("GET", f"http://{host}{path}", False, headers=headers)
+            reply = await self._send("GET", f"http://{host}{path}", False, headers=headers,
+                                     plain_http_host=host)
         except RegistryUnavailable:
             self._cache.plain_http_hosts.discard(host)  # try https again next time
             raise
@@ -363,19 +383,39 @@ class RegistryClient:
         headers: Mapping[str, str],
         data: Mapping[str, str] | None = None,
         fallback: bool = False,
+        plain_http_host: str | None = None,
     ) -> _Reply:
-        """One request within the timeout; the body is read up to the manifest limit."""
+        """One request within the timeout, redirects included; the body is read up to the
+        manifest limit.
+
+        Each redirect hop must be allowed, may use plain HTTP only towards
+        ``plain_http_host`` (an insecure registry), and loses the Authorization header when
+        it leaves the host the credentials were meant for.
+        """
         host = httpx.URL(url).netloc.decode()
         client = self._client(verify=verify)
         try:
-            async with (
-                asyncio.timeout(self._timeout),
-                client.stream(method, url, headers=headers, data=data) as response,
-            ):
-                limit = self._max_manifest_bytes if response.is_success else _MAX_ERROR_BODY
-                body, complete = await _read_bounded(response, limit)
-                return _Reply(response.status_code, response.headers, body, complete)
+            async with asyncio.timeout(self._timeout):
+                for _ in range(_MAX_REDIRECTS + 1):
+                    self._check_destination(httpx.URL(url), host, plain_http_host)
+                    async with client.stream(method, url, headers=headers, data=data) as response:
+                        location = response.headers.get("location")
+                        if response.status_code in _REDIRECTS and location:
+                            next_url = response.url.join(location)
+                            if next_url.netloc != response.url.netloc:
+                                headers = {k: v for k, v in headers.items()
+                                           if k.lower() != "authorization"}
+                            url = str(next_url)
+                            continue
+                        limit = (self._max_manifest_bytes if response.is_success
+                                 else _MAX_ERROR_BODY)
+                        body, complete = await _read_bounded(response, limit)
+                        return _Reply(response.status_code, response.headers, body, complete)
+                raise RegistryUnavailable(f"registry {host}: more than {_MAX_REDIRECTS} "
+                                          "redirects")
         except httpx.ConnectError as exc:
+            if _caused_by(exc, ForbiddenAddressError):
+                raise RegistryNotAllowed(f"registry {host}: {exc}") from None
             if fallback:
                 raise _FallBack from exc
             raise _connect_error(host, exc) from None
@@ -387,6 +427,22 @@ class RegistryClient:
             raise RegistryUnavailable(
                 f"connection to registry {host} failed: {exc or type(exc).__name__}"
             ) from None
+
+    def _check_destination(self, url: httpx.URL, origin: str,
+                           plain_http_host: str | None) -> None:
+        """Refuse a request (or redirect hop) the operator must not make."""
+        host = url.netloc.decode()
+        if not host_allowed(host, self._allow):
+            raise RegistryNotAllowed(
+                f"registry {origin} led to {host}, which is not in the operator's allowed "
+                f"registries (STAGEWRIGHT_REGISTRY_ALLOW: {', '.join(self._allow)})"
+                if host != origin else
+                f"registry {host} is not in the operator's allowed registries "
+                f"(STAGEWRIGHT_REGISTRY_ALLOW: {', '.join(self._allow)})")
+        if url.scheme != "https" and host != plain_http_host:
+            raise RegistryTLSError(
+                f"registry {origin} redirected to plain-HTTP {url}; refusing to downgrade "
+                f"({_INSECURE_HINT} only if that registry really speaks plain HTTP)")
 
     def _known_authorization(self, target: _Target) -> str | None:
         """An Authorization header from what earlier requests taught us, to save a 401."""
@@ -433,8 +489,14 @@ class RegistryClient:
         if cached is not None and cached.expires > now:
             return cached.value
 
+        realm_url = httpx.URL(challenge["realm"]) if _parsable(challenge["realm"]) else None
+        if realm_url is not None and not _same_site(realm_url.host, target.ref.registry):
+            # A registry may name any token service; the tenant's credentials for this
+            # registry go only to this registry's own site (auth.docker.io for docker.io).
+            creds = None
         realm = _realm(target, challenge["realm"], sends_secret=creds is not None)
         verify = not (target.insecure and realm.netloc.decode() == target.host)
+        plain_http_host = target.host if target.insecure else None
         service = [("service", challenge["service"])] if challenge.get("service") else []
         params = httpx.QueryParams([*service, *(("scope", part) for part in scope.split())])
         url = str(realm.copy_merge_params(params))
@@ -442,13 +504,15 @@ class RegistryClient:
         if creds is not None and creds.identity_token:
             form = {"grant_type": "refresh_token", "refresh_token": creds.identity_token,
                     "client_id": "stagewright", "scope": scope, **dict(service)}
-            reply = await self._send("POST", str(realm), verify, headers={}, data=form)
+            reply = await self._send("POST", str(realm), verify, headers={}, data=form,
+                                     plain_http_host=plain_http_host)
             if reply.status in (400, 404, 405):  # no OAuth2 endpoint: Basic GET below
                 reply = None
         if reply is None:
             basic = _token_basic(creds)
             headers = {"Authorization": _basic_header(*basic)} if basic else {}
-            reply = await self._send("GET", url, verify, headers=headers)
+            reply = await self._send("GET", url, verify, headers=headers,
+                                     plain_http_host=plain_http_host)
         value, lifetime = _read_token(target, realm, reply)
         self._cache.tokens = {k: t for k, t in self._cache.tokens.items() if t.expires > now}
         self._cache.tokens[key] = _Token(value, now + lifetime * 0.9)
@@ -666,6 +730,40 @@ def _realm(target: _Target, realm: str, *, sends_secret: bool) -> httpx.URL:
             f"to send them unencrypted ({_INSECURE_HINT} only if that is intended)"
         )
     return url
+
+
+def _parsable(url: str) -> bool:
+    try:
+        httpx.URL(url)
+    except httpx.InvalidURL:
+        return False
+    return True
+
+
+def _same_site(realm_host: str, registry: str) -> bool:
+    """Whether a token realm belongs to the registry's own site.
+
+    The same host, or a host under the registry's parent domain (``auth.docker.io`` for
+    ``registry-1.docker.io``); IP addresses only match themselves.
+    """
+    realm_host = realm_host.lower().strip("[]")
+    registry_host = registry.lower().rsplit(":", 1)[0] if registry.count(":") == 1 else registry
+    registry_host = registry_host.strip("[]")
+    if realm_host == registry_host:
+        return True
+    labels = registry_host.split(".")
+    if len(labels) < 3 or registry_host.replace(".", "").isdigit():
+        return realm_host.endswith("." + registry_host)
+    return realm_host.endswith("." + ".".join(labels[1:]))
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, kind):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _token_basic(creds: Credentials | None) -> tuple[str, str] | None:

@@ -43,3 +43,8 @@ class RegistryAuthError(RegistryError):
 
 class InvalidManifest(RegistryError):  # noqa: N818 - name is the API
     """The manifest is unusable: digest mismatch, bad JSON, unsupported media type, too large."""
+
+
+class RegistryNotAllowed(RegistryError):  # noqa: N818 - name is the API
+    """A host the operator must not contact: outside STAGEWRIGHT_REGISTRY_ALLOW, or one that
+    resolves to a link-local or cloud metadata address. Not temporary: never retried."""
