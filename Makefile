@@ -20,10 +20,10 @@ export PYTHONPATH := $(CURDIR)/hack
 help: ## List the commands
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-deps: ## Install apt/pip packages and build kube-apiserver (cached; first run ~8 min)
+deps: ## Install apt/pip packages and build the Kubernetes binaries (cached; first run ~10 min)
 	hack/install-deps.sh
 
-demo: deps ## Build a multi-stage sample at two targets on the local sandbox, print both statuses
+demo: deps ## Build a multi-stage sample at two targets on the sandbox node, print both statuses
 	$(PY) -m sandbox.demo
 
 test: deps lint ## Lint, then run the unit and cluster test tiers (what CI runs)
@@ -32,7 +32,7 @@ test: deps lint ## Lint, then run the unit and cluster test tiers (what CI runs)
 test-unit: ## Run the unit tier only (no servers)
 	$(PY) -m pytest tests/unit
 
-test-cluster: deps ## Run the cluster tier (real apiserver, registry, buildah)
+test-cluster: deps ## Run the cluster tier (a real one-node cluster, registry, real Kaniko)
 	$(PY) -m pytest tests/cluster
 
 test-e2e: e2e-deps ## Run the kind e2e tier on the current kube context (make kind-up first)

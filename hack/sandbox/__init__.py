@@ -1,6 +1,7 @@
-"""The local sandbox: real parts that stand in for a cluster where none is at hand.
+"""The local sandbox: a real single-node Kubernetes cluster where none is at hand.
 
-A kube-apiserver + etcd built from Debian's source package, a CNCF distribution registry,
-and a test "kubelet" that runs each Kaniko build pod's build with buildah (Kaniko itself
-cannot run here). Used by the cluster test tier and by ``make demo``; never by the operator.
+kube-apiserver + etcd, kube-scheduler, kube-controller-manager and a kubelet on containerd,
+built or installed from Debian; a CNCF distribution registry; the real Kaniko executor in an
+image the sandbox makes. Used by the cluster test tier, ``make demo`` and the build-loop
+benchmark; never by the operator.
 """

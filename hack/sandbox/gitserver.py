@@ -82,6 +82,9 @@ class GitServer:
             subprocess.run([*git, "add", "."], check=True)
             subprocess.run([*git, "commit", "-q", "-m", "context"], check=True)
             subprocess.run(["git", "clone", "-q", "--bare", work, str(bare)], check=True)
+        # Kaniko (go-git) fetches a commit by its SHA, as hosted git services allow.
+        subprocess.run(["git", "-C", str(bare), "config", "uploadpack.allowReachableSHA1InWant",
+                        "true"], check=True)
         return self.head(name, branch)
 
     def commit(self, name: str, files: dict[str, str], *, branch: str = "main") -> str:

@@ -72,6 +72,9 @@ class Sandbox:
         install_stagewright(self.admin)
         started = time.monotonic()
         self._stack.enter_context(self.node_host)
+        # Another sandbox's node holds the host lock until it stops: waiting is not start-up.
+        self.timings["waiting for another sandbox's node"] = self.node_host.lock_wait_seconds
+        started += self.node_host.lock_wait_seconds
         self._stack.enter_context(self.registry)
         self.images = build_images(self.registry.host, work_dir=self.work_dir)
         self.base_image = self.images.base

@@ -77,7 +77,14 @@ def classify_pod(pod: dict[str, Any], *, message_limit: int = 2048) -> PodOutcom
     phase = status.get("phase")
     state = _kaniko_state(pod)
     if phase in ("Succeeded", "Failed"):
-        return _ended_outcome(status, state.get("terminated"), message_limit)
+        outcome = _ended_outcome(status, state.get("terminated"), message_limit)
+        metadata = pod.get("metadata") or {}
+        if not outcome.succeeded and metadata.get("deletionTimestamp"):
+            # Deleted while it ran (a drain, kubectl delete): a real kubelet stops Kaniko
+            # first, and that exit code is no build failure. Lost, so retried if allowed.
+            return PodOutcome(finished=True, reason=Reason.POD_LOST, message=(
+                f"Build pod {metadata.get('name', '')} was deleted while it ran."))
+        return outcome
     waiting = state.get("waiting") or {}
     if waiting.get("reason") in _STUCK_WAITING:
         text = f"{waiting['reason']}: {waiting.get('message') or ''}".strip()

@@ -39,6 +39,18 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
         pytest.skip(str(exc))
     with Sandbox(Path(tmp_path_factory.mktemp("sandbox"))) as running:
         yield running
+    SANDBOX_TIMINGS.update(running.timings)
+
+
+#: Start-up phases of the session's sandbox, reported at the end of the run.
+SANDBOX_TIMINGS: dict[str, float] = {}
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say how long the sandbox took to start, and how long it queued for the host's node."""
+    if SANDBOX_TIMINGS:
+        terminalreporter.write_line("sandbox start-up: " + ", ".join(
+            f"{what} {seconds:.1f}s" for what, seconds in SANDBOX_TIMINGS.items()))
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -49,11 +50,18 @@ def _failed_build(sandbox: Sandbox, namespace: str, name: str) -> dict[str, Any]
 
 def test_a_failed_build_posts_a_warning_event(sandbox: Sandbox, namespace: str) -> None:
     _failed_build(sandbox, namespace, "eventful")
-    events = [e for e in sandbox.admin.list("v1", "Event", namespace)
-              if e["involvedObject"]["kind"] == "ImageBuild"
-              and e["involvedObject"]["name"] == "eventful"]
-    assert any(e["type"] == "Warning" for e in events), \
-        [(e["type"], e["reason"], e["message"]) for e in events]
+
+    def about_the_build() -> list[dict[str, Any]]:
+        return [e for e in sandbox.admin.list("v1", "Event", namespace)
+                if e["involvedObject"]["kind"] == "ImageBuild"
+                and e["involvedObject"]["name"] == "eventful"]
+
+    deadline = time.monotonic() + 15  # the Event may follow the status write
+    while not any(e["type"] == "Warning" for e in about_the_build()):
+        if time.monotonic() > deadline:
+            raise AssertionError([(e["type"], e["reason"], e["message"])
+                                  for e in about_the_build()])
+        time.sleep(0.5)
 
 
 def test_a_failed_builds_message_is_readable_and_says_what_failed_first(

@@ -29,6 +29,17 @@ def test_success_needs_exit_zero_and_a_digest() -> None:
     assert outcome.digest == DIGEST
 
 
+def test_a_pod_deleted_while_it_ran_is_lost_not_failed() -> None:
+    """The kubelet stops Kaniko on deletion (exit 2 on a real node): not the build's fault."""
+    deleted = pod("Failed", terminated(2, "Running: [/bin/sh -c sleep 30]"))
+    deleted["metadata"] = {"name": "app-1-1", "deletionTimestamp": "2026-11-30T02:02:13Z"}
+    outcome = classify_pod(deleted)
+    assert (outcome.finished, outcome.reason) == (True, Reason.POD_LOST)
+    assert "app-1-1" in outcome.message
+    deleted["status"] = pod("Succeeded", terminated(0, DIGEST, "Completed"))["status"]
+    assert classify_pod(deleted).succeeded, "a build that finished before the delete counts"
+
+
 def test_exit_zero_without_digest_is_not_trusted() -> None:
     outcome = classify_pod(pod("Succeeded", terminated(0, "", "Completed")))
     assert not outcome.succeeded
