@@ -1,9 +1,10 @@
 """``make demo``: one multi-stage Dockerfile, built at two targets, on the local sandbox.
 
 It starts the sandbox (apiserver, registry, a real node running real Kaniko, operator), applies
-a ConfigMap context and two ImageBuilds (the fat ``build`` stage and the slim ``runtime``
-stage), waits for both, asks for a rebuild of the runtime to show the registry layer cache at
-work, prints the statuses side by side, and stops everything it started.
+a ConfigMap context and two ImageBuilds (the fat ``build`` stage, and the slim ``runtime``
+stage after its ``test`` check stage), waits for both, asks for a rebuild of the runtime to
+show the registry layer cache at work, prints the statuses side by side (cache hits, checks,
+the largest layer and the instruction that made it), and stops everything it started.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from sandbox.images import KanikoMissingError, kaniko_executor
 from sandbox.stack import IMAGEBUILD_API, Sandbox
+from stagewright.status import human_size
 
 #: A toolchain-heavy build stage, a test stage, and a runtime stage that keeps only the
 #: artifact: the shape of a real Java or Go service's Dockerfile, on a busybox base.
@@ -56,9 +58,9 @@ def context_configmap(namespace: str) -> dict[str, Any]:
 
 
 def imagebuild(name: str, target: str, registry: str, base: str,
-               namespace: str = "default") -> dict[str, Any]:
+               namespace: str = "default", checks: list[str] | None = None) -> dict[str, Any]:
     """An ImageBuild of one target of the demo Dockerfile, pushed to the sandbox registry."""
-    return {
+    build: dict[str, Any] = {
         "apiVersion": IMAGEBUILD_API, "kind": "ImageBuild",
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
@@ -72,6 +74,9 @@ def imagebuild(name: str, target: str, registry: str, base: str,
             "timeout": "10m",
         },
     }
+    if checks:
+        build["spec"]["checks"] = checks
+    return build
 
 
 def duration(status: dict[str, Any]) -> str:
@@ -83,15 +88,33 @@ def duration(status: dict[str, Any]) -> str:
     return f"{(datetime.strptime(end, fmt) - datetime.strptime(start, fmt)).seconds}s"
 
 
+def largest_layer(status: dict[str, Any], width: int = 48) -> str:
+    """The largest layer's size and the instruction that made it, cut to ``width``."""
+    layers = status.get("largestLayers") or []
+    if not layers:
+        return "-"
+    top = layers[0]
+    text = f"{human_size(top['size'])} {top.get('instruction') or top['digest'][:19]}"
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def checks(status: dict[str, Any]) -> str:
+    """``test:Passed`` per check stage, or ``-``."""
+    return ",".join(f"{c['stage']}:{c['result']}" for c in status.get("checks") or []) or "-"
+
+
 def table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     """The statuses side by side, like ``kubectl get ib`` with a few more columns."""
-    header = ("IMAGEBUILD", "TARGET", "PHASE", "SIZE", "LAYERS", "DIGEST", "DURATION")
+    header = ("IMAGEBUILD", "TARGET", "PHASE", "SIZE", "LAYERS", "CACHE", "CHECKS",
+              "LARGEST LAYER", "DIGEST", "DURATION")
     lines = [header]
     for label, obj in rows:
         status = obj.get("status") or {}
         lines.append((label, obj["spec"].get("target", "-"), status.get("phase", "-"),
                       status.get("sizeHuman", "-"), str(status.get("layers", "-")),
-                      (status.get("digest") or "-")[:19], duration(status)))
+                      (status.get("cache") or {}).get("summary", "-"), checks(status),
+                      largest_layer(status), (status.get("digest") or "-")[:19],
+                      duration(status)))
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
                      for row in lines)
@@ -111,8 +134,10 @@ def run(work_dir: Path) -> int:
         admin, registry = sandbox.admin, sandbox.registry.host
         admin.apply([context_configmap("default")])
         builds = [imagebuild("demo-build", "build", registry, sandbox.base_image),
-                  imagebuild("demo-runtime", "runtime", registry, sandbox.base_image)]
-        print("Applying ImageBuilds demo-build (target build) and demo-runtime (target runtime)")
+                  imagebuild("demo-runtime", "runtime", registry, sandbox.base_image,
+                             checks=["test"])]
+        print("Applying ImageBuilds demo-build (target build) and demo-runtime (target runtime, "
+              "after its check stage test)")
         admin.apply(builds)
         results = [(b["metadata"]["name"], sandbox.wait_settled(b["metadata"]["name"]))
                    for b in builds]

@@ -51,6 +51,20 @@ class Settings(BaseSettings):
     liveness_endpoint: str | None = None
     #: How many characters of a failed build's log tail are kept in status.message.
     message_limit: int = Field(default=2048, ge=256, le=32768)
+    #: How many of the image's largest layers status.largestLayers lists.
+    largest_layers: int = Field(default=5, ge=1, le=16)
+    #: Bytes of a finished build pod's log read (pods/log, limitBytes) for the cache report
+    #: and the target's base image; the rest is not read.
+    build_log_limit_bytes: int = Field(default=2 * 1024 * 1024, ge=4096)
+    #: Build pods running at once in the whole cluster; past it builds queue (reason Queued).
+    #: Unset: unlimited. A burst of ImageBuilds otherwise asks the scheduler for every pod.
+    max_running_builds: int | None = Field(default=None, ge=1)
+    #: Build pods running at once per namespace, so one team cannot take every slot.
+    max_running_builds_per_namespace: int | None = Field(default=None, ge=1)
+    #: Port of the Prometheus metrics endpoint (/metrics); unset disables it.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    #: Address the metrics endpoint binds: 0.0.0.0 in a pod (the chart sets it), else local.
+    metrics_address: str = "127.0.0.1"
     #: A ConfigMap of extra CA certificates (PEM) for registries with a private CA, present
     #: under this name in every build namespace (as trust-manager distributes a Bundle): build
     #: pods mount it and trust it in addition to the executor's own CAs. Unset: none.

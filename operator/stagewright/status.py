@@ -13,7 +13,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from stagewright.api.reasons import INFRASTRUCTURE_FAILURES, Reason
-from stagewright.api.v1alpha1 import Condition, ImageBuildStatus, Phase
+from stagewright.api.v1alpha1 import (
+    CHECKS_ANNOTATION,
+    BuildRecord,
+    Condition,
+    ImageBuildStatus,
+    Phase,
+    check_container_name,
+)
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 #: Kaniko's own words when the image was built but could not be pushed (its final error
@@ -38,6 +45,10 @@ _STUCK_WAITING = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageNam
                             "CreateContainerConfigError", "CreateContainerError"})
 
 
+#: Finished builds kept in status.history: enough to see a trend, small enough for etcd.
+HISTORY_LIMIT = 5
+
+
 def now_iso() -> str:
     """The current time as Kubernetes writes it (RFC 3339, seconds, UTC)."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -53,6 +64,9 @@ class PodOutcome:
     reason: Reason | None = None
     message: str = ""
     waiting: str | None = None
+    #: The termination message held a digest, not the log: Kaniko also writes its digest file
+    #: when it pushes cache layers, so only the log tells a failed push from a failed step.
+    log_needed: bool = False
     #: Why the pod is waiting, when ``waiting`` is set (PodWaiting or Unschedulable).
     waiting_reason: Reason = Reason.WAITING
     finished_at: str | None = None
@@ -61,6 +75,11 @@ class PodOutcome:
     def infrastructure_failure(self) -> bool:
         """True when a retry might succeed: the build itself never failed."""
         return self.reason in INFRASTRUCTURE_FAILURES
+
+
+def kaniko_terminated(pod: dict[str, Any]) -> dict[str, Any]:
+    """The build container's ``terminated`` state, or {} while it has none."""
+    return dict(_kaniko_state(pod).get("terminated") or {})
 
 
 def _kaniko_state(pod: dict[str, Any]) -> dict[str, Any]:
@@ -77,8 +96,9 @@ def classify_pod(pod: dict[str, Any], *, message_limit: int = 2048) -> PodOutcom
     phase = status.get("phase")
     state = _kaniko_state(pod)
     if phase in ("Succeeded", "Failed"):
-        outcome = _ended_outcome(status, state.get("terminated"), message_limit)
         metadata = pod.get("metadata") or {}
+        outcome = _ended_outcome(status, state.get("terminated"), message_limit,
+                                 metadata.get("annotations") or {})
         if not outcome.succeeded and metadata.get("deletionTimestamp"):
             # Deleted while it ran (a drain, kubectl delete): a real kubelet stops Kaniko
             # first, and that exit code is no build failure. Lost, so retried if allowed.
@@ -97,6 +117,58 @@ def classify_pod(pod: dict[str, Any], *, message_limit: int = 2048) -> PodOutcom
     return PodOutcome(finished=False)
 
 
+def _check_stages(annotations: dict[str, str]) -> list[str]:
+    value = annotations.get(CHECKS_ANNOTATION) or ""
+    return [stage for stage in value.split(",") if stage]
+
+
+def _failed_check(status: dict[str, Any], annotations: dict[str, str],
+                  message_limit: int) -> PodOutcome | None:
+    """A check stage (init container) that exited non-zero: CheckFailed, naming the stage."""
+    stages = _check_stages(annotations)
+    for index, stage in enumerate(stages):
+        terminated = _init_state(status, check_container_name(index)).get("terminated") or {}
+        if int(terminated.get("exitCode", 0)) != 0:
+            text = strip_ansi(terminated.get("message") or "")
+            headline = f"Check stage {stage} failed (exit code {terminated['exitCode']})"
+            return PodOutcome(finished=True, reason=Reason.CHECK_FAILED, message=failure_message(
+                headline + "; the target was not built and nothing was pushed", text,
+                message_limit))
+    return None
+
+
+def _init_state(status: dict[str, Any], name: str) -> dict[str, Any]:
+    for container in status.get("initContainerStatuses") or []:
+        if container.get("name") == name:
+            return dict(container.get("state") or {})
+    return {}
+
+
+def check_results(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    """status.checks from the pod: each check stage's result and duration, in order."""
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    status = pod.get("status") or {}
+    results = []
+    for index, stage in enumerate(_check_stages(annotations)):
+        terminated = _init_state(status, check_container_name(index)).get("terminated")
+        entry: dict[str, Any] = {"stage": stage, "result": "NotRun"}
+        if terminated:
+            entry["result"] = "Passed" if int(terminated.get("exitCode", -1)) == 0 else "Failed"
+            started = _parse_time(terminated.get("startedAt"))
+            finished = _parse_time(terminated.get("finishedAt"))
+            if started and finished:
+                entry["durationSeconds"] = int((finished - started).total_seconds())
+        results.append(entry)
+    return results
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    try:
+        return datetime.strptime(value or "", "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
 def _unschedulable(status: dict[str, Any]) -> str | None:
     """The scheduler's words when it cannot place the pod (PodScheduled=False/Unschedulable)."""
     for condition in status.get("conditions") or []:
@@ -107,7 +179,7 @@ def _unschedulable(status: dict[str, Any]) -> str | None:
 
 
 def _ended_outcome(status: dict[str, Any], terminated: dict[str, Any] | None,
-                   message_limit: int) -> PodOutcome:
+                   message_limit: int, pod_annotations: dict[str, str]) -> PodOutcome:
     """A pod in a final phase: the pod-level reason first, then the container's exit."""
     pod_reason, pod_message = status.get("reason"), status.get("message") or ""
     if status.get("phase") == "Failed" and pod_reason == "DeadlineExceeded":
@@ -119,6 +191,9 @@ def _ended_outcome(status: dict[str, Any], terminated: dict[str, Any] | None,
     if status.get("phase") == "Failed" and pod_reason in _LOST_POD_REASONS:
         text = f"{pod_reason}: {pod_message or 'the node lost the pod'}"
         return PodOutcome(finished=True, reason=Reason.POD_LOST, message=_tail(text, message_limit))
+    failed_check = _failed_check(status, pod_annotations, message_limit)
+    if failed_check is not None:
+        return failed_check
     if terminated:
         return _terminated_outcome(terminated, message_limit)
     text = f"The pod ended ({status.get('phase')}) without a container status. {pod_message}"
@@ -139,10 +214,19 @@ def _terminated_outcome(terminated: dict[str, Any], message_limit: int) -> PodOu
         return PodOutcome(finished=True, reason=Reason.OUT_OF_MEMORY, message=(
             "The build ran out of memory (OOMKilled); raise spec.resources.limits.memory."))
     if _DIGEST.match(text):
-        # Kaniko writes the digest file before pushing: a digest with a failure is a push.
-        return PodOutcome(finished=True, reason=Reason.PUSH_FAILED, message=(
-            f"The image ({text}) was built but the push failed; check output.pushSecretRef "
-            "and the registry's permissions."))
+        # Kaniko writes the digest file before its final push, and also while it pushes
+        # cache layers, so a digest with a failure may be a failed push or a failed step
+        # after a cached one: the log decides (classify_log), this is the fallback.
+        return PodOutcome(finished=True, reason=Reason.PUSH_FAILED, log_needed=True, message=(
+            f"Kaniko exited with code {exit_code} after writing digest {text}; its log could "
+            "not be read to say why. A failed push is likely: check output.pushSecretRef and "
+            "the registry's permissions."))
+    return classify_log(exit_code, text, message_limit)
+
+
+def classify_log(exit_code: int, log: str, message_limit: int) -> PodOutcome:
+    """A failed build's outcome from its log: a push failure or a build failure."""
+    text = strip_ansi(log).strip()
     reason = Reason.PUSH_FAILED if _PUSH_ERRORS.search(text) else Reason.BUILD_FAILED
     return PodOutcome(finished=True, reason=reason,
                       message=failure_message(f"Kaniko exited with code {exit_code}", text,
@@ -162,6 +246,10 @@ def failure_message(headline: str, log: str, limit: int) -> str:
     ``limit``).
     """
     lines = [line.strip() for line in strip_ansi(log).splitlines() if line.strip()]
+    if "Usage:" in lines[1:]:
+        # Kaniko's command line prints its whole usage (~100 lines) after a fatal error: it
+        # would push the error itself out of the tail.
+        lines = lines[: lines.index("Usage:", 1)]
     error = next((line for line in reversed(lines) if _ERROR_LINE.match(line)), None)
     step = next((m.group(1) for m in map(_STEP_LINE.match, reversed(lines)) if m), None)
     first = headline + (f" at step {step}" if step else "") + (f": {error}" if error else ".")
@@ -238,3 +326,28 @@ def status_patch(previous: ImageBuildStatus, *, phase: Phase, reason: Reason, me
         alias = aliases[name].alias or name
         patch[alias] = value
     return patch
+
+
+def history_with(previous: ImageBuildStatus, record: BuildRecord) -> list[dict[str, Any]]:
+    """status.history after ``record``: newest first, at most ``HISTORY_LIMIT`` entries.
+
+    The whole list is written each time (a merge patch replaces lists), in the same patch as
+    the build's final status, so history costs no extra API write.
+    """
+    records = [record, *(previous.history or [])][:HISTORY_LIMIT]
+    return [r.model_dump(mode="json", by_alias=True, exclude_none=True) for r in records]
+
+
+def size_delta(previous: ImageBuildStatus, size: int) -> int | None:
+    """Bytes gained since the previous successful build (from history); None for the first."""
+    for record in previous.history or []:
+        if record.phase is Phase.SUCCEEDED and record.size is not None:
+            return size - record.size
+    return None
+
+
+def signed_size(delta: int) -> str:
+    """A size change for people: ``+1.2MiB``, ``-300B``, ``±0B``."""
+    if delta == 0:
+        return "±0B"
+    return ("+" if delta > 0 else "-") + human_size(abs(delta))

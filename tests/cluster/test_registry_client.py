@@ -6,6 +6,7 @@ registry's Docker-Content-Digest and sizes against what was uploaded.
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
 import time
@@ -18,7 +19,6 @@ from tests.cluster.registry_fixtures import USER, AuthProxy, Pusher, docker_conf
 
 from sandbox.registry import LocalRegistry
 from stagewright.registry import (
-    ImageInfo,
     ImageNotFound,
     ImageReference,
     InvalidManifest,
@@ -67,13 +67,12 @@ async def test_docker_v2s2_image(
 ) -> None:
     pushed = await pusher.image("team/docker", "v1", docker=True, layers=3)
     info = await client.resolve(ref(registry.host, "team/docker:v1"), insecure=True)
-    assert info == ImageInfo(
-        digest=pushed.digest, media_type=DOCKER_MANIFEST, size=pushed.size, layers=3
+    assert (info.digest, info.media_type, info.size, info.layers) == (
+        pushed.digest, DOCKER_MANIFEST, pushed.size, 3
     )
-    assert info.model_dump(mode="json", by_alias=True) == {
-        "digest": pushed.digest, "mediaType": DOCKER_MANIFEST, "size": pushed.size,
-        "layers": 3, "platforms": [],
-    }
+    dumped = info.model_dump(mode="json", by_alias=True)
+    assert dumped["platforms"] == []
+    assert [layer["instruction"] for layer in dumped["layerDetails"]] == [None] * 3
 
 
 async def test_oci_image_by_tag_and_by_digest(
@@ -291,3 +290,50 @@ async def test_ca_bundle_adds_a_private_ca_to_the_default_trust(
         system_cas = ssl.create_default_context().cert_store_stats()["x509_ca"]
         assert trusting.trust_context().cert_store_stats()["x509_ca"] == system_cas + 1
     assert info.digest == pushed.digest
+
+
+async def test_details_name_each_platform_layer_from_its_config_history(
+    client: RegistryClient, pusher: Pusher, registry: LocalRegistry
+) -> None:
+    """An index: each platform's config blob is read (digest-checked) and paired with its layers."""
+    children: list[tuple[registry_fixtures.Pushed, dict[str, str], dict[str, str]]] = []
+    for arch in ("amd64", "arm64"):
+        layer = await pusher.blob("hist", f"{arch} layer".encode() * 50,
+                                  registry_fixtures.OCI_LAYER)
+        config = json.dumps({"architecture": arch, "os": "linux",
+                             "rootfs": {"type": "layers", "diff_ids": []},
+                             "history": [{"created_by": f"/bin/sh -c make {arch}"}]}).encode()
+        child = await pusher.manifest("hist", arch, {
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": await pusher.blob("hist", config, registry_fixtures.OCI_CONFIG),
+            "layers": [layer]})
+        children.append((child, {"os": "linux", "architecture": arch}, {}))
+    await pusher.index("hist", "v1", children)
+    info = await client.resolve(ref(registry.host, "hist:v1"), insecure=True, details=True)
+    assert [(p.platform, [layer.instruction for layer in p.layer_details])
+            for p in info.platforms] == [
+        ("linux/amd64", ["RUN make amd64"]), ("linux/arm64", ["RUN make arm64"])]
+    plain = await client.resolve(ref(registry.host, "hist:v1"), insecure=True)
+    assert [layer.instruction for layer in plain.platforms[0].layer_details] == [None]
+
+
+async def test_tag_points_each_tag_at_the_same_manifest_bytes(
+    client: RegistryClient, auth_registry: LocalRegistry
+) -> None:
+    """The size budget's promotion: PUT the staged manifest under each output tag."""
+    p = pusher_for(auth_registry)
+    async with p.client:
+        staged = await p.image("budget/app", "stagewright-staging-app", docker=True)
+        old = await p.image("budget/app", "latest")
+    by_digest = ref(auth_registry.host, f"budget/app@{staged.digest}")
+    with pytest.raises(RegistryAuthError):
+        await client.tag(by_digest, ["latest"], insecure=True)
+    good = docker_config(auth_registry.host, *USER)
+    await client.tag(by_digest, ["latest", "v1"], insecure=True, docker_config=good)
+    for tag in ("latest", "v1"):
+        info = await client.resolve(ref(auth_registry.host, f"budget/app:{tag}"),
+                                    insecure=True, docker_config=good)
+        assert info.digest == staged.digest != old.digest
+    with pytest.raises(InvalidManifest, match="by digest"):
+        await client.tag(ref(auth_registry.host, "budget/app:v1"), ["x"], insecure=True,
+                         docker_config=good)

@@ -78,7 +78,7 @@ def test_every_rendered_object_passes_the_official_schemas(
 def test_default_renders_a_cluster_wide_install(default: list[Obj]) -> None:
     assert sorted(obj["kind"] for obj in default) == sorted([
         "ServiceAccount", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding",
-        "Deployment",
+        "Deployment", "Service",
     ])
     assert one(default, "ClusterRole")["metadata"]["name"] == "stagewright-operator"
     assert "STAGEWRIGHT_NAMESPACES" not in _env(default)
@@ -176,17 +176,22 @@ def test_default_env_gives_the_operator_its_own_defaults(
     """The chart's defaults are the operator's: the rendered env parses to Settings()."""
     env = _env(default)
     field_envs = {f"STAGEWRIGHT_{name.upper()}" for name in Settings.model_fields}
-    # Optional settings are rendered only when configured (watchNamespaces, caBundle.configMap).
-    assert set(env) == field_envs - {"STAGEWRIGHT_NAMESPACES", "STAGEWRIGHT_CA_BUNDLE_CONFIGMAP",
-                                     "STAGEWRIGHT_CA_BUNDLE_FILE", "STAGEWRIGHT_REGISTRY_ALLOW"}
+    # Optional settings are rendered only when configured (watchNamespaces, caBundle.configMap,
+    # the queue limits: unset is unlimited).
+    optional = {"STAGEWRIGHT_NAMESPACES", "STAGEWRIGHT_CA_BUNDLE_CONFIGMAP",
+                "STAGEWRIGHT_CA_BUNDLE_FILE", "STAGEWRIGHT_MAX_RUNNING_BUILDS",
+                "STAGEWRIGHT_MAX_RUNNING_BUILDS_PER_NAMESPACE",
+                "STAGEWRIGHT_REGISTRY_ALLOW"}
+    assert set(env) == field_envs - optional
     baseline = Settings()
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     rendered = Settings()
+    # The chart serves what the operator leaves off: probes and metrics, on the pod's IP.
+    served = {"liveness_endpoint": None, "metrics_port": None, "metrics_address": "127.0.0.1"}
     assert rendered.liveness_endpoint == "http://0.0.0.0:8080/healthz"
-    assert rendered.model_copy(update={"liveness_endpoint": None}) == baseline.model_copy(
-        update={"liveness_endpoint": None},
-    )
+    assert (rendered.metrics_port, rendered.metrics_address) == (9090, "0.0.0.0")
+    assert rendered.model_copy(update=served) == baseline.model_copy(update=served)
 
 
 def test_values_reach_the_deployment() -> None:
@@ -213,6 +218,26 @@ def test_values_reach_the_deployment() -> None:
     assert pod["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
     for obj in objs:
         validate(obj)
+
+
+def test_queue_limits_and_metrics_reach_the_deployment() -> None:
+    objs = helm_template("queue.maxRunningBuilds=50", "queue.maxRunningBuildsPerNamespace=5",
+                         "metrics.port=9191", "metrics.serviceMonitor.enabled=true")
+    env = _env(objs)
+    assert env["STAGEWRIGHT_MAX_RUNNING_BUILDS"] == "50"
+    assert env["STAGEWRIGHT_MAX_RUNNING_BUILDS_PER_NAMESPACE"] == "5"
+    assert env["STAGEWRIGHT_METRICS_PORT"] == "9191"
+    service = one(objs, "Service")
+    assert service["spec"]["ports"][0]["port"] == 9191
+    monitor = one(objs, "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitor["spec"]["selector"]["matchLabels"] == service["metadata"]["labels"]
+
+
+def test_metrics_can_be_turned_off() -> None:
+    objs = helm_template("metrics.enabled=false")
+    assert "STAGEWRIGHT_METRICS_PORT" not in _env(objs)
+    assert not [obj for obj in objs if obj["kind"] in ("Service", "ServiceMonitor")]
 
 
 def test_ca_bundle_reaches_the_operator_and_its_settings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,6 +19,7 @@ from stagewright.resources.kaniko_pod import (
     kaniko_context,
     missing_context_keys,
     pod_name,
+    staging_tag,
 )
 from stagewright.settings import Settings
 
@@ -223,3 +224,16 @@ def test_ca_bundle_is_added_to_kanikos_trust() -> None:
     kubernetes_validate.validate(pod, "1.33.0", strict=True)
     without = pod_for(build)["spec"]
     assert not any(v["name"] == "ca-bundle" for v in without["volumes"])
+
+
+def test_a_size_budget_pushes_only_to_the_staging_tag() -> None:
+    """Over budget, the image must never be reachable under the output tags: Kaniko pushes
+    to a staging tag, and the operator adds the output tags once the size is within budget."""
+    document = yaml.safe_load((HERE / "fixtures" / "git-runtime.yaml").read_text())
+    document["spec"]["output"]["maxSize"] = "200Mi"
+    build = ImageBuild.model_validate(document)
+    args = pod_for(build)["spec"]["containers"][0]["args"]
+    destinations = [a for a in args if a.startswith("--destination=")]
+    assert destinations == [f"--destination=registry.example.com/acme/web:{staging_tag('web')}"]
+    assert staging_tag("web") not in build.spec.output.tags
+    assert len(staging_tag("x" * 300)) <= 128

@@ -52,6 +52,7 @@ EXPECTED_GRANTS = {
     ("", "pods", "get"),
     ("", "pods", "list"),
     ("", "pods", "watch"),
+    ("", "pods/log", "get"),
     ("", "secrets", "get"),
     ("", "configmaps", "get"),
     ("", "events", "create"),

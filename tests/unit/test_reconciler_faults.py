@@ -1,7 +1,7 @@
 """The reconciler under API-server faults, over HTTP, against kmock's Kubernetes emulator.
 
 tests/cluster covers the happy path on a real kube-apiserver; what a real server will not do
-on cue is fail. Our code runs unchanged: ``Reconciler`` -> ``KubeApi`` -> httpx -> kmock on
+on cue is fail. Our code runs unchanged: ``Reconciler`` -> ``KubeApi`` -> aiohttp -> kmock on
 127.0.0.1. Each test asserts what the server received and holds, and what ``reconcile`` raised.
 
 kmock limits met here: it never sets uid/generation/resourceVersion (the seeded ImageBuild
@@ -237,7 +237,7 @@ async def test_unreachable_server_is_a_temporary_503() -> None:
             with pytest.raises(ApiError) as caught:
                 await reconciler.reconcile(NS, NAME)
     assert (caught.value.status, caught.value.temporary) == (503, True)
-    assert "ConnectError" in caught.value.message
+    assert "Cannot connect" in caught.value.message
     assert len(emulator) == 0
 
 

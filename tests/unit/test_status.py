@@ -8,7 +8,7 @@ import pytest
 
 from stagewright.api.reasons import Reason
 from stagewright.api.v1alpha1 import ImageBuildStatus, Phase
-from stagewright.status import classify_pod, human_size, status_patch
+from stagewright.status import classify_log, classify_pod, human_size, status_patch
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -46,12 +46,23 @@ def test_exit_zero_without_digest_is_not_trusted() -> None:
     assert outcome.reason is Reason.DIGEST_UNVERIFIED
 
 
-def test_digest_with_failure_means_the_push_failed() -> None:
-    """Kaniko writes its digest file before pushing: a digest is no proof of a push."""
+def test_digest_with_failure_asks_for_the_log() -> None:
+    """Kaniko writes its digest file before pushing, and while pushing cache layers: a digest
+    with a failure is no proof of a push, and the log must tell which step failed."""
     outcome = classify_pod(pod("Failed", terminated(1, DIGEST)))
     assert not outcome.succeeded
-    assert outcome.reason is Reason.PUSH_FAILED
+    assert outcome.log_needed
+    assert outcome.reason is Reason.PUSH_FAILED  # the fallback when no log can be read
     assert DIGEST in outcome.message
+
+
+def test_the_log_tells_a_failed_step_from_a_failed_push() -> None:
+    step = classify_log(1, COLOURED_FAILURE, 2048)
+    assert step.reason is Reason.BUILD_FAILED
+    assert step.message.startswith("Kaniko exited with code 1 at step RUN grep")
+    push = classify_log(1, "INFO[0003] Pushing image to r/x:latest\nerror pushing image: "
+                        "failed to push to destination r/x:latest: UNAUTHORIZED", 2048)
+    assert push.reason is Reason.PUSH_FAILED
 
 
 def test_build_failure_keeps_the_log_tail() -> None:
@@ -200,3 +211,13 @@ def test_a_scheduled_pending_pod_is_not_waiting() -> None:
     pending = {"status": {"phase": "Pending", "conditions": [
         {"type": "PodScheduled", "status": "True"}]}}
     assert classify_pod(pending).waiting is None
+
+
+def test_kanikos_usage_text_does_not_push_the_error_out() -> None:
+    """A fatal error (a git clone refused) is followed by ~100 lines of usage."""
+    flags = "\n".join(f"  --flag{i} string  help" for i in range(120))
+    usage = "Usage:\n  executor [flags]\n" + flags
+    log = ("Error: error resolving source context: authentication required\n" + usage)
+    outcome = classify_pod(pod("Failed", terminated(1, log)), message_limit=1024)
+    assert "authentication required" in outcome.message.splitlines()[0]
+    assert "--flag" not in outcome.message

@@ -70,10 +70,16 @@ compares the rendered rules), so the reasons are repeated here as well.
   resources: ["imagebuilds/finalizers"]
   verbs: ["update"]
 # Build pods: create one per generation and attempt, follow them (list, watch, get on
-# resync), delete one when a new generation cancels it. Never modified, logs never read.
+# resync), delete one when a new generation cancels it. Never modified.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["create", "delete", "get", "list", "watch"]
+# The log of a finished build pod, read once (bounded by limitBytes) for status.cache (Kaniko's
+# cache hit and miss lines) and the target's base image. Read-only; a build's log holds no
+# credentials (Kaniko never prints them).
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
 # Secrets and ConfigMaps an ImageBuild names (push and git credentials, a ConfigMap
 # context), read by name: to report a missing one in status before a pod waits on it, and to
 # check the pushed digest and size with the push credentials. get only: the operator cannot

@@ -30,6 +30,8 @@ PRINTER_COLUMNS: list[dict[str, str]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Target", "type": "string", "jsonPath": ".spec.target"},
     {"name": "Size", "type": "string", "jsonPath": ".status.sizeHuman"},
+    # Cache hits of cacheable steps ("5/7"), read from Kaniko's log.
+    {"name": "Cache", "type": "string", "jsonPath": ".status.cache.summary"},
     {"name": "Digest", "type": "string", "jsonPath": ".status.shortDigest"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]

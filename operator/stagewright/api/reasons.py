@@ -10,6 +10,7 @@ class Reason(StrEnum):
     """Why an ImageBuild is in its phase (status.reason and condition reasons)."""
 
     BUILDING = "Building"
+    QUEUED = "Queued"
     WAITING = "PodWaiting"
     UNSCHEDULABLE = "Unschedulable"
     REFERENCE_NOT_FOUND = "ReferenceNotFound"
@@ -26,6 +27,8 @@ class Reason(StrEnum):
     EVICTED = "Evicted"
     POD_LOST = "PodLost"
     DIGEST_UNVERIFIED = "DigestUnverified"
+    SIZE_BUDGET_EXCEEDED = "SizeBudgetExceeded"
+    CHECK_FAILED = "CheckFailed"
 
 
 #: Failures of the infrastructure, not of the build: retried up to spec.retries times.
@@ -38,5 +41,5 @@ WARNINGS = frozenset({
     Reason.INVALID_SPEC, Reason.POD_CONFLICT, Reason.POD_REJECTED, Reason.BUILD_FAILED,
     Reason.REGISTRY_NOT_ALLOWED,
     Reason.PUSH_FAILED, Reason.OUT_OF_MEMORY, Reason.TIMEOUT, Reason.EVICTED, Reason.POD_LOST,
-    Reason.DIGEST_UNVERIFIED,
+    Reason.DIGEST_UNVERIFIED, Reason.SIZE_BUDGET_EXCEEDED, Reason.CHECK_FAILED,
 })

@@ -33,6 +33,16 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 #: Annotation whose new value asks for a rebuild of the same spec.
 REBUILD_ANNOTATION = f"{GROUP}/rebuild"
+#: Build pod annotation: the check stages, comma-separated in order, so the pod says by
+#: itself which init container (``check_container_name``) built which stage.
+CHECKS_ANNOTATION = f"{GROUP}/checks"
+
+
+def check_container_name(index: int) -> str:
+    """``check-1``, ``check-2``...: the init container of the check stage at ``index``
+    (stage names need not be valid container names)."""
+    return f"check-{index + 1}"
+
 
 _DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)")
@@ -63,6 +73,30 @@ Quantity = Annotated[
     str | int,
     Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
 ]
+
+
+#: A Kubernetes quantity (``200Mi``, ``1G``, ``5e8``), as the API server's regex accepts it.
+_QUANTITY = re.compile(
+    r"^([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|[kMGTPE]|[eE][0-9]+)?$",
+)
+_QUANTITY_UNITS = {
+    "": 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+}
+
+
+def parse_quantity(value: str | int) -> int:
+    """Bytes in a Kubernetes quantity (``200Mi`` -> 209715200), rounded up as Kubernetes does."""
+    text = str(value).strip()
+    match = _QUANTITY.match(text)
+    if not match:
+        raise ValueError(f"invalid quantity {value!r}: use bytes or units such as 200Mi, 1G")
+    number, suffix = match[1], match[2] or ""
+    if suffix[:1] in ("e", "E"):
+        scaled = float(number) * 10 ** int(suffix[1:])
+    else:
+        scaled = float(number) * _QUANTITY_UNITS[suffix]
+    return int(-(-scaled // 1))
 
 
 def parse_duration(value: str) -> timedelta:
@@ -196,6 +230,24 @@ class Output(_Model):
     labels: dict[str, str] = Field(
         default_factory=dict, description="OCI labels added to the image config.",
     )
+    max_size: Quantity | None = Field(
+        default=None,
+        description="Size budget (a quantity such as 200Mi): compressed bytes, config + "
+        "layers, as the registry serves the image. A bigger image fails with "
+        "SizeBudgetExceeded and never gets the output tags.",
+    )
+
+    @field_validator("max_size")
+    @classmethod
+    def _valid_budget(cls, value: str | int | None) -> str | int | None:
+        if value is not None and parse_quantity(value) < 1:
+            raise ValueError("maxSize must be at least 1 byte")
+        return value
+
+    @property
+    def max_size_bytes(self) -> int | None:
+        """The budget in bytes, if any."""
+        return None if self.max_size is None else parse_quantity(self.max_size)
 
     @field_validator("tags")
     @classmethod
@@ -254,6 +306,13 @@ class ImageBuildSpec(_Model):
     build_args: dict[str, str] = Field(
         default_factory=dict, description="Values for the Dockerfile's ARG instructions.",
     )
+    checks: list[Annotated[str, StringConstraints(pattern=_STAGE, max_length=128)]] = Field(
+        default_factory=list, max_length=8,
+        description="Stages (e.g. test, lint) that must build, in order, before the target is "
+        "built and pushed; one failing ends the build Failed/CheckFailed with nothing pushed. "
+        "They share the registry layer cache with the target.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
     output: Output = Field(description="Where the image is pushed.")
     cache: Cache = Field(default_factory=Cache, description="Registry layer cache.")
     timeout: Duration | None = Field(
@@ -286,6 +345,13 @@ class ImageBuildSpec(_Model):
         if bad:
             raise ValueError(f"invalid build argument names {bad}: use letters, digits and _")
         return args
+
+    @field_validator("checks")
+    @classmethod
+    def _unique_checks(cls, checks: list[str]) -> list[str]:
+        if len(set(checks)) != len(checks):
+            raise ValueError("checks must be unique")
+        return checks
 
     @field_validator("timeout")
     @classmethod
@@ -320,6 +386,51 @@ class Condition(_Model):
     message: str = ""
 
 
+class LayerStatus(_Model):
+    """One of the image's largest layers: how big, and which instruction made it."""
+
+    size: int = Field(description="Compressed bytes, as the registry serves the layer.")
+    instruction: str | None = Field(
+        default=None, description="The Dockerfile instruction (from the image's history).",
+    )
+    digest: str = Field(description="The layer blob's digest.")
+    platform: str | None = Field(
+        default=None, description="os/architecture[/variant], for an image index only.",
+    )
+
+
+class CacheStatus(_Model):
+    """Kaniko's registry layer cache in the last build, read from its log."""
+
+    hits: int = Field(description="Cacheable steps served from the cache.")
+    misses: int = Field(description="Cacheable steps that ran.")
+    summary: str = Field(description="hits/steps, for the Cache printer column.")
+
+
+class CheckStatus(_Model):
+    """One check stage of the last build."""
+
+    stage: str = Field(description="The stage built as a check.")
+    result: Literal["Passed", "Failed", "NotRun"] = Field(
+        description="Passed, Failed, or NotRun (an earlier check failed, or time ran out).",
+    )
+    duration_seconds: int | None = Field(default=None, description="How long it took.")
+
+
+class BuildRecord(_Model):
+    """One finished build, as status.history keeps it."""
+
+    generation: int = Field(description="The spec generation built.")
+    rebuild: str | None = Field(default=None, description="The rebuild request it answered.")
+    phase: Phase = Field(description="Succeeded or Failed.")
+    reason: str = Field(description="Why it ended so.")
+    digest: str | None = Field(default=None, description="The image's digest, if pushed.")
+    size: int | None = Field(default=None, description="Compressed bytes, if pushed.")
+    start_time: str | None = Field(default=None, description="When it started.")
+    completion_time: str | None = Field(default=None, description="When it ended.")
+    cache_hits: int | None = Field(default=None, description="Cache hits, when read.")
+
+
 class ImageBuildStatus(_Model):
     """What the operator observed; the only part of an ImageBuild it writes."""
 
@@ -348,6 +459,31 @@ class ImageBuildStatus(_Model):
     size: int | None = Field(default=None, description="Compressed bytes: config + layers.")
     size_human: str | None = Field(default=None, description="Size for people, e.g. 12.3MiB.")
     layers: int | None = Field(default=None, description="Number of layers.")
+    largest_layers: list[LayerStatus] | None = Field(
+        default=None, max_length=16,
+        description="The largest layers, largest first, with the instruction that made each.",
+    )
+    base_image: str | None = Field(
+        default=None, description="The external image the target stage starts from.",
+    )
+    base_size: int | None = Field(
+        default=None,
+        description="Compressed bytes of the layers the base image brought (leading layers "
+        "identical, by digest, to the base image's).",
+    )
+    size_delta: int | None = Field(
+        default=None, description="Bytes gained (or lost, negative) since the previous "
+        "successful build of this ImageBuild.",
+    )
+    cache: CacheStatus | None = Field(
+        default=None, description="Registry layer cache hits and misses, from the build log.",
+    )
+    checks: list[CheckStatus] | None = Field(
+        default=None, max_length=8, description="Each check stage's result and duration.",
+    )
+    history: list[BuildRecord] | None = Field(
+        default=None, max_length=5, description="The last 5 finished builds, newest first.",
+    )
 
 
 class ImageBuild(_Model):

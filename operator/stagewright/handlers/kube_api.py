@@ -4,19 +4,31 @@ Why not the ``kubernetes`` client's API classes: they are synchronous and (since
 convert every body through generated pydantic models, while the operator builds plain dicts
 and runs in kopf's event loop. Configuration (kubeconfig, in-cluster token rotation, exec
 plugins) still comes from the ``kubernetes`` package, so credentials behave as users expect.
+
+Why aiohttp: chosen by measurement (benchmarks/burst.py, benchmarks/README.md). Under a burst
+of a thousand ImageBuilds the operator has hundreds of requests in flight; httpx's connection
+pool re-scans every queued request on each state change (quadratic in queued requests), and
+that bookkeeping was most of the operator's CPU. aiohttp's connector hands a freed connection
+to the next waiter in constant time, and kopf already depends on it (no new dependency).
 """
 
 from __future__ import annotations
 
+import json
 import ssl
+import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
 
-import httpx
+import aiohttp
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
 from stagewright.api.v1alpha1 import GROUP, PLURAL, VERSION
+
+#: Told of every request: (method, status code or "error", seconds). Metrics hook in here.
+RequestObserver = Callable[[str, str, float], None]
 
 #: Status codes that mean "try again later" rather than "your request is wrong".
 _TEMPORARY = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -47,31 +59,47 @@ def load_configuration() -> k8s_client.Configuration:
     return configuration
 
 
+#: Connections to the API server at most; more requests wait for a free one (FIFO).
+MAX_CONNECTIONS = 32
+
+
 class KubeApi:
     """Async calls on Pods, Secrets and ImageBuilds, dicts in and dicts out."""
 
-    def __init__(self, configuration: k8s_client.Configuration, timeout: float = 30.0) -> None:
+    def __init__(self, configuration: k8s_client.Configuration, timeout: float = 30.0,
+                 observer: RequestObserver | None = None) -> None:
         self._configuration = configuration
+        self._base_url = configuration.host.rstrip("/")
         context = ssl.create_default_context(cafile=configuration.ssl_ca_cert or None)
         if configuration.cert_file:
             context.load_cert_chain(configuration.cert_file, configuration.key_file)
         if not configuration.verify_ssl:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-        self._http = httpx.AsyncClient(
-            base_url=configuration.host.rstrip("/"), verify=context, timeout=timeout,
-        )
+        self._ssl = context
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+        self._observer = observer
 
     async def __aenter__(self) -> Self:
+        self._open()
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.aclose()
 
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(ssl=self._ssl, limit=MAX_CONNECTIONS)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        return self._session
+
     async def aclose(self) -> None:
         """Close the connection pool."""
-        await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     def _headers(self, content_type: str = "application/json") -> dict[str, str]:
         headers = {"Accept": "application/json", "Content-Type": content_type}
@@ -85,23 +113,52 @@ class KubeApi:
                        content_type: str = "application/json",
                        params: dict[str, str] | None = None) -> dict[str, Any] | None:
         """One API call; None for a 404 (the object is gone), ApiError for other failures."""
+        started = time.monotonic()
+        code = "error"
         try:
-            response = await self._http.request(
-                method, path, json=body, headers=self._headers(content_type), params=params,
-            )
-        except httpx.HTTPError as exc:
-            raise ApiError(503, f"{type(exc).__name__}: {exc}", "Unreachable") from exc
-        if response.status_code == 404 and method in ("GET", "DELETE", "PATCH"):
+            code, text = await self._send(method, path, body, content_type, params)
+        finally:
+            if self._observer is not None:
+                self._observer(method, code, time.monotonic() - started)
+        status_code = int(code)
+        if status_code == 404 and method in ("GET", "DELETE", "PATCH"):
             return None
-        if response.is_error:
-            try:
-                status = response.json()
-            except ValueError:
-                status = {}
-            raise ApiError(response.status_code, str(status.get("message") or response.text[:500]),
-                           str(status.get("reason") or ""))
-        result: dict[str, Any] = response.json()
+        try:
+            document = json.loads(text) if text else {}
+        except ValueError:
+            document = {}
+        if status_code >= 400:
+            raise ApiError(status_code, str(document.get("message") or text[:500]),
+                           str(document.get("reason") or ""))
+        result: dict[str, Any] = document
         return result
+
+    async def _send(self, method: str, path: str, body: Any, content_type: str,
+                    params: dict[str, str] | None) -> tuple[str, str]:
+        """The status code (as text, for metrics labels) and body of one request."""
+        session = self._open()
+        data = None if body is None else json.dumps(body, separators=(",", ":"))
+        try:
+            async with session.request(method, self._base_url + path, data=data, params=params,
+                                       headers=self._headers(content_type)) as response:
+                return str(response.status), await response.text()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ApiError(503, f"{type(exc).__name__}: {exc}", "Unreachable") from exc
+
+    async def list_all(self, path: str, label_selector: str = "",
+                       page: int = 500) -> list[dict[str, Any]]:
+        """Every object a list path returns, page by page (no single huge response)."""
+        items: list[dict[str, Any]] = []
+        params = {"limit": str(page)}
+        if label_selector:
+            params["labelSelector"] = label_selector
+        while True:
+            found = await self._request("GET", path, params=params) or {}
+            items += found.get("items") or []
+            token = (found.get("metadata") or {}).get("continue")
+            if not token:
+                return items
+            params["continue"] = token
 
     # ImageBuilds
 
@@ -146,6 +203,35 @@ class KubeApi:
             return existing, False
         assert created is not None
         return created, True
+
+    async def read_pod_log(self, namespace: str, name: str, container: str,
+                           limit_bytes: int, tail_lines: int | None = None) -> str | None:
+        """The first ``limit_bytes`` of a container's log (``pods/log``); None when gone.
+
+        The API server stops at ``limitBytes``, and the body is read no further than that
+        here either, so a chatty build cannot make the operator buffer its whole log.
+        """
+        params = {"container": container, "limitBytes": str(limit_bytes)}
+        if tail_lines is not None:
+            params["tailLines"] = str(tail_lines)
+        path = f"/api/v1/namespaces/{namespace}/pods/{name}/log"
+        session = self._open()
+        body = bytearray()
+        try:
+            async with session.get(self._base_url + path, params=params,
+                                   headers=self._headers()) as response:
+                if response.status == 404:
+                    return None
+                async for chunk in response.content.iter_chunked(64 * 1024):
+                    body += chunk[: limit_bytes - len(body)]
+                    if len(body) >= limit_bytes:
+                        break
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ApiError(503, f"{type(exc).__name__}: {exc}", "Unreachable") from exc
+        if status >= 400:
+            raise ApiError(status, bytes(body[:500]).decode(errors="replace"))
+        return bytes(body).decode(errors="replace")
 
     async def delete_pod(self, namespace: str, name: str) -> bool:
         """Delete a Pod (background propagation); False when it was already gone."""

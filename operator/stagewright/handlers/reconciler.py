@@ -13,7 +13,8 @@ import base64
 import binascii
 import json
 import logging
-from collections import defaultdict
+import time
+from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -21,8 +22,19 @@ import kopf
 from pydantic import ValidationError
 
 from stagewright.api.reasons import WARNINGS, Reason
-from stagewright.api.v1alpha1 import ContextFile, ImageBuild, ImageBuildStatus, Phase
+from stagewright.api.v1alpha1 import (
+    BuildRecord,
+    ContextFile,
+    ImageBuild,
+    ImageBuildStatus,
+    Phase,
+)
+from stagewright.build_log import BuildLog, parse_build_log
+from stagewright.handlers.build_queue import BuildQueue
 from stagewright.handlers.kube_api import ApiError, KubeApi
+from stagewright.handlers.metrics import Metrics
+from stagewright.insight import SCRATCH, build_insight, over_budget_message, success_message
+from stagewright.queueing import Waiting, queued_message
 from stagewright.registry import (
     ImageInfo,
     ImageNotFound,
@@ -34,6 +46,7 @@ from stagewright.registry import (
 from stagewright.registry.egress import host_allowed
 from stagewright.resources.events import build_event
 from stagewright.resources.kaniko_pod import (
+    CONTAINER_NAME,
     LABEL_IMAGEBUILD,
     build_key,
     build_pod,
@@ -44,7 +57,17 @@ from stagewright.resources.kaniko_pod import (
     pod_name,
 )
 from stagewright.settings import Settings
-from stagewright.status import PodOutcome, classify_pod, human_size, now_iso, status_patch
+from stagewright.status import (
+    PodOutcome,
+    check_results,
+    classify_log,
+    classify_pod,
+    history_with,
+    human_size,
+    kaniko_terminated,
+    now_iso,
+    status_patch,
+)
 
 #: How long past its deadline a pod that never started is given before the operator gives up
 #: on it (activeDeadlineSeconds only counts once a kubelet has started the pod).
@@ -52,9 +75,14 @@ _DEADLINE_GRACE = timedelta(minutes=2)
 #: How long after Kaniko's exit a registry that does not (yet) serve the digest, or cannot be
 #: reached, is asked again before the operator records what it knows.
 _VERIFY_GRACE = timedelta(minutes=5)
+#: How much of a failed build's log is read when its termination message holds only a digest.
+_FAILURE_LOG_LINES = 200
+_FAILURE_LOG_BYTES = 64 * 1024
 #: The status fields of a build's result, cleared when a new build starts.
 _NO_RESULT: dict[str, Any] = dict(
     image=None, digest=None, short_digest=None, size=None, size_human=None, layers=None,
+    largest_layers=None, base_image=None, base_size=None, size_delta=None, cache=None,
+    checks=None,
 )
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -65,34 +93,76 @@ class Reconciler:
     """Drives ImageBuilds towards a finished build of their current spec."""
 
     def __init__(self, api: KubeApi, registry: RegistryClient, settings: Settings,
-                 kopf_settings: kopf.OperatorSettings | None = None) -> None:
+                 kopf_settings: kopf.OperatorSettings | None = None,
+                 queue: BuildQueue | None = None, metrics: Metrics | None = None) -> None:
         self.api = api
         self.registry = registry
         self.settings = settings
+        #: Admission under STAGEWRIGHT_MAX_RUNNING_BUILDS*; None starts every build at once.
+        self.queue = queue
+        self.metrics = metrics
         # With kopf's settings, log lines name the ImageBuild as kopf's own do.
         self._kopf_settings = kopf_settings
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._lock_users: Counter[tuple[str, str]] = Counter()
+        #: When each unfinished build was last reconciled, so the resync skips fresh ones.
+        self._reconciled_at: dict[tuple[str, str], float] = {}
+
+    def seconds_since_reconciled(self, namespace: str, name: str) -> float:
+        """How long ago this build was last reconciled (infinite if never)."""
+        when = self._reconciled_at.get((namespace, name))
+        return float("inf") if when is None else time.monotonic() - when
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop per-object state once an ImageBuild is deleted."""
         self._locks.pop((namespace, name), None)
+        self._reconciled_at.pop((namespace, name), None)
+        self._leave_queue(namespace, name)
 
-    async def reconcile(self, namespace: str, name: str) -> None:
-        """Take the next step for one ImageBuild; serialised per object."""
-        async with self._locks[(namespace, name)]:
+    async def reconcile(self, namespace: str, name: str, *, body: dict[str, Any] | None = None,
+                        pod: dict[str, Any] | None = None) -> None:
+        """Take the next step for one ImageBuild; serialised per object.
+
+        ``body`` is the ImageBuild as an event just delivered it (else it is read), and ``pod``
+        a build pod as its event delivered it: under a burst every read saved is a request
+        fewer per build, and an event's body is as fresh as a read made a moment earlier.
+        """
+        key = (namespace, name)
+        self._lock_users[key] += 1
+        try:
+            async with self._locks[key]:
+                self._reconciled_at[key] = time.monotonic()
+                await self._reconcile_locked(namespace, name, body, pod)
+        finally:
+            # Locks live only while used, so memory does not grow with builds ever seen.
+            self._lock_users[key] -= 1
+            if not self._lock_users[key]:
+                del self._lock_users[key]
+                self._locks.pop(key, None)
+
+    async def _reconcile_locked(self, namespace: str, name: str, body: dict[str, Any] | None,
+                                pod: dict[str, Any] | None) -> None:
+        if body is None:
             body = await self.api.get_imagebuild(namespace, name)
-            if body is None:
-                self.forget(namespace, name)
-                return
-            if body["metadata"].get("deletionTimestamp"):
-                return  # going away: its pods go with it; never start another
-            log = self._logger(body)
-            try:
-                build = ImageBuild.model_validate(body)
-            except ValidationError as exc:
-                await self._reject(body, exc, log)
-                return
-            await self._step(build, log)
+        if body is None:
+            self.forget(namespace, name)
+            return
+        if body["metadata"].get("deletionTimestamp"):
+            self._leave_queue(namespace, name)
+            return  # going away: its pods go with it; never start another
+        log = self._logger(body)
+        try:
+            build = ImageBuild.model_validate(body)
+        except ValidationError as exc:
+            self._leave_queue(namespace, name)
+            await self._reject(body, exc, log)
+            return
+        await self._step(build, log, pod)
+
+    def _leave_queue(self, namespace: str, name: str) -> None:
+        """A build that will not start (finished, invalid, deleted) gives its place back."""
+        if self.queue is not None and self.queue.holds(namespace, name):
+            self.queue.release(namespace, name)
 
     def _logger(self, body: dict[str, Any]) -> Logger:
         if self._kopf_settings is None:
@@ -100,7 +170,7 @@ class Reconciler:
         return kopf.ObjectLogger(body=kopf.Body(cast(kopf.RawBody, body)),
                                  settings=self._kopf_settings)
 
-    async def _step(self, build: ImageBuild, log: Logger) -> None:
+    async def _step(self, build: ImageBuild, log: Logger, pod: dict[str, Any] | None) -> None:
         status = build.status
         key = build_key(build.generation, build.rebuild_token)
         new_request = status.observed_generation is None or key != build_key(
@@ -110,12 +180,16 @@ class Reconciler:
             await self._start_new_build(build, log, key)
             return
         if status.phase in (Phase.SUCCEEDED, Phase.FAILED):
+            self._reconciled_at.pop((build.namespace, build.name), None)
+            self._leave_queue(build.namespace, build.name)
             return  # a finished build is never repeated; a new generation or rebuild is
-        await self._follow(build, log, key)
+        await self._follow(build, log, key, pod)
 
     async def _start_new_build(self, build: ImageBuild, log: Logger, key: str) -> None:
-        await self._clean_up_pods(build.namespace, build.name, build.uid, build.status, log,
-                                  current=pod_name(build.name, key, 1))
+        if build.status.observed_generation is not None:
+            # Never handled before: no pod of it can exist but the one this launch adopts.
+            await self._clean_up_pods(build.namespace, build.name, build.uid, build.status, log,
+                                      current=pod_name(build.name, key, 1))
         refused = self._disallowed_registries(build)
         if refused:
             await self._write(
@@ -133,7 +207,36 @@ class Reconciler:
                 message=f"Waiting for {', '.join(missing)} in namespace {build.namespace}; "
                 "the build starts when it exists.")
             return
-        await self._launch(build, log, key, attempt=1, note="", files=files)
+        if self.queue is None:
+            await self._launch(build, log, key, attempt=1, note="", files=files)
+            return
+        place = self.queue.request(Waiting(str(build.metadata.get("creationTimestamp") or ""),
+                                           build.namespace, build.name))
+        if place is not None:
+            await self._write_queued(build, log, place)
+            return
+        launched = False
+        try:
+            launched = await self._launch(build, log, key, attempt=1, note="", files=files)
+        finally:
+            if not launched:  # the slot goes to the next in line
+                self.queue.release(build.namespace, build.name)
+
+    async def _write_queued(self, build: ImageBuild, log: Logger, place: int) -> None:
+        """Pending/Queued with the place in line, written once per build request.
+
+        The place is not rewritten as the line moves: that would cost a write per queued
+        build per start. The build starts the moment a slot frees, without a write until then.
+        """
+        status = build.status
+        if (status.phase, status.reason, status.observed_generation, status.rebuild) == (
+                Phase.PENDING, Reason.QUEUED, build.generation, build.rebuild_token):
+            return
+        message = queued_message(place, build.namespace)
+        log.info(f"Queued: {message}.")
+        await self._write(build, phase=Phase.PENDING, reason=Reason.QUEUED, message=message,
+                          pod_name=None, attempt=None, start_time=None, completion_time=None,
+                          **_NO_RESULT)
 
     def _disallowed_registries(self, build: ImageBuild) -> str | None:
         """The output or cache registry outside STAGEWRIGHT_REGISTRY_ALLOW, described."""
@@ -196,14 +299,15 @@ class Reconciler:
                          "changed while it was building.")
 
     async def _launch(self, build: ImageBuild, log: Logger, key: str, *, attempt: int,
-                      note: str, files: list[ContextFile]) -> None:
+                      note: str, files: list[ContextFile]) -> bool:
+        """Create (or adopt) the build pod and record it; False when no pod runs for it."""
         pod = build_pod(build, self.settings, key=key, attempt=attempt, files=files)
         name = pod["metadata"]["name"]
         try:
             created, new = await self.api.create_pod(pod)
         except ApiError as exc:
             await self._pod_refused(build, log, exc)
-            return
+            return False
         owners = created["metadata"].get("ownerReferences") or []
         if build.uid and not any(o.get("uid") == build.uid for o in owners):
             await self._write(build, phase=Phase.FAILED, reason=Reason.POD_CONFLICT,
@@ -211,7 +315,7 @@ class Reconciler:
                               "ImageBuild. Delete or rename that pod, then set the "
                               "stagewright.dev/rebuild annotation to build again.",
                               completion=True, pod_name=None)
-            return
+            return False
         log.info(f"{'Created' if new else 'Adopted'} pod {name} for target "
                  f"{build.spec.target or '(last stage)'}.")
         message = f"{note}Building target {build.spec.target or '(last stage)'} in pod {name}."
@@ -220,6 +324,7 @@ class Reconciler:
             message=message, pod_name=name, attempt=attempt, start_time=now_iso(),
             completion_time=None, **_NO_RESULT,
         )
+        return True
 
     async def _pod_refused(self, build: ImageBuild, log: Logger, exc: ApiError) -> None:
         """The API server would not create the build pod: say why in status, or retry."""
@@ -241,18 +346,27 @@ class Reconciler:
         else:
             raise exc
 
-    async def _follow(self, build: ImageBuild, log: Logger, key: str) -> None:
+    async def _follow(self, build: ImageBuild, log: Logger, key: str,
+                      seen: dict[str, Any] | None) -> None:
         status = build.status
-        pod = await self.api.get_pod(build.namespace, status.pod_name) if status.pod_name else None
+        if seen is not None and seen["metadata"]["name"] == status.pod_name:
+            pod: dict[str, Any] | None = seen
+        elif status.pod_name:
+            pod = await self.api.get_pod(build.namespace, status.pod_name)
+        else:
+            pod = None
         if pod is None:
             outcome = PodOutcome(finished=True, reason=Reason.POD_LOST,
                                  message=f"Build pod {status.pod_name} disappeared.")
         else:
             outcome = classify_pod(pod, message_limit=self.settings.message_limit)
+            if outcome.log_needed:
+                outcome = await self._classify_from_log(build, pod, outcome)
+        checks = check_results(pod) if pod is not None and build.spec.checks else None
         if not outcome.finished:
             await self._while_running(build, log, outcome)
         elif outcome.succeeded and outcome.digest:
-            await self._succeed(build, log, outcome.digest, outcome.finished_at)
+            await self._succeed(build, log, outcome.digest, outcome.finished_at, checks)
         elif outcome.infrastructure_failure and (status.attempt or 1) <= build.spec.retries:
             log.warning(f"Build pod {status.pod_name} failed ({outcome.reason}); retrying.")
             _, files = await self._references(build)
@@ -264,7 +378,22 @@ class Reconciler:
             first_line = outcome.message.splitlines()[0] if outcome.message else ""
             log.warning(f"Build failed ({outcome.reason}): {first_line}")
             await self._write(build, phase=Phase.FAILED, reason=outcome.reason,
-                              message=outcome.message, completion=True)
+                              message=outcome.message, completion=True, checks=checks)
+
+    async def _classify_from_log(self, build: ImageBuild, pod: dict[str, Any],
+                                 outcome: PodOutcome) -> PodOutcome:
+        """Tell a failed push from a failed step by the log's tail (see PodOutcome.log_needed)."""
+        try:
+            text = await self.api.read_pod_log(build.namespace, pod["metadata"]["name"],
+                                               CONTAINER_NAME, _FAILURE_LOG_BYTES,
+                                               tail_lines=_FAILURE_LOG_LINES)
+        except ApiError:
+            return outcome  # no pods/log: the termination message's fallback stands
+        if not text:
+            return outcome
+        terminated = kaniko_terminated(pod)
+        return classify_log(int(terminated.get("exitCode", 1)), text,
+                            self.settings.message_limit)
 
     async def _while_running(self, build: ImageBuild, log: Logger, outcome: PodOutcome) -> None:
         """Surface a pod that cannot start, and enforce the deadline if it never does."""
@@ -285,7 +414,7 @@ class Reconciler:
                               message=f"Building in pod {status.pod_name}.")
 
     async def _succeed(self, build: ImageBuild, log: Logger, digest: str,
-                       finished_at: str | None) -> None:
+                       finished_at: str | None, checks: list[dict[str, Any]] | None) -> None:
         """Confirm Kaniko's digest at the registry and record the image's size."""
         image = f"{build.spec.output.image}@{digest}"
         finished = _parse_time(finished_at) or datetime.now(UTC)
@@ -302,6 +431,11 @@ class Reconciler:
         except RegistryError as exc:
             if exc.temporary and patient:
                 raise  # the registry is down or busy: the resync tries again
+            if build.spec.output.max_size is not None:
+                await self._write(build, phase=Phase.FAILED, reason=Reason.DIGEST_UNVERIFIED,
+                                  message=f"The size budget could not be checked ({exc}); the "
+                                  "image was not given the output tags.", completion=True)
+                return
             # Kaniko pushed (exit code 0) with access the operator lacks (a node's workload
             # identity, a network policy): the build succeeded, its size is unknown.
             log.warning(f"Could not check {digest} at the registry: {exc}")
@@ -311,20 +445,97 @@ class Reconciler:
                 image=image, digest=digest, short_digest=_short(digest),
             )
             return
-        size_text = human_size(info.size)
-        log.info(f"Built {image} ({size_text}, {info.layers} layers).")
+        facts = await self._read_build_log(build, log)
+        base_layers = await self._base_layers(build, facts.base_image if facts else None, log)
+        insight = build_insight(build.status, info, facts, base_layers,
+                                largest=self.settings.largest_layers,
+                                cache_enabled=build.spec.cache.enabled)
+        result = dict(digest=info.digest, short_digest=_short(info.digest), size=info.size,
+                      size_human=human_size(info.size), layers=info.layers, checks=checks,
+                      **insight)
+        budget = build.spec.output.max_size_bytes
+        if budget is not None and info.size > budget:
+            message = over_budget_message(info, budget, insight["largest_layers"])
+            log.warning(message)
+            await self._write(build, phase=Phase.FAILED, reason=Reason.SIZE_BUDGET_EXCEEDED,
+                              message=message, completion=True, **result)
+            return
+        if budget is not None and not await self._tag(build, log, info, patient):
+            return
+        log.info(f"Built {image} ({result['size_human']}, {info.layers} layers).")
         await self._write(
             build, phase=Phase.SUCCEEDED, reason=Reason.SUCCEEDED,
-            message=f"Pushed {len(build.spec.output.tags)} tag(s), {size_text}.",
-            completion=True, image=f"{build.spec.output.image}@{info.digest}",
-            digest=info.digest, short_digest=_short(info.digest),
-            size=info.size, size_human=size_text, layers=info.layers,
+            message=success_message(len(build.spec.output.tags), info, insight),
+            completion=True, image=f"{build.spec.output.image}@{info.digest}", **result,
         )
+
+    async def _tag(self, build: ImageBuild, log: Logger, info: ImageInfo,
+                   patient: bool) -> bool:
+        """Give an image within its budget the output tags (Kaniko pushed a staging tag only).
+
+        False when that failed and the failure is recorded; a temporary registry failure is
+        raised while the operator is still patient, so the resync tags it later.
+        """
+        output = build.spec.output
+        try:
+            await self.registry.tag(ImageReference.parse(f"{output.image}@{info.digest}"),
+                                    list(output.tags), insecure=output.insecure,
+                                    docker_config=await self._docker_config(build))
+        except RegistryError as exc:
+            if exc.temporary and patient:
+                raise
+            log.warning(f"Could not tag {info.digest}: {exc}")
+            await self._write(build, phase=Phase.FAILED, reason=Reason.PUSH_FAILED,
+                              message=f"The image ({info.digest}) is within its size budget "
+                              f"but could not be given the output tags: {exc}",
+                              completion=True)
+            return False
+        return True
 
     async def _resolve(self, build: ImageBuild, reference: ImageReference) -> ImageInfo:
         docker_config = await self._docker_config(build)
         return await self.registry.resolve(reference, insecure=build.spec.output.insecure,
-                                           docker_config=docker_config)
+                                           docker_config=docker_config, details=True)
+
+    async def _read_build_log(self, build: ImageBuild, log: Logger) -> BuildLog | None:
+        """Kaniko's log of the finished build (bounded): the cache report and the base.
+
+        A log that cannot be read (a node gone, RBAC without pods/log) costs the report,
+        never the build.
+        """
+        name = build.status.pod_name
+        if not name:
+            return None
+        try:
+            text = await self.api.read_pod_log(build.namespace, name, CONTAINER_NAME,
+                                               self.settings.build_log_limit_bytes)
+        except ApiError as exc:
+            log.warning(f"Could not read the log of pod {name} ({exc}); no cache report.")
+            return None
+        return None if text is None else parse_build_log(text.splitlines())
+
+    async def _base_layers(self, build: ImageBuild, base: str | None,
+                           log: Logger) -> list[list[str]]:
+        """The base image's layer digests, per platform; none when unknown or unreachable.
+
+        Read with the push Secret, and insecure only when the base is on the output's own
+        registry (as ``output.insecure`` means for the build pod).
+        """
+        if not base or base == SCRATCH:
+            return []
+        try:
+            reference = ImageReference.parse(base)
+            insecure = build.spec.output.insecure and reference.registry == (
+                ImageReference.parse(build.spec.output.image).registry)
+            info = await self.registry.resolve(reference, insecure=insecure,
+                                               docker_config=await self._docker_config(build))
+        except (RegistryError, ValueError) as exc:
+            log.info(f"Could not read base image {base} ({exc}); its share of the size is "
+                     "not reported.")
+            return []
+        if info.platforms:
+            return [[layer.digest for layer in p.layer_details] for p in info.platforms]
+        return [[layer.digest for layer in info.layer_details]]
 
     async def _docker_config(self, build: ImageBuild) -> dict[str, Any] | None:
         """The push Secret's dockerconfigjson, which also grants the operator read access."""
@@ -369,6 +580,9 @@ class Reconciler:
                              message=message, generation=generation, pod_name=None,
                              completion_time=now_iso(), **_NO_RESULT)
         await self.api.patch_imagebuild_status(meta["namespace"], meta["name"], patch)
+        self._reconciled_at.pop((meta["namespace"], meta["name"]), None)
+        if self.metrics is not None:
+            self.metrics.build_finished(Phase.FAILED.value, Reason.INVALID_SPEC.value, None)
         await self._post_event(meta, Reason.INVALID_SPEC, message)
 
     async def _write_if_changed(self, build: ImageBuild, log: Logger, *, phase: Phase,
@@ -392,9 +606,21 @@ class Reconciler:
         """One status patch for one transition of the current generation and rebuild."""
         if completion:
             fields["completion_time"] = now_iso()
+            fields["history"] = history_with(build.status, BuildRecord(
+                generation=build.generation, rebuild=build.rebuild_token, phase=phase,
+                reason=reason.value, digest=fields.get("digest"), size=fields.get("size"),
+                start_time=build.status.start_time, completion_time=fields["completion_time"],
+                cache_hits=(fields.get("cache") or {}).get("hits")))
         patch = status_patch(build.status, phase=phase, reason=reason, message=message,
                              generation=build.generation, rebuild=build.rebuild_token, **fields)
         await self.api.patch_imagebuild_status(build.namespace, build.name, patch)
+        if completion:
+            self._reconciled_at.pop((build.namespace, build.name), None)
+            self._leave_queue(build.namespace, build.name)  # if its pod's end went unseen
+        if completion and self.metrics is not None:
+            started = _parse_time(build.status.start_time)
+            seconds = (datetime.now(UTC) - started).total_seconds() if started else None
+            self.metrics.build_finished(phase.value, reason.value, seconds)
         if reason in WARNINGS:
             await self._post_event(build.metadata, reason, message)
 

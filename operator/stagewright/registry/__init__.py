@@ -15,7 +15,8 @@ from stagewright.registry.errors import (
     RegistryTLSError,
     RegistryUnavailable,
 )
-from stagewright.registry.models import ImageInfo, PlatformImage
+from stagewright.registry.layers import base_bytes, clean_instruction, largest_layers
+from stagewright.registry.models import ImageInfo, Layer, PlatformImage
 from stagewright.registry.reference import ImageReference
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "ImageNotFound",
     "ImageReference",
     "InvalidManifest",
+    "Layer",
     "PlatformImage",
     "RegistryAuthError",
     "RegistryClient",
@@ -31,5 +33,8 @@ __all__ = [
     "RegistryNotAllowed",
     "RegistryTLSError",
     "RegistryUnavailable",
+    "base_bytes",
+    "clean_instruction",
     "find_credentials",
+    "largest_layers",
 ]

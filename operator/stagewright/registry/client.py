@@ -15,7 +15,7 @@ import json
 import re
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -41,7 +41,8 @@ from stagewright.registry.errors import (
     RegistryTLSError,
     RegistryUnavailable,
 )
-from stagewright.registry.models import ImageInfo, PlatformImage
+from stagewright.registry.layers import pair_layers
+from stagewright.registry.models import ImageInfo, Layer, PlatformImage
 from stagewright.registry.reference import ImageReference
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -53,9 +54,15 @@ INDEX_MEDIA_TYPES = frozenset({DOCKER_MANIFEST_LIST, OCI_INDEX})
 _ACCEPT = ", ".join((OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+#: An image config is read for its history only; one larger than this is not a build's.
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
 #: Children of an index fetched at most; more is not a build's output.
 MAX_INDEX_CHILDREN = 64
 _CHILD_CONCURRENCY = 4
+#: Requests in flight per client at most. httpx's pool is quadratic in the requests queued on
+#: it (benchmarks/README.md): with at most this many, fewer than its connections, none queue
+#: there; the rest wait here in FIFO order, which costs nothing per waiter.
+MAX_CONCURRENT_REQUESTS = 16
 _MAX_ERROR_BODY = 16 * 1024
 #: Distribution's token spec: a token without expires_in lives 60 s, and none less.
 _MIN_TOKEN_SECONDS = 60
@@ -103,6 +110,8 @@ class _Target:
     credentials: Credentials | None
     #: The ``auths`` keys of the docker config, to say what was there when nothing matched.
     config_keys: tuple[str, ...]
+    #: Read config blobs too, to name each layer by its instruction.
+    details: bool = False
 
     @property
     def host(self) -> str:
@@ -142,6 +151,19 @@ class _Manifest:
     media_type: str
     document: dict[str, Any]
     size_bytes: int
+    #: The bytes as served: what a tag must point to, byte for byte, to keep the digest.
+    body: bytes
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One request on a registry path: what to send, and how much of the answer to read."""
+
+    method: str
+    path: str
+    limit: int
+    content: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -173,7 +195,8 @@ class RegistryClient:
 
     def __init__(self, timeout: float, max_manifest_bytes: int = MAX_MANIFEST_BYTES,
                  ca_bundle: Path | None = None, allow: Sequence[str] = (),
-                 resolver: Resolver = system_resolver) -> None:
+                 resolver: Resolver = system_resolver,
+                 observer: Callable[[str, float], None] | None = None) -> None:
         if timeout <= 0 or max_manifest_bytes <= 0:
             raise ValueError("timeout and max_manifest_bytes must be positive")
         self._timeout = timeout
@@ -185,6 +208,9 @@ class RegistryClient:
         self._verified: httpx.AsyncClient | None = None
         self._unverified: httpx.AsyncClient | None = None
         self._cache = _Cache()
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)
+        #: Told (status code or "error", seconds) of every request: metrics hook in here.
+        self._observer = observer
 
     async def __aenter__(self) -> Self:
         self._verified = self._new_client(verify=True)
@@ -239,27 +265,22 @@ class RegistryClient:
         *,
         insecure: bool = False,
         docker_config: Mapping[str, object] | None = None,
+        details: bool = False,
     ) -> ImageInfo:
         """The image ``ref`` names, as the registry serves it now.
 
         ``insecure``: the registry may have an untrusted certificate or speak plain HTTP.
         ``docker_config``: a parsed ``.dockerconfigjson``, searched for this registry.
+        ``details``: also read each image's config blob (one more GET per platform) to name
+        each of ``layer_details`` by the instruction that made it.
         """
-        try:
-            credentials = find_credentials(docker_config, ref.registry)
-        except ValueError as exc:
-            raise RegistryAuthError(
-                f"cannot use the credentials for registry {ref.registry}: {exc}"
-            ) from None
-        auths = (docker_config or {}).get("auths")
-        keys = tuple(str(key) for key in auths) if isinstance(auths, Mapping) else ()
-        target = _Target(ref, insecure, credentials, keys)
-
+        target = self._target(ref, insecure, docker_config, details)
         manifest = await self._manifest(target, ref.reference)  # checks a requested digest
         if manifest.media_type in IMAGE_MEDIA_TYPES:
-            size, layers = _image_size(target, manifest)
+            image = _image_manifest(target, manifest)
             return ImageInfo(
-                digest=manifest.digest, media_type=manifest.media_type, size=size, layers=layers
+                digest=manifest.digest, media_type=manifest.media_type, size=_size(image),
+                layers=len(image.layers), layer_details=await self._details(target, image),
             )
         platforms = await self._platforms(target, manifest)
         return ImageInfo(
@@ -269,6 +290,48 @@ class RegistryClient:
             layers=sum(p.layers for p in platforms),
             platforms=tuple(platforms),
         )
+
+    async def tag(
+        self,
+        ref: ImageReference,
+        tags: list[str],
+        *,
+        insecure: bool = False,
+        docker_config: Mapping[str, object] | None = None,
+    ) -> None:
+        """Point each of ``tags`` at the manifest ``ref`` names by digest, in its repository.
+
+        The manifest's exact bytes are PUT under each tag (the distribution API's way to
+        tag; no blob moves, the digest stays), so each tag switches atomically from its old
+        image to this one. Needs push access, as the credentials that pushed it have.
+        """
+        target = self._target(ref, insecure, docker_config)
+        manifest = await self._manifest(target, ref.reference)
+        if manifest.digest != ref.reference:
+            raise InvalidManifest(f"tag() needs a reference by digest, got {ref}")
+        for tag in tags:
+            path = f"/v2/{target.ref.repository}/manifests/{tag}"
+            headers = {"Content-Type": manifest.media_type}
+            reply = await self._authorized("PUT", target, path, tag, limit=_MAX_ERROR_BODY,
+                                           content=manifest.body, extra_headers=headers)
+            given = reply.headers.get("docker-content-digest")
+            if given and given != manifest.digest:
+                raise InvalidManifest(
+                    f"registry {target.host} stored {given} under tag {tag}, not "
+                    f"{manifest.digest}"
+                )
+
+    def _target(self, ref: ImageReference, insecure: bool,
+                docker_config: Mapping[str, object] | None, details: bool = False) -> _Target:
+        try:
+            credentials = find_credentials(docker_config, ref.registry)
+        except ValueError as exc:
+            raise RegistryAuthError(
+                f"cannot use the credentials for registry {ref.registry}: {exc}"
+            ) from None
+        auths = (docker_config or {}).get("auths")
+        keys = tuple(str(key) for key in auths) if isinstance(auths, Mapping) else ()
+        return _Target(ref, insecure, credentials, keys, details)
 
     async def _platforms(self, target: _Target, index: _Manifest) -> list[PlatformImage]:
         """Fetch every platform image of an index, a few at a time, in index order."""
@@ -317,7 +380,7 @@ class RegistryClient:
                 f"{target.ref.name}@{child.digest} is a {manifest.media_type}, "
                 "not an image manifest"
             )
-        size, layers = _image_size(target, manifest)
+        image = _image_manifest(target, manifest)
         platform = child.platform
         assert platform is not None  # attestations and platform-less entries were skipped
         return PlatformImage(
@@ -326,22 +389,51 @@ class RegistryClient:
             variant=platform.variant or None,
             digest=manifest.digest,
             media_type=manifest.media_type,
-            size=size,
-            layers=layers,
+            size=_size(image),
+            layers=len(image.layers),
+            layer_details=await self._details(target, image),
         )
+
+    async def _details(self, target: _Target, image: _ImageManifest) -> tuple[Layer, ...]:
+        """Each layer; named by the config's history when the caller asked (one more GET)."""
+        layers = [(layer.digest, layer.size) for layer in image.layers]
+        if not target.details:
+            return tuple(Layer(digest=digest, size=size) for digest, size in layers)
+        return pair_layers(await self._config(target, image.config), layers)
+
+    async def _config(self, target: _Target, descriptor: _Descriptor) -> dict[str, Any]:
+        """The image config blob: bounded, and checked against the manifest's digest and size."""
+        where = f"the config {descriptor.digest} of {target.ref.name}"
+        if descriptor.size > MAX_CONFIG_BYTES:
+            raise InvalidManifest(
+                f"{where} is {descriptor.size} bytes, more than {MAX_CONFIG_BYTES}; "
+                "refusing to read it"
+            )
+        reply = await self._authorized(
+            "GET", target, f"/v2/{target.ref.repository}/blobs/{descriptor.digest}",
+            descriptor.digest, limit=MAX_CONFIG_BYTES)
+        algorithm, _, _ = descriptor.digest.partition(":")
+        if algorithm not in ("sha256", "sha512"):
+            raise InvalidManifest(f"{where} uses an unsupported digest algorithm")
+        computed = f"{algorithm}:{hashlib.new(algorithm, reply.body).hexdigest()}"
+        if not reply.complete or computed != descriptor.digest:
+            raise InvalidManifest(
+                f"registry {target.host} served {where} with content hashing to {computed} "
+                f"({len(reply.body)} bytes, {descriptor.size} expected)"
+            )
+        try:
+            config = json.loads(reply.body)
+        except ValueError as exc:
+            raise InvalidManifest(f"{where} is not valid JSON: {exc}") from None
+        if not isinstance(config, dict):
+            raise InvalidManifest(f"{where} is not a JSON object")
+        return config
 
     async def _manifest(self, target: _Target, reference: str) -> _Manifest:
         """GET one manifest, authenticating if asked, and check it is what the registry says."""
         path = f"/v2/{target.ref.repository}/manifests/{reference}"
-        authorization = self._known_authorization(target)
-        reply = await self._get(target, path, authorization)
-        if reply.status == 401:
-            self._forget_token(target)
-            authorization = await self._answer_challenge(target, reply.headers)
-            reply = await self._get(target, path, authorization)
-            if reply.status == 401:
-                raise _rejected(target, reply)
-        _raise_for_status(target, reference, reply)
+        reply = await self._authorized("GET", target, path, reference,
+                                       limit=self._max_manifest_bytes)
         if not reply.complete:
             raise InvalidManifest(
                 f"the manifest of {target.ref.name}:{reference} is larger than "
@@ -349,25 +441,49 @@ class RegistryClient:
             )
         return _parse_manifest(target, reference, reply)
 
-    async def _get(self, target: _Target, path: str, authorization: str | None) -> _Reply:
-        """GET over https; for an insecure registry, unverified https then plain http."""
-        headers = {"Accept": _ACCEPT}
+    async def _authorized(self, method: str, target: _Target, path: str, reference: str, *,
+                          limit: int, content: bytes | None = None,
+                          extra_headers: Mapping[str, str] | None = None) -> _Reply:
+        """One call on a manifest or blob, answering one authentication challenge.
+
+        Returns a 2xx reply, or raises the error class that says what to do.
+        """
+        call = _Call(method, path, limit, content, dict(extra_headers or {}))
+        authorization = self._known_authorization(target)
+        reply = await self._get(target, call, authorization)
+        if reply.status == 401:
+            self._forget_token(target)
+            authorization = await self._answer_challenge(target, reply.headers)
+            reply = await self._get(target, call, authorization)
+            if reply.status == 401:
+                raise _rejected(target, reply)
+        if method != "GET" and reply.status in (200, 201, 202):
+            return reply
+        _raise_for_status(target, reference, reply)
+        return reply
+
+    async def _get(self, target: _Target, call: _Call, authorization: str | None) -> _Reply:
+        """The call over https; for an insecure registry, unverified https then plain http."""
+        path, limit = call.path, call.limit
+        headers = {"Accept": _ACCEPT, **call.headers}
         if authorization:
             headers["Authorization"] = authorization
         host = target.host
         if not target.insecure:
-            return await self._send("GET", f"https://{host}{path}", True, headers=headers)
+            return await self._send(call.method, f"https://{host}{path}", True,
+                                    headers=headers, limit=limit, content=call.content)
         if host not in self._cache.plain_http_hosts:
             try:
                 return await self._send(
-                    "GET", f"https://{host}{path}", False, headers=headers, fallback=True,
-                    plain_http_host=host,
+                    call.method, f"https://{host}{path}", False, headers=headers,
+                    fallback=True, plain_http_host=host, limit=limit, content=call.content,
                 )
             except _FallBack:
                 pass
         try:
-            reply = await self._send("GET", f"http://{host}{path}", False, headers=headers,
-                                     plain_http_host=host)
+            reply = await self._send(call.method, f"http://{host}{path}", False,
+                                     headers=headers, plain_http_host=host, limit=limit,
+                                     content=call.content)
         except RegistryUnavailable:
             self._cache.plain_http_hosts.discard(host)  # try https again next time
             raise
@@ -384,9 +500,38 @@ class RegistryClient:
         data: Mapping[str, str] | None = None,
         fallback: bool = False,
         plain_http_host: str | None = None,
+        limit: int | None = None,
+        content: bytes | None = None,
     ) -> _Reply:
-        """One request within the timeout, redirects included; the body is read up to the
-        manifest limit.
+        """``_send_once`` with at most MAX_CONCURRENT_REQUESTS in flight, observed for metrics."""
+        async with self._slots:  # waiting for a slot is not the registry's slowness: untimed
+            started, code = time.monotonic(), "error"
+            try:
+                reply = await self._send_once(method, url, verify, headers=headers, data=data,
+                                              fallback=fallback,
+                                              plain_http_host=plain_http_host, limit=limit,
+                                              content=content)
+                code = str(reply.status)
+                return reply
+            finally:
+                if self._observer is not None:
+                    self._observer(code, time.monotonic() - started)
+
+    async def _send_once(
+        self,
+        method: str,
+        url: str,
+        verify: bool,
+        *,
+        headers: Mapping[str, str],
+        data: Mapping[str, str] | None = None,
+        fallback: bool = False,
+        plain_http_host: str | None = None,
+        limit: int | None = None,
+        content: bytes | None = None,
+    ) -> _Reply:
+        """One request within the timeout, redirects included; the body is read up to
+        ``limit`` (default: the manifest limit).
 
         Each redirect hop must be allowed, may use plain HTTP only towards
         ``plain_http_host`` (an insecure registry), and loses the Authorization header when
@@ -398,7 +543,8 @@ class RegistryClient:
             async with asyncio.timeout(self._timeout):
                 for _ in range(_MAX_REDIRECTS + 1):
                     self._check_destination(httpx.URL(url), host, plain_http_host)
-                    async with client.stream(method, url, headers=headers, data=data) as response:
+                    async with client.stream(method, url, headers=headers, data=data,
+                                             content=content) as response:
                         location = response.headers.get("location")
                         if response.status_code in _REDIRECTS and location:
                             next_url = response.url.join(location)
@@ -407,9 +553,9 @@ class RegistryClient:
                                            if k.lower() != "authorization"}
                             url = str(next_url)
                             continue
-                        limit = (self._max_manifest_bytes if response.is_success
-                                 else _MAX_ERROR_BODY)
-                        body, complete = await _read_bounded(response, limit)
+                        wanted = limit or self._max_manifest_bytes
+                        body, complete = await _read_bounded(
+                            response, wanted if response.is_success else _MAX_ERROR_BODY)
                         return _Reply(response.status_code, response.headers, body, complete)
                 raise RegistryUnavailable(f"registry {host}: more than {_MAX_REDIRECTS} "
                                           "redirects")
@@ -591,7 +737,7 @@ def _parse_manifest(target: _Target, reference: str, reply: _Reply) -> _Manifest
     if not isinstance(document, dict):
         raise InvalidManifest(f"the manifest of {where} is not a JSON object")
     media_type = _media_type(where, reply.headers.get("content-type"), document)
-    return _Manifest(digest, media_type, document, len(reply.body))
+    return _Manifest(digest, media_type, document, len(reply.body), reply.body)
 
 
 def _media_type(where: str, content_type: str | None, document: dict[str, Any]) -> str:
@@ -621,13 +767,16 @@ def _media_type(where: str, content_type: str | None, document: dict[str, Any]) 
     return media_type
 
 
-def _image_size(target: _Target, manifest: _Manifest) -> tuple[int, int]:
-    """Compressed bytes as served (config + layers) and the layer count."""
+def _image_manifest(target: _Target, manifest: _Manifest) -> _ImageManifest:
     try:
-        image = _ImageManifest.model_validate(manifest.document)
+        return _ImageManifest.model_validate(manifest.document)
     except ValidationError as exc:
         raise _invalid(target, manifest.digest, "is not a valid image manifest", exc) from None
-    return image.config.size + sum(layer.size for layer in image.layers), len(image.layers)
+
+
+def _size(image: _ImageManifest) -> int:
+    """Compressed bytes as served: config + layers."""
+    return image.config.size + sum(layer.size for layer in image.layers)
 
 
 def _is_attestation(child: _Descriptor) -> bool:

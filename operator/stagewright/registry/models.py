@@ -16,6 +16,16 @@ class _Model(BaseModel):
     )
 
 
+class Layer(_Model):
+    """One layer blob: its digest, compressed size, and the instruction that made it."""
+
+    digest: str
+    #: Compressed bytes as served.
+    size: int = Field(ge=0)
+    #: The config history's ``created_by``, cleaned (``RUN make``); None when unknown.
+    instruction: str | None = None
+
+
 class PlatformImage(_Model):
     """One platform's image inside an image index / manifest list."""
 
@@ -29,6 +39,8 @@ class PlatformImage(_Model):
     size: int = Field(ge=0)
     #: Number of layer blobs.
     layers: int = Field(ge=0)
+    #: Each layer in order; named by its instruction only when asked (one config GET).
+    layer_details: tuple[Layer, ...] = ()
 
     @property
     def platform(self) -> str:
@@ -51,3 +63,5 @@ class ImageInfo(_Model):
     size: int = Field(ge=0)
     layers: int = Field(ge=0)
     platforms: tuple[PlatformImage, ...] = ()
+    #: A single image's layers in order (instructions only when asked); empty for an index.
+    layer_details: tuple[Layer, ...] = ()

@@ -12,6 +12,7 @@ from typing import Any
 
 from stagewright.api.v1alpha1 import (
     API_VERSION,
+    CHECKS_ANNOTATION,
     GROUP,
     KIND,
     REBUILD_ANNOTATION,
@@ -21,6 +22,7 @@ from stagewright.api.v1alpha1 import (
     ImageBuildSpec,
     parse_duration,
 )
+from stagewright.resources.checks import check_containers
 from stagewright.settings import Settings
 
 CONTAINER_NAME = "kaniko"
@@ -73,6 +75,15 @@ def _bounded(name: str, limit: int) -> str:
     return f"{name[: limit - 7].rstrip('-.')}-{digest}"
 
 
+def staging_tag(build_name: str) -> str:
+    """The one tag Kaniko pushes to when ``output.maxSize`` is set: never an output tag.
+
+    The operator tags the image with ``output.tags`` only once it is within budget, so an
+    image over budget is never reachable under them (see docs/insight.md).
+    """
+    return f"stagewright-staging-{_bounded(build_name, 100)}"
+
+
 def kaniko_context(spec: ImageBuildSpec) -> str:
     """The ``--context`` value for the source kind."""
     source = spec.source
@@ -94,8 +105,11 @@ def _is_commit(revision: str) -> bool:
     return len(revision) == 40 and all(c in "0123456789abcdef" for c in revision)
 
 
-def kaniko_args(spec: ImageBuildSpec) -> list[str]:
-    """Kaniko executor flags, one list item per flag, in a stable order."""
+def kaniko_args(spec: ImageBuildSpec, staging: str | None = None) -> list[str]:
+    """Kaniko executor flags, one list item per flag, in a stable order.
+
+    ``staging``: push only to this tag (a size budget), not to ``output.tags``.
+    """
     args = [f"--context={kaniko_context(spec)}"]
     git = spec.source.git
     if git is not None and git.revision and not (
@@ -107,7 +121,8 @@ def kaniko_args(spec: ImageBuildSpec) -> list[str]:
     args.append(f"--dockerfile={spec.dockerfile}")
     if spec.target:
         args.append(f"--target={spec.target}")
-    args += [f"--destination={spec.output.image}:{tag}" for tag in spec.output.tags]
+    tags = [staging] if staging else spec.output.tags
+    args += [f"--destination={spec.output.image}:{tag}" for tag in tags]
     args += [f"--build-arg={name}={value}" for name, value in sorted(spec.build_args.items())]
     args += [f"--label={name}={value}" for name, value in sorted(spec.output.labels.items())]
     if spec.cache.enabled:
@@ -243,10 +258,12 @@ def build_pod(build: ImageBuild, settings: Settings, *, key: str, attempt: int,
     annotations = {ANNOTATION_TARGET: spec.target or "(last stage)"}
     if build.rebuild_token:
         annotations[REBUILD_ANNOTATION] = build.rebuild_token
+    if spec.checks:
+        annotations[CHECKS_ANNOTATION] = ",".join(spec.checks)
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": settings.kaniko_image,
-        "args": kaniko_args(spec),
+        "args": kaniko_args(spec, staging_tag(build.name) if spec.output.max_size else None),
         "env": _env(spec) + ca_env,
         "volumeMounts": mounts,
         "resources": resources.model_dump(mode="json", exclude_defaults=False),
@@ -269,6 +286,8 @@ def build_pod(build: ImageBuild, settings: Settings, *, key: str, attempt: int,
         "containers": [container],
         "volumes": volumes,
     }
+    if spec.checks:
+        pod_spec["initContainers"] = check_containers(container, spec)
     if spec.service_account_name:
         pod_spec["serviceAccountName"] = spec.service_account_name
     if spec.node_selector:

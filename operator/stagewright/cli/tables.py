@@ -1,0 +1,210 @@
+"""What the CLI shows about an ImageBuild: pure rows from the object, rendered with rich.
+
+Status fields beyond the core ones (``cache``, the largest layers, ``checks``, ``sizeDelta``,
+``history``) come from newer operators: each is shown when present, in whatever shape it has
+(list or map), and skipped when absent, so one CLI reads old and new statuses alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.table import Table
+
+from stagewright.status import human_size
+
+#: Status keys a newer operator may use for the largest layers, first match wins.
+LARGEST_LAYER_KEYS = ("layersTop", "largestLayers", "topLayers")
+NONE = "-"
+
+
+def status_of(build: Mapping[str, Any]) -> dict[str, Any]:
+    """The status as a dict (an empty one before the operator wrote any)."""
+    return dict(build.get("status") or {})
+
+
+def target_of(build: Mapping[str, Any]) -> str:
+    """The stage built: spec.target, or the Dockerfile's last stage."""
+    return str((build.get("spec") or {}).get("target") or "(last stage)")
+
+
+def cache_text(status: Mapping[str, Any]) -> str | None:
+    """``3 hits, 1 miss`` from status.cache, when the operator reports it."""
+    cache = status.get("cache")
+    if not isinstance(cache, Mapping) or ("hits" not in cache and "misses" not in cache):
+        return None
+    hits, misses = int(cache.get("hits") or 0), int(cache.get("misses") or 0)
+    return f"{hits} hit{'s' * (hits != 1)}, {misses} miss{'es' * (misses != 1)}"
+
+
+def size_text(status: Mapping[str, Any]) -> str | None:
+    """The image size for people, with the change since the last build when known."""
+    size = status.get("sizeHuman") or (human_size(int(status["size"]))
+                                       if isinstance(status.get("size"), int) else None)
+    if size is None:
+        return None
+    delta = status.get("sizeDelta")
+    if isinstance(delta, int) and not isinstance(delta, bool):
+        sign = "+" if delta >= 0 else "-"
+        return f"{size} ({sign}{human_size(abs(delta))})"
+    if isinstance(delta, str) and delta:
+        return f"{size} ({delta})"
+    return str(size)
+
+
+def largest_layers(status: Mapping[str, Any]) -> list[str]:
+    """``12.0MiB  RUN make`` per layer, from whichever key the operator uses."""
+    layers = next((status[k] for k in LARGEST_LAYER_KEYS if status.get(k)), None)
+    if not isinstance(layers, Sequence) or isinstance(layers, str):
+        return []
+    return [_layer_line(layer) for layer in layers]
+
+
+def _layer_line(layer: Any) -> str:
+    if not isinstance(layer, Mapping):
+        return str(layer)
+    size = layer.get("sizeHuman") or (human_size(int(layer["size"]))
+                                      if isinstance(layer.get("size"), int) else "?")
+    made_by = (layer.get("instruction") or layer.get("createdBy") or layer.get("command")
+               or layer.get("digest") or "")
+    return f"{size}  {made_by}".rstrip()
+
+
+def check_lines(status: Mapping[str, Any]) -> list[str]:
+    """``stage test: Passed (12s)`` per check stage, from a list or a map."""
+    checks = status.get("checks")
+    if isinstance(checks, Mapping):
+        checks = [{"stage": stage, **(value if isinstance(value, Mapping) else
+                                      {"result": value})} for stage, value in checks.items()]
+    if not isinstance(checks, Sequence) or isinstance(checks, str):
+        return []
+    lines = []
+    for check in checks:
+        if not isinstance(check, Mapping):
+            lines.append(str(check))
+            continue
+        result = check.get("result") or check.get("phase") or check.get("status") or "?"
+        duration = check.get("duration") or (f"{check['durationSeconds']}s"
+                                             if check.get("durationSeconds") is not None
+                                             else None)
+        lines.append(f"{check.get('stage') or check.get('name') or '?'}: {result}"
+                     + (f" ({duration})" if duration else ""))
+    return lines
+
+
+def status_rows(build: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The end-of-build table: what a person (or a CI log reader) wants to know."""
+    status = status_of(build)
+    phase = status.get("phase") or "Unknown"
+    rows: list[tuple[str, str]] = [
+        ("ImageBuild", f"{build['metadata'].get('namespace', '')}/{build['metadata']['name']}"),
+        ("Phase", phase if phase in ("Succeeded", "Unknown")
+         else f"{phase} ({status.get('reason') or 'no reason given'})"),
+        ("Target", target_of(build)),
+    ]
+    optional = [
+        ("Image", status.get("image")),
+        ("Digest", status.get("digest")),
+        ("Size", size_text(status)),
+        ("Layers", str(status["layers"]) if status.get("layers") is not None else None),
+        ("Cache", cache_text(status)),
+        ("Duration", duration_text(status)),
+        ("Attempt", str(status["attempt"]) if (status.get("attempt") or 1) > 1 else None),
+    ]
+    rows += [(label, value) for label, value in optional if value]
+    rows += _listed("Largest layers", largest_layers(status))
+    rows += _listed("Checks", check_lines(status))
+    if phase == "Failed" and status.get("message"):
+        rows.append(("Message", str(status["message"]).splitlines()[0]))
+    return rows
+
+
+def _listed(label: str, lines: list[str]) -> list[tuple[str, str]]:
+    return [(label if i == 0 else "", line) for i, line in enumerate(lines)]
+
+
+def duration_text(status: Mapping[str, Any]) -> str | None:
+    """How long the build ran, from its start and completion times."""
+    start, end = parse_time(status.get("startTime")), parse_time(status.get("completionTime"))
+    if start is None or end is None:
+        return None
+    return age_text((end - start).total_seconds())
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An RFC 3339 timestamp as the API writes it, or None."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def age_text(seconds: float) -> str:
+    """Durations as kubectl prints ages: 42s, 3m12s, 5h10m, 4d."""
+    seconds = max(int(seconds), 0)
+    if seconds < 120:
+        return f"{seconds}s"
+    minutes, hours, days = seconds // 60, seconds // 3600, seconds // 86400
+    if hours < 1:
+        return f"{minutes}m{seconds % 60}s" if minutes < 10 else f"{minutes}m"
+    if days < 1:
+        return f"{hours}h{minutes % 60}m" if hours < 8 else f"{hours}h"
+    return f"{days}d"
+
+
+def get_columns(*, all_namespaces: bool) -> list[str]:
+    """The header of ``stagewright get`` (NAMESPACE first with -A, as kubectl does)."""
+    columns = ["NAME", "PHASE", "REASON", "TARGET", "SIZE", "DIGEST", "CACHE", "AGE"]
+    return ["NAMESPACE", *columns] if all_namespaces else columns
+
+
+def get_rows(builds: Iterable[Mapping[str, Any]], *, all_namespaces: bool,
+             now: datetime | None = None) -> list[list[str]]:
+    """One row per ImageBuild, like ``kubectl get ib -o wide`` plus the cache."""
+    now = now or datetime.now(UTC)
+    rows = []
+    for build in builds:
+        status = status_of(build)
+        created = parse_time(build["metadata"].get("creationTimestamp"))
+        row = [
+            build["metadata"]["name"],
+            status.get("phase") or NONE,
+            status.get("reason") or NONE,
+            target_of(build) if (build.get("spec") or {}).get("target") else NONE,
+            size_text(status) or NONE,
+            status.get("shortDigest") or _short(status.get("digest")) or NONE,
+            cache_text(status) or NONE,
+            age_text((now - created).total_seconds()) if created else NONE,
+        ]
+        rows.append([build["metadata"].get("namespace", ""), *row] if all_namespaces else row)
+    return rows
+
+
+def _short(digest: Any) -> str | None:
+    if not isinstance(digest, str) or ":" not in digest:
+        return None
+    return digest.split(":", 1)[1][:12]
+
+
+def key_value_table(rows: Iterable[tuple[str, str]]) -> Table:
+    """Rows of label and value without borders: reads well on a terminal and in a CI log."""
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    for label, value in rows:
+        table.add_row(label, value)
+    return table
+
+
+def columns_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> Table:
+    """A kubectl-style table: capital headers, no borders, columns two spaces apart."""
+    table = Table(box=None, pad_edge=False, padding=(0, 2, 0, 0), header_style="bold")
+    for column in header:
+        table.add_column(column, no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    return table
