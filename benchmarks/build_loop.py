@@ -55,6 +55,7 @@ def count_writes(sandbox: Sandbox, count: int) -> dict[str, Any]:
                  {"apiVersion": "v1", "kind": "ConfigMap",
                   "metadata": {"name": "tiny", "namespace": NAMESPACE},
                   "data": {"Dockerfile": "FROM scratch\nCOPY Dockerfile /Dockerfile\n"}}])
+    admin.wait_for_service_account(NAMESPACE)  # build pods are refused before it exists
     resource = admin.resource(IMAGEBUILD_API, "ImageBuild")
     start_version = resource.get(namespace=NAMESPACE).metadata.resourceVersion
     # Count while it happens: the API server keeps too few old events to replay 2N of them.

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build operator/Dockerfile with buildah, on a machine with no Docker engine and no image pulls.
+# Build operator/Dockerfile with buildah, on a machine with no Docker engine and no image pulls,
+# keep the image, and optionally push it to a registry.
 #
 # Why: the operator image must be buildable and runnable before anyone ships it, and the
 # project's machines can neither pull python:*-slim nor run Docker. So this script makes the
@@ -8,13 +9,21 @@
 #   2. imported with `buildah from scratch` and pushed to a throwaway local registry
 #      (Debian's docker-registry on 127.0.0.1);
 #   3. `buildah bud --build-arg BASE_IMAGE=<that registry>/...` of operator/Dockerfile;
-#   4. `stagewright --help` (and a few run-time checks) inside the built image, as uid 65532.
-# The build stage installs the operator's dependencies from PyPI, like any docker build.
+#   4. `stagewright --help` (and a few run-time checks) inside the built image, as uid 65532;
+#   5. the image kept as an OCI archive in the cache, named by a content key (a hash of the
+#      Dockerfile, .dockerignore, pyproject.toml, operator/stagewright/ and this script), so
+#      a later run with the same sources skips steps 1-4 (seconds instead of minutes).
+# The build stage installs the operator's dependencies from PyPI, like any docker build (the
+# key covers pyproject.toml, not what PyPI serves that day; --rebuild builds afresh).
 #
-# Prints `image-size-uncompressed=<bytes>` and `image-size-compressed=<bytes>` (what a
-# registry stores: config + layers) on stdout; progress goes to stderr.
-# Needs root (debootstrap, buildah's vfs storage). Cleans up after itself; the rootfs tarball
-# stays cached in $STAGEWRIGHT_CACHE (default ~/.cache/stagewright).
+# Usage: build-operator-image.sh [--push REGISTRY/REPOSITORY:TAG] [--rebuild]
+#   --push   copy the image to a plain-HTTP registry (the sandbox's) with skopeo, and print
+#            `image-reference=REPOSITORY@sha256:...` as that registry stores it.
+# Prints `image-archive=<path>`, `image-size-uncompressed=<bytes>` and
+# `image-size-compressed=<bytes>` (what a registry stores: config + layers) on stdout;
+# progress goes to stderr. Needs root (debootstrap, buildah's vfs storage). Cleans up after
+# itself; the rootfs tarball and the image archives stay in $STAGEWRIGHT_CACHE
+# (default ~/.cache/stagewright), the three newest archives only.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -23,13 +32,58 @@ SUITE=bookworm
 BASE_PACKAGES=python3,python3-venv
 BASE_TARBALL="$CACHE_DIR/operator-image/debian-$SUITE-minbase-python3.tar"
 TAG=localhost/stagewright:dev
+ARCHIVE_DIR="$CACHE_DIR/operator-image"
 
 log() { echo "build-operator-image: $*" >&2; }
 die() { log "$*"; exit 1; }
 
-for tool in buildah debootstrap docker-registry curl python3; do
+PUSH=""
+REBUILD=false
+while (($#)); do
+  case "$1" in
+    --push) [[ $# -ge 2 ]] || die "--push needs REGISTRY/REPOSITORY:TAG"; PUSH=$2; shift 2 ;;
+    --rebuild) REBUILD=true; shift ;;
+    *) die "unknown argument $1 (usage: $0 [--push REGISTRY/REPOSITORY:TAG] [--rebuild])" ;;
+  esac
+done
+
+# The content key: every input of the image, by path and bytes, in a stable order.
+content_key() {
+  {
+    printf '%s\n' "$SUITE" "$BASE_PACKAGES"
+    (cd "$ROOT" && find operator/Dockerfile .dockerignore pyproject.toml operator/stagewright \
+      hack/build-operator-image.sh -type f ! -name '*.pyc' ! -path '*/__pycache__/*' \
+      -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+  } | sha256sum | cut -c1-16
+}
+KEY=$(content_key)
+ARCHIVE="$ARCHIVE_DIR/stagewright-$KEY.oci.tar"
+SIZES="$ARCHIVE_DIR/stagewright-$KEY.sizes"
+
+# Upload the kept archive as it is (no rebuild, no recompression) and name it by digest.
+push_archive() {
+  local digest
+  log "pushing $ARCHIVE to $PUSH"
+  skopeo copy --quiet --dest-tls-verify=false "oci-archive:$ARCHIVE" "docker://$PUSH" >&2
+  digest=$(skopeo inspect --tls-verify=false --format '{{.Digest}}' "docker://$PUSH")
+  echo "image-reference=${PUSH%:*}@$digest"
+}
+
+report() {
+  echo "image-archive=$ARCHIVE"
+  cat "$SIZES"
+  if [[ -n "$PUSH" ]]; then push_archive; fi
+}
+
+if [[ $REBUILD == false && -f "$ARCHIVE" && -f "$SIZES" ]]; then
+  log "cached: $ARCHIVE (content key $KEY)"
+  report
+  exit 0
+fi
+
+for tool in buildah skopeo debootstrap docker-registry curl python3; do
   command -v "$tool" >/dev/null \
-    || die "$tool is missing: apt-get install -y buildah runc debootstrap docker-registry curl"
+    || die "$tool is missing: apt-get install -y buildah skopeo runc debootstrap docker-registry curl"
 done
 [[ $(id -u) == 0 ]] || die "needs root (debootstrap and buildah's storage)"
 
@@ -149,5 +203,17 @@ compressed=$(curl -fsS -H 'Accept: application/vnd.docker.distribution.manifest.
 log "compressed layer sizes (base first): ${compressed#* }"
 compressed=${compressed%% *}
 log "built $TAG"
-echo "image-size-uncompressed=$uncompressed"
-echo "image-size-compressed=$compressed"
+
+# 5. Keep it: an OCI archive named by the content key (written, then renamed, so a concurrent
+# run never reads half an archive), its sizes beside it; older archives beyond three go.
+mkdir -p "$ARCHIVE_DIR"
+buildah "${STORE[@]}" push --quiet "$TAG" "oci-archive:$ARCHIVE.tmp:stagewright:dev"
+printf 'image-size-uncompressed=%s\nimage-size-compressed=%s\n' "$uncompressed" "$compressed" \
+  > "$SIZES.tmp"
+mv "$ARCHIVE.tmp" "$ARCHIVE"
+mv "$SIZES.tmp" "$SIZES"
+find "$ARCHIVE_DIR" -maxdepth 1 -name 'stagewright-*.oci.tar' -printf '%T@ %p\n' \
+  | sort -rn | tail -n +4 | cut -d' ' -f2- | while read -r old; do
+    rm -f "$old" "${old%.oci.tar}.sizes"
+  done
+report

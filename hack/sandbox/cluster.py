@@ -73,6 +73,12 @@ class Cluster:
         with contextlib.suppress(NotFoundError):
             self.resource(api_version, kind).delete(name=name, namespace=namespace)
 
+    def wait_for_service_account(self, namespace: str, name: str = "default",
+                                 timeout: float = 30) -> None:
+        """Wait until a ServiceAccount exists: pods naming it are refused before that."""
+        self.wait_for("v1", "ServiceAccount", name, namespace, lambda _: True, timeout,
+                      "created")
+
     def wait_for(self, api_version: str, kind: str, name: str, namespace: str | None,
                  predicate: Any, timeout: float, what: str) -> dict[str, Any]:
         """Poll until ``predicate(obj)`` holds; fail with the object's last state."""

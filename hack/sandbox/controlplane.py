@@ -32,6 +32,9 @@ BUILD_SCRIPT = REPO_ROOT / "hack" / "build-kubernetes.sh"
 NODE_NAME = "sandbox-node"
 OPERATOR_NAMESPACE = "stagewright-system"
 OPERATOR_SERVICE_ACCOUNT = "stagewright-operator"
+#: The ``kubernetes`` Service's address: the first of ``--service-cluster-ip-range``. Pods reach
+#: the apiserver there (sandbox.service_relay), so its serving certificate names it.
+SERVICE_IP = "10.96.0.1"
 #: The user name Kubernetes gives a ServiceAccount: RBAC matches it to ServiceAccount subjects.
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}"
 OPERATOR_GROUPS = ("system:serviceaccounts", f"system:serviceaccounts:{OPERATOR_NAMESPACE}")
@@ -48,13 +51,16 @@ def _openssl(*args: str) -> None:
 
 
 def _make_certificates(directory: Path) -> None:
-    """A CA, a serving certificate for 127.0.0.1, and the ServiceAccount signing key."""
+    """A CA, a serving certificate for 127.0.0.1 and the ``kubernetes`` Service, and the
+    ServiceAccount signing key."""
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
              "-keyout", str(directory / "ca.key"), "-out", str(directory / "ca.crt"),
              "-subj", "/CN=stagewright-sandbox-ca")
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(directory / "apiserver.key"),
              "-out", str(directory / "apiserver.csr"), "-subj", "/CN=kube-apiserver")
-    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    (directory / "san.ext").write_text(
+        f"subjectAltName=IP:127.0.0.1,IP:{SERVICE_IP},DNS:localhost,DNS:kubernetes,"
+        "DNS:kubernetes.default,DNS:kubernetes.default.svc\n")
     _openssl("x509", "-req", "-in", str(directory / "apiserver.csr"), "-days", "2",
              "-CA", str(directory / "ca.crt"), "-CAkey", str(directory / "ca.key"),
              "-CAcreateserial", "-extfile", str(directory / "san.ext"),
@@ -83,8 +89,14 @@ class Identity:
 class ControlPlane:
     """etcd + kube-apiserver in a work directory; stopped and cleaned up on exit."""
 
-    def __init__(self, work_dir: Path, *, pod_security_policy: bool = False) -> None:
+    def __init__(self, work_dir: Path, *, pod_security_policy: bool = False,
+                 service_accounts: bool = False) -> None:
         self.work_dir = work_dir
+        #: The ServiceAccount admission plugin, as every real cluster runs it: pods get their
+        #: account's token mounted (the in-cluster operator needs it), and a pod whose account
+        #: does not exist yet is refused. Only with a controller-manager, which makes the
+        #: accounts and their tokens; a bare apiserver would refuse every pod.
+        self.service_accounts = service_accounts
         self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
         #: With the PodSecurityPolicy admission plugin, no pod is admitted without a policy
@@ -135,7 +147,8 @@ class ControlPlane:
         for identity in identities:
             identity.kubeconfig = self._write_kubeconfig(identity, pki / "ca.crt")
         etcd_port, etcd_peer = free_port(), free_port()
-        admission = ["--disable-admission-plugins", "ServiceAccount"]
+        admission = [] if self.service_accounts else ["--disable-admission-plugins",
+                                                       "ServiceAccount"]
         if self.pod_security_policy:
             admission += ["--enable-admission-plugins", "PodSecurityPolicy"]
         self._spawn("etcd", [

@@ -2,7 +2,8 @@
 
 Debian's packaged config listens on every interface, so this writes its own (FACTS.md) and
 starts the binary by hand: there is no systemd here. Optional htpasswd auth and a self-signed
-certificate let tests exercise the same auth and TLS paths as a real private registry.
+certificate, or one signed by a private CA, let tests exercise the same auth and TLS paths as a
+real private registry.
 """
 
 from __future__ import annotations
@@ -54,15 +55,47 @@ def _self_signed_cert(directory: Path, address: str) -> tuple[Path, Path]:
     return cert, key
 
 
+def _ca_signed_cert(directory: Path, address: str) -> tuple[Path, Path, Path]:
+    """A private CA and a serving certificate it signed for IP ``address``: (ca, cert, key).
+
+    What a company registry looks like: clients trust the CA (a bundle), not the leaf.
+    """
+    ca, ca_key = directory / "ca.pem", directory / "ca-key.pem"
+    cert, key, csr = directory / "cert.pem", directory / "key.pem", directory / "cert.csr"
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for argv in (
+        ["req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca), "-days", "2",
+         "-subj", "/CN=stagewright-sandbox-private-ca",
+         "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        ["req", *ec, "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={address}"],
+        ["x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+         "-CAcreateserial", "-days", "2", "-out", str(cert),
+         "-extfile", str(_write(directory / "leaf.ext",
+                                f"subjectAltName=IP:{address}\nbasicConstraints=CA:FALSE\n"
+                                "extendedKeyUsage=serverAuth\n"))],
+    ):
+        subprocess.run(["openssl", *argv], check=True, capture_output=True)
+    return ca, cert, key
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
 class LocalRegistry:
     """A real registry process for one test session; ``with LocalRegistry() as reg: ...``."""
 
     def __init__(
         self, *, htpasswd: tuple[str, str] | None = None, tls: bool = False,
-        address: str = "127.0.0.1",
+        address: str = "127.0.0.1", private_ca: bool = False,
     ) -> None:
         self.htpasswd = htpasswd
-        self.tls = tls
+        #: ``private_ca``: TLS with a certificate signed by a CA of its own (``cert_path`` is
+        #: then that CA, what clients must trust), instead of a self-signed one.
+        self.private_ca = private_ca
+        self.tls = tls or private_ca
         #: 127.0.0.1, or the sandbox bridge's gateway when build pods must reach it.
         self.address = address
         self.port = 0
@@ -92,7 +125,7 @@ class LocalRegistry:
         return self._process.pid if self._process is not None else None
 
     def ssl_context(self) -> ssl.SSLContext:
-        """A client context that trusts this registry's certificate (and only it)."""
+        """A client context that trusts this registry's certificate or CA (and only it)."""
         if self.cert_path is None:
             raise RuntimeError("this registry was started without tls=True")
         return ssl.create_default_context(cafile=str(self.cert_path))
@@ -144,7 +177,10 @@ class LocalRegistry:
             path = directory / "htpasswd"
             path.write_text(_htpasswd_line(*self.htpasswd) + "\n")
             config["auth"] = {"htpasswd": {"realm": "stagewright-sandbox", "path": str(path)}}
-        if self.tls:
+        if self.private_ca:
+            self.cert_path, cert, key = _ca_signed_cert(directory, self.address)
+            http["tls"] = {"certificate": str(cert), "key": str(key)}
+        elif self.tls:
             cert, key = _self_signed_cert(directory, self.address)
             self.cert_path = cert
             http["tls"] = {"certificate": str(cert), "key": str(key)}

@@ -1,11 +1,13 @@
 """The whole local sandbox in one context manager: what ``make demo`` and the cluster tier run.
 
-Control plane (etcd + kube-apiserver, Node and RBAC authorisation, PodSecurityPolicy
-admission) -> Stagewright's CRD and RBAC, the pod security policies -> the node's host side
-(lock, bridge) -> a registry on the bridge's gateway -> the sandbox's images in it (busybox
-base, pause, real Kaniko) -> the node (containerd, scheduler, controller-manager, kubelet) ->
-the operator as a real ``stagewright run`` process whose build pods run the Kaniko image.
-Everything stops, by PID, on exit; host changes are undone.
+Control plane (etcd + kube-apiserver, Node and RBAC authorisation, ServiceAccount and
+PodSecurityPolicy admission) -> Stagewright's CRD and RBAC, the pod security policies -> the
+node's host side (lock, bridge) -> a registry on the bridge's gateway -> the sandbox's images in
+it (busybox base, pause, real Kaniko, Buildah) -> the node (containerd, scheduler,
+controller-manager, kubelet) -> the ``kubernetes`` Service's relay (pods reach the apiserver at
+10.96.0.1:443, as an operator installed in the cluster does) -> the operator as a real
+``stagewright run`` process whose build pods run the Kaniko image. Everything stops, by PID, on
+exit; host changes are undone.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ import yaml
 from kubernetes import client
 
 from sandbox.cluster import Cluster, OperatorProcess, install_stagewright
-from sandbox.controlplane import ControlPlane
+from sandbox.controlplane import OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT, ControlPlane
 from sandbox.images import SandboxImages, build_images
-from sandbox.node import GATEWAY, Node, NodeHost
+from sandbox.node import BRIDGE, GATEWAY, Node, NodeHost
 from sandbox.registry import LocalRegistry
+from sandbox.service_relay import ServiceRelay
 
 IMAGEBUILD_API = "stagewright.dev/v1alpha1"
 SETTLED = ("Succeeded", "Failed")
@@ -37,7 +40,8 @@ class Sandbox:
     def __init__(self, work_dir: Path, operator_env: dict[str, str] | None = None) -> None:
         self.work_dir = work_dir
         self._stack = contextlib.ExitStack()
-        self.control_plane = ControlPlane(work_dir / "control-plane", pod_security_policy=True)
+        self.control_plane = ControlPlane(work_dir / "control-plane", pod_security_policy=True,
+                                          service_accounts=True)
         self.node_host = NodeHost()
         #: On the bridge's gateway: containerd pulls from it and Kaniko pushes to it.
         self.registry = LocalRegistry(address=GATEWAY)
@@ -86,12 +90,29 @@ class Sandbox:
                          pause_image=self.images.pause,
                          insecure_registries=(self.registry.host,))
         self._stack.enter_context(self.node)
+        self._stack.enter_context(ServiceRelay(BRIDGE, self.control_plane.port,
+                                               self.work_dir / "service-relay.log"))
+        # Pods are refused until their namespace's ServiceAccount exists (the admission
+        # plugin): the controller-manager makes it within a second or two of start.
+        self.admin.wait_for_service_account("default")
         self._timed("node ready", started)
         self.operator = OperatorProcess(
             self.control_plane, self.work_dir / "operator.log",
             env={"STAGEWRIGHT_KANIKO_IMAGE": self.images.kaniko,
                  "STAGEWRIGHT_BUILDAH_IMAGE": self.images.buildah, **self.operator_env})
         self._stack.enter_context(self.operator)
+
+    def allow_buildah(self, namespace: str) -> None:
+        """Let the operator's Buildah pods into ``namespace`` (the stagewright-3-buildah
+        policy), as an admin labels a Buildah namespace privileged; others stay baseline."""
+        self.admin.apply([{
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "stagewright-psp-buildah", "namespace": namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "stagewright-psp-buildah"},
+            "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_SERVICE_ACCOUNT,
+                          "namespace": OPERATOR_NAMESPACE}],
+        }])
 
     def pod_log(self, name: str, namespace: str = "default") -> str:
         """A pod's log as the kubelet serves it (``kubectl logs``), through the apiserver."""

@@ -1,7 +1,9 @@
 """Cluster tier: the real operator on a real single-node Kubernetes, with real Kaniko.
 
 One sandbox per session (control plane, registry, images, node: ~25 s); each test gets its own
-namespace, so tests cannot see each other's ImageBuilds or pods. The build pods run the real
+namespace, so tests cannot see each other's ImageBuilds or pods. The operator's own image is
+built (or taken from its content-keyed cache) and pushed to the sandbox registry once per
+session, for the tests that install it as users do. The build pods run the real
 Kaniko executor from ``../shared/kaniko/``; where it is absent the tier skips, saying so.
 """
 
@@ -15,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.cluster.installs import OperatorImage, build_operator_image
 
 from sandbox.images import KanikoMissingError, kaniko_executor
 from sandbox.stack import Sandbox
@@ -53,9 +56,21 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 @pytest.fixture
 def namespace(sandbox: Sandbox, request: pytest.FixtureRequest) -> str:
-    """A fresh namespace named after the test; a hash of the whole name keeps the variants of a
-    parametrised test apart when their names agree in the first 50 characters."""
+    """A fresh namespace named after the test, with its default ServiceAccount (pods need it);
+    a hash of the whole name keeps the variants of a parametrised test apart when their names
+    agree in the first 50 characters."""
     readable = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-")
     name = f"t-{readable}-{hashlib.sha256(request.node.name.encode()).hexdigest()[:6]}"
     sandbox.admin.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}])
+    sandbox.admin.wait_for_service_account(name)
+    callspec = getattr(request.node, "callspec", None)
+    if (callspec is not None and callspec.params.get("builder") == "buildah") \
+            or "buildah" in request.node.module.__name__:
+        sandbox.allow_buildah(name)  # Buildah needs more than baseline: only where it runs
     return name
+
+
+@pytest.fixture(scope="session")
+def operator_image(sandbox: Sandbox) -> OperatorImage:
+    """operator/Dockerfile built once per session (minutes cold, seconds from the cache)."""
+    return build_operator_image(f"{sandbox.registry.host}/stagewright/operator:dev")

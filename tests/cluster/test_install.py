@@ -1,0 +1,224 @@
+"""Stagewright installed as the README tells users to, on the real node, running its own image.
+
+The operator image (operator/Dockerfile, pushed to the sandbox registry) is installed with the
+Helm chart and, separately, with ``kubectl apply -k`` on the kustomize base. Each time the
+operator pod must become Ready (its probes pass), reach the apiserver through the
+``kubernetes`` Service (10.96.0.1:443, the sandbox's relay), run a build end to end, and
+uninstall as docs/install.md says:
+
+- Helm, with a registry that has a private CA (TLS, not insecure): the chart's ``caBundle``
+  makes both the operator's digest check and Kaniko's push trust it; ``helm uninstall`` keeps
+  the CRD and the ImageBuilds (``crds.keep``).
+- kustomize: the documented order (the Deployment first, waited for, then ``delete -k``)
+  ends with no 403 in the operator's log, and removes the CRD as documented.
+
+The sandbox's own operator process is stopped meanwhile (two operators would both build), and
+the sandbox's install is put back afterwards for the tests that follow.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from tests.cluster.builds import ACCEPT
+from tests.cluster.installs import (
+    OperatorImage,
+    assert_clean_shutdown,
+    cli,
+    following_log,
+    restore_sandbox_install,
+    wait_ready_operator,
+)
+from tests.tooling import tool
+
+from sandbox.controlplane import OPERATOR_NAMESPACE, REPO_ROOT, SERVICE_IP
+from sandbox.node import GATEWAY
+from sandbox.registry import LocalRegistry
+from sandbox.stack import IMAGEBUILD_API, Sandbox
+
+pytestmark = pytest.mark.cluster
+
+CRD = "imagebuilds.stagewright.dev"
+CHART = REPO_ROOT / "charts" / "stagewright"
+HELM_NAMESPACE = "sw-helm"
+HELM_RELEASE = "sw"
+HELM_OPERATOR = "sw-stagewright-operator"
+KUSTOMIZE_OPERATOR = "stagewright-operator"
+#: No RUN step and no base image: the build needs nothing but the registry it pushes to.
+DOCKERFILE = "FROM scratch\nCOPY greeting.txt /greeting.txt\n"
+
+
+@pytest.fixture(scope="module")
+def private_registry() -> Iterator[LocalRegistry]:
+    """A TLS registry whose certificate a private CA signed, on the bridge for build pods."""
+    with LocalRegistry(address=GATEWAY, private_ca=True) as registry:
+        yield registry
+
+
+@pytest.fixture
+def sandbox_operator_paused(sandbox: Sandbox) -> Iterator[None]:
+    """Stop the sandbox's operator process for the test; put its install back afterwards."""
+    sandbox.operator.stop()
+    try:
+        yield
+    finally:
+        restore_sandbox_install(sandbox)
+
+
+def _build(sandbox: Sandbox, namespace: str, image: str, *, insecure: bool) -> dict[str, Any]:
+    """A ConfigMap context and an ImageBuild pushing it to ``image``; its final state."""
+    sandbox.admin.apply([
+        {"apiVersion": "v1", "kind": "ConfigMap",
+         "metadata": {"name": "ctx", "namespace": namespace},
+         "data": {"Dockerfile": DOCKERFILE, "greeting.txt": "installed as users do\n"}},
+        {"apiVersion": IMAGEBUILD_API, "kind": "ImageBuild",
+         "metadata": {"name": "hello", "namespace": namespace},
+         "spec": {"source": {"configMap": {"name": "ctx"}},
+                  "output": {"image": image, "insecure": insecure}}},
+    ])
+    return sandbox.wait_settled("hello", namespace, timeout=240)
+
+
+def _operator_env(pod: dict[str, Any]) -> dict[str, str]:
+    container = pod["spec"]["containers"][0]
+    return {item["name"]: item.get("value", "") for item in container.get("env") or []}
+
+
+def test_helm_install_private_ca_registry_build_and_uninstall_keeps_crd(
+        sandbox: Sandbox, operator_image: OperatorImage, private_registry: LocalRegistry,
+        namespace: str, tmp_path: Path, sandbox_operator_paused: None) -> None:
+    # A fresh cluster as far as Stagewright goes: the chart installs the CRD.
+    cli(sandbox, "kubectl", "delete", "crd", CRD, "--ignore-not-found", "--wait")
+    assert private_registry.cert_path is not None
+    bundle = private_registry.cert_path.read_text()
+    sandbox.admin.apply([{"apiVersion": "v1", "kind": "Namespace",
+                          "metadata": {"name": HELM_NAMESPACE}}])
+    # The bundle where the docs say: the operator's namespace and each build namespace.
+    sandbox.admin.apply([
+        {"apiVersion": "v1", "kind": "ConfigMap",
+         "metadata": {"name": "registry-ca", "namespace": ns}, "data": {"ca.crt": bundle}}
+        for ns in (HELM_NAMESPACE, namespace)])
+    try:
+        cli(sandbox, "helm", "install", HELM_RELEASE, str(CHART), "--namespace", HELM_NAMESPACE,
+            "--set", f"image.repository={operator_image.repository}",
+            "--set", f"image.digest={operator_image.digest}",
+            "--set", f"kaniko.image={sandbox.images.kaniko}",
+            "--set", "caBundle.configMap=registry-ca",
+            "--set", "operator.resyncSeconds=5")
+        pod = wait_ready_operator(sandbox, HELM_NAMESPACE, HELM_OPERATOR)
+        assert pod["spec"]["containers"][0]["image"] == operator_image.reference
+        image = f"{private_registry.host}/{namespace}/hello"
+        done = _build(sandbox, namespace, image, insecure=False)
+        log = sandbox.pod_log(pod["metadata"]["name"], HELM_NAMESPACE)
+        status = done["status"]
+        assert status["phase"] == "Succeeded", f"{status}\n--- operator log\n{log[-3000:]}"
+        # The registry's own answer, trusting only the private CA.
+        response = httpx.get(f"{private_registry.url}/v2/{namespace}/hello/manifests/latest",
+                             headers={"Accept": ACCEPT}, verify=private_registry.ssl_context(),
+                             timeout=10)
+        response.raise_for_status()
+        assert status["digest"] == response.headers["Docker-Content-Digest"]
+        # The size comes from the operator's own look-up through the CA bundle.
+        manifest = response.json()
+        assert status["size"] == manifest["config"]["size"] + sum(
+            layer["size"] for layer in manifest["layers"])
+        assert "CERTIFICATE_VERIFY_FAILED" not in log
+        # It reached the apiserver as in-cluster clients do: the kubernetes Service.
+        assert _operator_env(pod).get("STAGEWRIGHT_CA_BUNDLE_FILE")
+
+        with following_log(sandbox, HELM_NAMESPACE, pod["metadata"]["name"],
+                           tmp_path / "operator.log") as followed:
+            cli(sandbox, "helm", "uninstall", HELM_RELEASE, "--namespace", HELM_NAMESPACE,
+                "--wait", "--timeout", "2m")
+        assert_clean_shutdown(followed.read_text(errors="replace"))
+        assert sandbox.admin.get("apps/v1", "Deployment", HELM_OPERATOR, HELM_NAMESPACE) is None
+        assert sandbox.admin.get("rbac.authorization.k8s.io/v1", "ClusterRole",
+                                 HELM_OPERATOR) is None
+        # crds.keep (the default): the CRD and every ImageBuild with its status stay.
+        assert sandbox.admin.get("apiextensions.k8s.io/v1", "CustomResourceDefinition",
+                                 CRD) is not None
+        kept = sandbox.imagebuild("hello", namespace)
+        assert kept is not None
+        assert kept["status"]["digest"] == status["digest"]
+    finally:
+        subprocess.run([str(tool("helm")), "--kubeconfig",
+                        str(sandbox.control_plane.admin.kubeconfig), "uninstall", HELM_RELEASE,
+                        "--namespace", HELM_NAMESPACE, "--ignore-not-found"],
+                       capture_output=True, check=False, timeout=120)
+        sandbox.admin.delete("v1", "Namespace", HELM_NAMESPACE)
+
+
+def _overlay(directory: Path, sandbox: Sandbox, operator_image: OperatorImage) -> Path:
+    """A user's overlay of manifests/: the image pinned by digest, the sandbox's Kaniko."""
+    directory.mkdir()
+    (directory / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        # kustomize takes only relative paths to a base.
+        "resources": [os.path.relpath(REPO_ROOT / "manifests", directory)],
+        "images": [{"name": "ghcr.io/stagewright/stagewright",
+                    "newName": operator_image.repository, "digest": operator_image.digest}],
+        "patches": [{"patch": yaml.safe_dump({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": KUSTOMIZE_OPERATOR, "namespace": OPERATOR_NAMESPACE},
+            "spec": {"template": {"spec": {"containers": [{"name": "operator", "env": [
+                {"name": "STAGEWRIGHT_KANIKO_IMAGE", "value": sandbox.images.kaniko},
+                {"name": "STAGEWRIGHT_RESYNC_SECONDS", "value": "5"},
+            ]}]}}}})}],
+    }))
+    return directory
+
+
+def test_kustomize_install_build_and_documented_uninstall_without_403(
+        sandbox: Sandbox, operator_image: OperatorImage, namespace: str, tmp_path: Path,
+        sandbox_operator_paused: None) -> None:
+    overlay = _overlay(tmp_path / "overlay", sandbox, operator_image)
+    cli(sandbox, "kubectl", "apply", "-k", str(overlay))
+    cli(sandbox, "kubectl", "wait", "--for=condition=Established", f"crd/{CRD}")
+    pod = wait_ready_operator(sandbox, OPERATOR_NAMESPACE, KUSTOMIZE_OPERATOR)
+    assert pod["spec"]["containers"][0]["image"] == operator_image.reference
+    done = _build(sandbox, namespace, f"{sandbox.registry.host}/{namespace}/hello",
+                  insecure=True)
+    name = pod["metadata"]["name"]
+    assert done["status"]["phase"] == "Succeeded", (
+        f"{done['status']}\n--- operator log\n"
+        f"{sandbox.pod_log(name, OPERATOR_NAMESPACE)[-3000:]}")
+    assert done["status"]["size"] > 0  # the operator's registry look-up, from inside the pod
+
+    # docs/install.md, "Uninstalling": the operator first, waited for, then the rest; the
+    # operator's log followed to its last line meanwhile.
+    with following_log(sandbox, OPERATOR_NAMESPACE, name, tmp_path / "operator.log") as log:
+        cli(sandbox, "kubectl", "-n", OPERATOR_NAMESPACE, "delete", "deployment",
+            KUSTOMIZE_OPERATOR, "--cascade=foreground", "--wait", "--timeout=120s")
+        assert sandbox.admin.get("v1", "Pod", name, OPERATOR_NAMESPACE) is None
+        cli(sandbox, "kubectl", "delete", "-k", str(overlay), "--ignore-not-found", "--wait",
+            "--timeout=120s")
+    assert_clean_shutdown(log.read_text(errors="replace"))
+    # kustomize's documented policy: `delete -k` removes the CRD with everything else.
+    assert sandbox.admin.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", CRD) is None
+    assert sandbox.admin.get("rbac.authorization.k8s.io/v1", "ClusterRole",
+                             KUSTOMIZE_OPERATOR) is None
+
+
+def test_kubernetes_service_reaches_the_apiserver_from_a_pod(sandbox: Sandbox,
+                                                            namespace: str) -> None:
+    """The relay answers at 10.96.0.1:443 from the pod network, with the apiserver's TLS."""
+    pod_name = "probe"
+    probe = f"echo | busybox nc -w 3 {SERVICE_IP} 443 && echo open"
+    sandbox.admin.apply([{
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod_name, "namespace": namespace},
+        "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False,
+                 "containers": [{"name": "probe", "image": sandbox.base_image,
+                                 "command": ["sh", "-c", probe]}]},
+    }])
+    done = sandbox.admin.wait_for("v1", "Pod", pod_name, namespace,
+                                  lambda p: (p.get("status") or {}).get("phase")
+                                  in ("Succeeded", "Failed"), 90, "finished")
+    assert done["status"]["phase"] == "Succeeded", sandbox.pod_log(pod_name, namespace)
+    assert "open" in sandbox.pod_log(pod_name, namespace)
