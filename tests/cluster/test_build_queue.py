@@ -85,7 +85,9 @@ def queued_operator(sandbox: Sandbox, tmp_path: Any) -> Iterator[Callable[..., O
     sandbox.operator.stop()
 
     def start(**limits: int) -> OperatorProcess:
-        env = {f"STAGEWRIGHT_{key.upper()}": str(value) for key, value in limits.items()}
+        # The session operator's settings (the sandbox's Kaniko image), plus the limits.
+        env = {**sandbox.operator.env,
+               **{f"STAGEWRIGHT_{key.upper()}": str(value) for key, value in limits.items()}}
         operator = OperatorProcess(sandbox.control_plane,
                                    tmp_path / f"operator-{len(started)}.log", env=env)
         started.append(operator)
