@@ -114,6 +114,18 @@ class Sandbox:
                           "namespace": OPERATOR_NAMESPACE}],
         }])
 
+    def allow_baseline_builds(self, service_account: str, namespace: str) -> None:
+        """Let another operator install (a Helm release's ServiceAccount) create baseline
+        build pods, as the sandbox's own operator may."""
+        self.admin.apply([{
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": f"stagewright-psp-baseline-{namespace}-{service_account}"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "stagewright-psp-baseline"},
+            "subjects": [{"kind": "ServiceAccount", "name": service_account,
+                          "namespace": namespace}],
+        }])
+
     def pod_log(self, name: str, namespace: str = "default") -> str:
         """A pod's log as the kubelet serves it (``kubectl logs``), through the apiserver."""
         text: str = client.CoreV1Api(self.admin.api_client).read_namespaced_pod_log(

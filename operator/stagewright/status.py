@@ -45,6 +45,9 @@ _ERROR_LINE = re.compile(r"^(error|ERRO|FATA|Error:)", re.IGNORECASE)
 #: Buildah's ``[1/2] STEP 3/5: RUN make`` (the stage prefix only in multi-stage builds).
 _STEP_LINE = re.compile(r"^(?:INFO\[\d+\]\s+|level=info msg=\"|(?:\[\d+/\d+\] )?STEP \d+/\d+: )?"
                         r"((?:RUN|COPY|ADD)\s.*?)\"?$")
+#: The last line of a command-line usage text (cobra's), which Kaniko prints after a fatal
+#: error such as a refused git clone.
+_USAGE_FOOTER = re.compile(r'Use "\S+ \[command\] --help" for more information')
 #: Container waiting reasons that will not clear up by themselves.
 _STUCK_WAITING = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName",
                             "CreateContainerConfigError", "CreateContainerError"})
@@ -69,8 +72,9 @@ class PodOutcome:
     reason: Reason | None = None
     message: str = ""
     waiting: str | None = None
-    #: The termination message held a digest, not the log: Kaniko also writes its digest file
-    #: when it pushes cache layers, so only the log tells a failed push from a failed step.
+    #: The termination message cannot say what failed, the log can: it held a digest (Kaniko
+    #: also writes its digest file when it pushes cache layers, so only the log tells a failed
+    #: push from a failed step), or only the end of Kaniko's usage text after a fatal error.
     log_needed: bool = False
     #: Why the pod is waiting, when ``waiting`` is set (PodWaiting or Unschedulable).
     waiting_reason: Reason = Reason.WAITING
@@ -233,6 +237,12 @@ def _terminated_outcome(terminated: dict[str, Any], builder: Builder,
     if terminated.get("reason") == "OOMKilled":
         return PodOutcome(finished=True, reason=Reason.OUT_OF_MEMORY, message=(
             "The build ran out of memory (OOMKilled); raise spec.resources.limits.memory."))
+    if _USAGE_FOOTER.search(text) and "Usage:" not in text.splitlines()[1:]:
+        # A fatal error followed by Kaniko's whole usage text: the kubelet's 2,048-byte
+        # termination message holds only the usage's end, so the log must say the error.
+        outcome = classify_log(exit_code, text, message_limit, builder)
+        return PodOutcome(finished=True, reason=outcome.reason, message=outcome.message,
+                          log_needed=True)
     if _DIGEST.match(text):
         # Kaniko writes the digest file before its final push, and also while it pushes
         # cache layers, so a digest with a failure may be a failed push or a failed step

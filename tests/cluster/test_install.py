@@ -105,6 +105,9 @@ def test_helm_install_private_ca_registry_build_and_uninstall_keeps_crd(
         {"apiVersion": "v1", "kind": "ConfigMap",
          "metadata": {"name": "registry-ca", "namespace": ns}, "data": {"ca.crt": bundle}}
         for ns in (HELM_NAMESPACE, namespace)])
+    # Build pods are baseline (Kaniko runs as root): the release's operator may create them,
+    # as the sandbox's own operator may (hack/sandbox/pod-security.yaml).
+    sandbox.allow_baseline_builds(HELM_OPERATOR, HELM_NAMESPACE)
     try:
         cli(sandbox, "helm", "install", HELM_RELEASE, str(CHART), "--namespace", HELM_NAMESPACE,
             "--set", f"image.repository={operator_image.repository}",

@@ -280,3 +280,12 @@ def test_a_failed_buildah_push_is_a_push_failure() -> None:
     outcome = classify_pod(buildah_pod("Failed", terminated(1, log)))
     assert outcome.reason is Reason.PUSH_FAILED
     assert outcome.message.startswith("Buildah exited with code 1")
+
+
+def test_a_termination_message_of_usage_text_only_asks_for_the_log() -> None:
+    """The kubelet keeps the last 2,048 bytes: after a fatal error, only the usage's end."""
+    tail = "\n".join(f"  --flag{i} string  help" for i in range(40))
+    tail += '\nUse "executor [command] --help" for more information about a command.'
+    outcome = classify_pod(pod("Failed", terminated(1, tail)))
+    assert outcome.log_needed
+    assert outcome.reason is Reason.BUILD_FAILED

@@ -75,7 +75,7 @@ _DEADLINE_GRACE = timedelta(minutes=2)
 #: reached, is asked again before the operator records what it knows.
 _VERIFY_GRACE = timedelta(minutes=5)
 #: How much of a failed build's log is read when its termination message holds only a digest.
-_FAILURE_LOG_LINES = 200
+_FAILURE_LOG_LINES = 400
 _FAILURE_LOG_BYTES = 64 * 1024
 #: The status fields of a build's result, cleared when a new build starts.
 _NO_RESULT: dict[str, Any] = dict(
