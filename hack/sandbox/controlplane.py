@@ -17,13 +17,11 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import httpx
 import yaml
 
-from sandbox.processes import free_port, stop_group
+from sandbox.processes import Service, free_port, stop_group
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "hack" / "build-kubernetes.sh"
@@ -86,7 +84,7 @@ class Identity:
     kubeconfig: Path = field(default=Path())
 
 
-class ControlPlane:
+class ControlPlane(Service):
     """etcd + kube-apiserver in a work directory; stopped and cleaned up on exit."""
 
     def __init__(self, work_dir: Path, *, pod_security_policy: bool = False,
@@ -120,18 +118,6 @@ class ControlPlane:
     def pki(self) -> Path:
         """CA, serving certificate and ServiceAccount key (the controller-manager needs them)."""
         return self.work_dir / "pki"
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
     def start(self) -> None:
         """Start etcd and kube-apiserver and wait until the API answers."""

@@ -31,7 +31,7 @@ from kubernetes import client, config
 
 from sandbox.buildah import mounts_under
 from sandbox.controlplane import NODE_NAME, ControlPlane, kubernetes_binary
-from sandbox.processes import free_port, stop_group
+from sandbox.processes import Service, free_port, stop_group
 
 #: Host-wide names, in one place: only one sandbox node can exist on a machine at a time.
 BRIDGE = "swbr0"
@@ -222,7 +222,7 @@ def _unmount_all_under(path: Path) -> None:
         subprocess.run(["umount", "-l", mount_point], check=False, capture_output=True)
 
 
-class Node:
+class Node(Service):
     """containerd, kube-scheduler, kube-controller-manager and kubelet in ``work_dir``."""
 
     def __init__(self, control_plane: ControlPlane, work_dir: Path, *, pause_image: str,
@@ -233,18 +233,6 @@ class Node:
         self.insecure_registries = insecure_registries
         self.containerd_socket = work_dir / "containerd" / "containerd.sock"
         self._processes: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
     def start(self) -> None:
         """Start the components in FACTS.md's order and wait until the node is Ready."""

@@ -7,6 +7,9 @@ import os
 import signal
 import socket
 import subprocess
+from abc import ABC, abstractmethod
+from types import TracebackType
+from typing import Self
 
 
 def free_port(address: str = "127.0.0.1") -> int:
@@ -34,3 +37,28 @@ def stop_group(process: subprocess.Popen[bytes], *, kill: bool = False,
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+class Service(ABC):
+    """Something the sandbox starts and must stop: ``with`` starts it, and stops it on exit,
+    or at once when starting fails half-way (a partial start leaves nothing behind)."""
+
+    @abstractmethod
+    def start(self) -> None:
+        """Start, returning once ready."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop by PID and undo what start changed; safe after a partial start."""
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

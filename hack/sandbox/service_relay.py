@@ -22,18 +22,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from sandbox.controlplane import SERVICE_IP
-from sandbox.processes import stop_group
+from sandbox.processes import Service, stop_group
 
 SERVICE_PORT = 443
 _READY_TIMEOUT = 10.0
 _CHUNK = 65536
 
 
-class ServiceRelay:
+class ServiceRelay(Service):
     """10.96.0.1 on ``bridge`` and a relay process from 10.96.0.1:443 to ``target_port``."""
 
     def __init__(self, bridge: str, target_port: int, log_file: Path) -> None:
@@ -42,18 +40,6 @@ class ServiceRelay:
         self.log_file = log_file
         self._address_added = False
         self._process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
     def start(self) -> None:
         """Add the address, start the relay, return once it accepts connections."""
