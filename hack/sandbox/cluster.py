@@ -76,9 +76,11 @@ class Cluster:
 
     def wait_for_service_account(self, namespace: str, name: str = "default",
                                  timeout: float = 30) -> None:
-        """Wait until a ServiceAccount exists: pods naming it are refused before that."""
-        self.wait_for("v1", "ServiceAccount", name, namespace, lambda _: True, timeout,
-                      "created")
+        """Wait until a ServiceAccount exists with its token: pods naming it are refused
+        before that (1.20's ServiceAccount admission: "No API token found ... retry")."""
+        self.wait_for("v1", "ServiceAccount", name, namespace,
+                      lambda account: bool(account.get("secrets")), timeout,
+                      "created with its token")
 
     def wait_for(self, api_version: str, kind: str, name: str, namespace: str | None,
                  predicate: Any, timeout: float, what: str) -> dict[str, Any]:
