@@ -58,6 +58,11 @@ content_key() {
 }
 KEY=$(content_key)
 ARCHIVE="$ARCHIVE_DIR/stagewright-$KEY.oci.tar"
+# One build at a time per cache: a second caller (the test session while `make deps-test`
+# still builds, another worktree) waits here and then finds the archive cached.
+mkdir -p "$ARCHIVE_DIR"
+exec {LOCK_FD}>"$ARCHIVE_DIR/.build.lock"
+flock "$LOCK_FD"
 SIZES="$ARCHIVE_DIR/stagewright-$KEY.sizes"
 
 # Upload the kept archive as it is (no rebuild, no recompression) and name it by digest.

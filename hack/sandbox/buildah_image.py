@@ -36,7 +36,9 @@ CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 APPLETS = ("sh", "cat", "printf", "mkdir", "dirname", "echo", "ls", "env", "rm", "test", "[")
 #: Bumped when the layout below changes, so the cache key changes with it.
 RECIPE_VERSION = "1"
-CACHE_DIR = Path.home() / ".cache" / "stagewright"
+#: The project's cache, as the hack/*.sh scripts find it.
+CACHE_DIR = Path(os.environ.get("STAGEWRIGHT_CACHE") or Path(
+    os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stagewright")
 _LDD_PATH = re.compile(r"(/\S+\.so[.\d]*)\s")
 
 

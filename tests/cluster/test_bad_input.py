@@ -221,6 +221,7 @@ def _check_told_what_to_fix(case: Case, obj: dict[str, Any]) -> str | None:
     return None
 
 
+@pytest.mark.faults  # 2,000 objects through the operator: in the faults tier (make test-faults)
 def test_generated_imagebuilds_are_refused_or_told_what_to_fix(
         sandbox: Sandbox, namespace: str) -> None:
     ledger = Ledger()

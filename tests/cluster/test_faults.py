@@ -23,7 +23,8 @@ from sandbox.cluster import OperatorProcess
 from sandbox.stack import IMAGEBUILD_API, Sandbox
 from sandbox.tcpproxy import TcpProxy
 
-pytestmark = pytest.mark.cluster
+#: Its own tier (`make test-faults`): the outages alone are 100 s of waiting by design.
+pytestmark = [pytest.mark.cluster, pytest.mark.faults]
 
 #: One context for both outcomes: OUTCOME=pass succeeds, anything else fails after the nap.
 DOCKERFILE = ("ARG BASE\nFROM ${BASE}\nARG NAP=8\nARG OUTCOME=pass\n"
