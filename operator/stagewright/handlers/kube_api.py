@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, Self
 
@@ -29,6 +29,9 @@ from stagewright.api.v1alpha1 import GROUP, PLURAL, VERSION
 
 #: Told of every request: (method, status code or "error", seconds). Metrics hook in here.
 RequestObserver = Callable[[str, str, float], None]
+
+#: The JSON decoder of every response and watch event (measured: see benchmarks/README.md).
+loads: Callable[[str | bytes | bytearray], Any] = json.loads
 
 #: Status codes that mean "try again later" rather than "your request is wrong".
 _TEMPORARY = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -79,6 +82,9 @@ class KubeApi:
         self._ssl = context
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        #: Watches hold a connection each for minutes: they get their own pool, so they never
+        #: take a slot from the requests of reconciles (MAX_CONNECTIONS).
+        self._watch_session: aiohttp.ClientSession | None = None
         self._observer = observer
 
     async def __aenter__(self) -> Self:
@@ -95,11 +101,18 @@ class KubeApi:
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
         return self._session
 
+    def _open_watches(self) -> aiohttp.ClientSession:
+        if self._watch_session is None or self._watch_session.closed:
+            connector = aiohttp.TCPConnector(ssl=self._ssl, limit=0)
+            self._watch_session = aiohttp.ClientSession(connector=connector)
+        return self._watch_session
+
     async def aclose(self) -> None:
-        """Close the connection pool."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Close the connection pools."""
+        for session in (self._session, self._watch_session):
+            if session is not None:
+                await session.close()
+        self._session = self._watch_session = None
 
     def _headers(self, content_type: str = "application/json") -> dict[str, str]:
         headers = {"Accept": "application/json", "Content-Type": content_type}
@@ -124,7 +137,7 @@ class KubeApi:
         if status_code == 404 and method in ("GET", "DELETE", "PATCH"):
             return None
         try:
-            document = json.loads(text) if text else {}
+            document = loads(text) if text else {}
         except ValueError:
             document = {}
         if status_code >= 400:
@@ -142,6 +155,46 @@ class KubeApi:
             async with session.request(method, self._base_url + path, data=data, params=params,
                                        headers=self._headers(content_type)) as response:
                 return str(response.status), await response.text()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ApiError(503, f"{type(exc).__name__}: {exc}", "Unreachable") from exc
+
+    async def list_page(self, path: str, params: dict[str, str]) -> dict[str, Any] | None:
+        """One page of a list (``limit``/``continue`` in ``params``); None when the path is
+        not served (404: a CRD not installed yet)."""
+        return await self._request("GET", path, params=params)
+
+    async def watch(self, path: str, params: dict[str, str],
+                    timeout: float) -> AsyncIterator[dict[str, Any]]:  # noqa: ASYNC109
+        """The events of one watch request (``watch=1`` is added), decoded, as they arrive.
+
+        ``timeout`` bounds the wait for the next bytes, not the watch: the server ends it after
+        ``timeoutSeconds``. A non-2xx answer raises ApiError (410 Gone: relist).
+        """
+        session = self._open_watches()
+        limits = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout.total,
+                                       sock_read=timeout)
+        try:
+            async with session.get(self._base_url + path, params={**params, "watch": "1"},
+                                   headers=self._headers(), timeout=limits) as response:
+                if response.status >= 400:
+                    text = await response.text()
+                    try:
+                        document = loads(text)
+                    except ValueError:
+                        document = {}
+                    raise ApiError(response.status,
+                                   str(document.get("message") or text[:500]),
+                                   str(document.get("reason") or ""))
+                buffer = bytearray()
+                async for chunk in response.content.iter_any():
+                    buffer += chunk
+                    if b"\n" not in chunk:
+                        continue
+                    *lines, rest = buffer.split(b"\n")
+                    buffer = bytearray(rest)
+                    for line in lines:
+                        if line.strip():
+                            yield loads(line)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ApiError(503, f"{type(exc).__name__}: {exc}", "Unreachable") from exc
 
