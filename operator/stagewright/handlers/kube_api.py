@@ -62,6 +62,10 @@ def load_configuration() -> k8s_client.Configuration:
     return configuration
 
 
+#: How long a bearer token is reused before the configuration is asked again (in-cluster
+#: tokens are refreshed by the kubelet well before they expire).
+TOKEN_SECONDS = 30.0
+
 #: Connections to the API server at most; more requests wait for a free one (FIFO).
 MAX_CONNECTIONS = 32
 
@@ -86,6 +90,8 @@ class KubeApi:
         #: take a slot from the requests of reconciles (MAX_CONNECTIONS).
         self._watch_session: aiohttp.ClientSession | None = None
         self._observer = observer
+        self._bearer: str | None = None
+        self._bearer_until = 0.0
 
     async def __aenter__(self) -> Self:
         self._open()
@@ -116,11 +122,24 @@ class KubeApi:
 
     def _headers(self, content_type: str = "application/json") -> dict[str, str]:
         headers = {"Accept": "application/json", "Content-Type": content_type}
-        # Asked each time, so in-cluster token rotation and exec plugins can refresh it.
-        bearer = self._configuration.auth_settings().get("BearerToken")
-        if bearer and bearer.get("value"):
-            headers["Authorization"] = str(bearer["value"])
+        authorization = self._authorization()
+        if authorization:
+            headers["Authorization"] = authorization
         return headers
+
+    def _authorization(self) -> str | None:
+        """The bearer token, asked of the configuration at most every TOKEN_SECONDS.
+
+        Asked again periodically, so in-cluster token rotation and exec plugins can refresh
+        it; not per request: the kubeconfig loader rebuilds its configuration on each ask,
+        which cost a few percent of the operator's CPU under a burst.
+        """
+        now = time.monotonic()
+        if self._bearer_until <= now:
+            bearer = self._configuration.auth_settings().get("BearerToken")
+            self._bearer = str(bearer["value"]) if bearer and bearer.get("value") else None
+            self._bearer_until = now + TOKEN_SECONDS
+        return self._bearer
 
     async def _request(self, method: str, path: str, body: Any = None,
                        content_type: str = "application/json",
