@@ -214,6 +214,7 @@ class Controller:
             if queue is not None:
                 queue.release(namespace, name)
             return
+        self.reconciler.saw(namespace, name, meta.get("resourceVersion"))
         status = body.get("status") or {}
         annotations = meta.get("annotations") or {}
         self.tracked.note_imagebuild(namespace, name, unsettled(
@@ -294,6 +295,7 @@ class Controller:
                 if reconciler.queue is not None and reconciler.queue.waits(namespace, name):
                     continue  # in line: nothing to check until the queue wakes it
                 if (namespace, name) not in self.work:
+                    reconciler.unwritten(namespace, name)  # the truth, as the server has it
                     self.enqueue((namespace, name))
 
 

@@ -21,6 +21,7 @@ import json
 import re
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,10 @@ MAX_CONFIG_BYTES = 4 * 1024 * 1024
 #: Children of an index fetched at most; more is not a build's output.
 MAX_INDEX_CHILDREN = 64
 _CHILD_CONCURRENCY = 4
+#: Image configs kept by digest (content-addressed, so never stale), each at most this big:
+#: rebuilds of the same image, and images that share a config, read it once.
+_CONFIG_CACHE_ENTRIES = 256
+_CONFIG_CACHE_MAX_BYTES = 64 * 1024
 #: Requests in flight per client at most (the rest wait in FIFO order): a burst of builds
 #: asks each registry a bounded number of questions at a time.
 MAX_CONCURRENT_REQUESTS = 32
@@ -193,6 +198,8 @@ class _Cache:
     basic_hosts: set[str] = field(default_factory=set)
     #: Insecure hosts found to speak plain HTTP.
     plain_http_hosts: set[str] = field(default_factory=set)
+    #: Image config histories by config digest, most recently used last (see _config).
+    histories: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
 
 
 class RegistryClient:
@@ -405,7 +412,25 @@ class RegistryClient:
         return pair_layers(await self._config(target, image.config), layers)
 
     async def _config(self, target: _Target, descriptor: _Descriptor) -> dict[str, Any]:
-        """The image config blob: bounded, and checked against the manifest's digest and size."""
+        """The image config blob: bounded, and checked against the manifest's digest and size.
+
+        Only its history is used (to name layers), and that is kept by digest: a blob's
+        content is fixed by its digest, so a config read once (and checked) is never read
+        again while kept. The manifest that names it is still read every time: that is
+        what proves the registry serves the image.
+        """
+        cached = self._cache.histories.get(descriptor.digest)
+        if cached is not None:
+            self._cache.histories.move_to_end(descriptor.digest)
+            return cached
+        config = await self._read_config(target, descriptor)
+        if descriptor.size <= _CONFIG_CACHE_MAX_BYTES:
+            self._cache.histories[descriptor.digest] = {"history": config.get("history")}
+            while len(self._cache.histories) > _CONFIG_CACHE_ENTRIES:
+                self._cache.histories.popitem(last=False)
+        return config
+
+    async def _read_config(self, target: _Target, descriptor: _Descriptor) -> dict[str, Any]:
         where = f"the config {descriptor.digest} of {target.ref.name}"
         if descriptor.size > MAX_CONFIG_BYTES:
             raise InvalidManifest(
