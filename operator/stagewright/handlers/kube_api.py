@@ -160,20 +160,21 @@ class KubeApi:
         except ValueError:
             document = {}
         if status_code >= 400:
-            raise ApiError(status_code, str(document.get("message") or text[:500]),
+            raise ApiError(status_code, str(document.get("message") or
+                                            text[:500].decode(errors="replace")),
                            str(document.get("reason") or ""))
         result: dict[str, Any] = document
         return result
 
     async def _send(self, method: str, path: str, body: Any, content_type: str,
-                    params: dict[str, str] | None) -> tuple[str, str]:
+                    params: dict[str, str] | None) -> tuple[str, bytes]:
         """The status code (as text, for metrics labels) and body of one request."""
         session = self._open()
         data = None if body is None else json.dumps(body, separators=(",", ":"))
         try:
             async with session.request(method, self._base_url + path, data=data, params=params,
                                        headers=self._headers(content_type)) as response:
-                return str(response.status), await response.text()
+                return str(response.status), await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ApiError(503, f"{type(exc).__name__}: {exc}", "Unreachable") from exc
 
@@ -196,13 +197,14 @@ class KubeApi:
             async with session.get(self._base_url + path, params={**params, "watch": "1"},
                                    headers=self._headers(), timeout=limits) as response:
                 if response.status >= 400:
-                    text = await response.text()
+                    text = await response.read()
                     try:
                         document = loads(text)
                     except ValueError:
                         document = {}
                     raise ApiError(response.status,
-                                   str(document.get("message") or text[:500]),
+                                   str(document.get("message") or
+                                       text[:500].decode(errors="replace")),
                                    str(document.get("reason") or ""))
                 buffer = bytearray()
                 async for chunk in response.content.iter_any():
