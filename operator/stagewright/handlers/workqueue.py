@@ -65,6 +65,10 @@ class WorkQueue(Generic[Key, Item]):
         """Keys waiting or being processed."""
         return len(self._pending.keys() | self._active)
 
+    def waiting(self, key: Key) -> Item | None:
+        """The payload waiting for ``key``, if any."""
+        return self._pending.get(key)
+
     def active(self, key: Key) -> bool:
         """Whether a worker is processing ``key`` now."""
         return key in self._active
