@@ -1,9 +1,10 @@
 """List-then-watch of one kind of object, as client-go's reflector, without a cache.
 
-An informer lists its objects page by page, hands each to ``on_event`` as ``ADDED``, then
-watches from the list's resourceVersion (with bookmarks, so a quiet watch stays resumable) and
-hands on every event. It keeps no object: the caller decides on sight what an object means and
-keeps only what it must (unfinished builds), so memory does not grow with history.
+An informer lists its objects (streamed item by item from the API server's watch cache),
+hands each to ``on_event`` as ``ADDED``, then watches from the list's resourceVersion (with
+bookmarks, so a quiet watch stays resumable) and hands on every event. It keeps no object:
+the caller decides on sight what an object means and keeps only what it must (unfinished
+builds), so memory does not grow with history.
 
 Failures are level-based, as in client-go: a watch that ends is resumed from the last
 resourceVersion seen; ``410 Gone`` (the version is too old) relists, and after a relist
@@ -37,13 +38,13 @@ class _Gone(Exception):  # noqa: N818 - control flow: the resourceVersion expire
 class Informer:
     """Lists then watches ``path`` (a collection URL), optionally label-selected."""
 
-    #: Objects per list page: no single response holds every object.
-    page = 500
     #: Watch requests last this long on the server (plus up to as much again, at random, so
     #: informers started together do not reconnect together).
     watch_seconds = 300
-    #: Back-off after a failure: doubled per failure up to the maximum, reset on success.
-    min_delay, max_delay = 0.5, 30.0
+    #: Back-off after a failure: doubled per failure up to the maximum, reset on success (a
+    #: few watches cost the API server little; an API server back after an outage is
+    #: watched again within seconds).
+    min_delay, max_delay = 0.5, 5.0
 
     def __init__(self, api: KubeApi, path: str, on_event: OnEvent, *,
                  label_selector: str = "", on_relist: OnRelist | None = None,
@@ -65,33 +66,26 @@ class Informer:
     async def list(self) -> bool:
         """List every object (as ``ADDED``) and note the version to watch from.
 
-        False when the path is not served yet (404), e.g. a CRD not installed.
+        From the API server's watch cache (``resourceVersion=0``, as client-go's reflector
+        lists), read item by item as the response arrives, so the objects are never all
+        alive at once (``liststream``). False when the path is not served yet (404), e.g. a
+        CRD not installed.
         """
-        params = {**self._params(), "limit": str(self.page)}
         seen: set[tuple[str, str]] = set()
-        while True:
-            try:
-                found = await self._api.list_page(self.path, params)
-            except ApiError as exc:
-                if exc.status == 410:  # the continue token expired mid-list: start again
-                    params.pop("continue", None)
-                    seen.clear()
-                    continue
-                raise
-            if found is None:
-                return False
-            for item in found.get("items") or []:
-                if self._kind:  # list items carry no kind; watch events' objects do
-                    item.setdefault("kind", self._kind)
-                meta = item["metadata"]
-                seen.add((meta.get("namespace") or "", meta["name"]))
-                self._hand_on("ADDED", item)
-            metadata = found.get("metadata") or {}
-            token = metadata.get("continue")
-            if not token:
-                self.resource_version = str(metadata.get("resourceVersion") or "") or None
-                break
-            params["continue"] = token
+
+        def item(obj: dict[str, Any]) -> None:
+            if self._kind:  # list items carry no kind; watch events' objects do
+                obj.setdefault("kind", self._kind)
+            meta = obj["metadata"]
+            seen.add((meta.get("namespace") or "", meta["name"]))
+            self._hand_on("ADDED", obj)
+
+        fields = await self._api.list_stream(self.path, {**self._params(),
+                                                         "resourceVersion": "0"}, item)
+        if fields is None:
+            return False
+        self.resource_version = str((fields.get("metadata") or {}).get("resourceVersion")
+                                    or "") or None
         if self._on_relist is not None:
             self._on_relist(seen)
         self.synced.set()

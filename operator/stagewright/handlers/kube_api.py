@@ -26,6 +26,7 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
 from stagewright.api.v1alpha1 import GROUP, PLURAL, VERSION
+from stagewright.handlers.liststream import ListParser
 
 #: Told of every request: (method, status code or "error", seconds). Metrics hook in here.
 RequestObserver = Callable[[str, str, float], None]
@@ -178,10 +179,38 @@ class KubeApi:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ApiError(503, f"{type(exc).__name__}: {exc}", "Unreachable") from exc
 
-    async def list_page(self, path: str, params: dict[str, str]) -> dict[str, Any] | None:
-        """One page of a list (``limit``/``continue`` in ``params``); None when the path is
-        not served (404: a CRD not installed yet)."""
-        return await self._request("GET", path, params=params)
+    async def list_stream(self, path: str, params: dict[str, str],
+                          on_item: Callable[[dict[str, Any]], None],
+                          timeout: float = 300.0) -> dict[str, Any] | None:  # noqa: ASYNC109
+        """One list request whose items are handed to ``on_item`` as they arrive (see
+        ``liststream``); the list's own fields (metadata) are returned, or None when the path
+        is not served (404). ``timeout`` bounds the wait for the next bytes."""
+        session = self._open_watches()
+        limits = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout.total,
+                                       sock_read=timeout)
+        parser = ListParser()
+        try:
+            async with session.get(self._base_url + path, params=params,
+                                   headers=self._headers(), timeout=limits) as response:
+                if response.status == 404:
+                    return None
+                if response.status >= 400:
+                    text = await response.read()
+                    try:
+                        document = loads(text)
+                    except ValueError:
+                        document = {}
+                    raise ApiError(response.status,
+                                   str(document.get("message") or
+                                       text[:500].decode(errors="replace")),
+                                   str(document.get("reason") or ""))
+                async for chunk in response.content.iter_chunked(256 * 1024):
+                    for item in parser.feed(chunk):
+                        on_item(item)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ApiError(503, f"{type(exc).__name__}: {exc}", "Unreachable") from exc
+        parser.close()
+        return parser.fields
 
     async def watch(self, path: str, params: dict[str, str],
                     timeout: float) -> AsyncIterator[dict[str, Any]]:  # noqa: ASYNC109
@@ -218,21 +247,6 @@ class KubeApi:
                             yield loads(line)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ApiError(503, f"{type(exc).__name__}: {exc}", "Unreachable") from exc
-
-    async def list_all(self, path: str, label_selector: str = "",
-                       page: int = 500) -> list[dict[str, Any]]:
-        """Every object a list path returns, page by page (no single huge response)."""
-        items: list[dict[str, Any]] = []
-        params = {"limit": str(page)}
-        if label_selector:
-            params["labelSelector"] = label_selector
-        while True:
-            found = await self._request("GET", path, params=params) or {}
-            items += found.get("items") or []
-            token = (found.get("metadata") or {}).get("continue")
-            if not token:
-                return items
-            params["continue"] = token
 
     # ImageBuilds
 

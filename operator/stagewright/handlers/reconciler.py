@@ -659,6 +659,7 @@ class Reconciler:
         updated = await self.api.patch_imagebuild_status(build.namespace, build.name, patch)
         key = (build.namespace, build.name)
         if updated is not None and not completion:
+            updated["metadata"].pop("managedFields", None)  # half its size; never read here
             self._written[key] = updated
         else:
             self._written.pop(key, None)
