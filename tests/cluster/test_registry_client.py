@@ -317,6 +317,32 @@ async def test_details_name_each_platform_layer_from_its_config_history(
     assert [layer.instruction for layer in plain.platforms[0].layer_details] == [None]
 
 
+async def test_a_config_is_read_once_the_manifest_every_time(
+    pusher: Pusher, registry: LocalRegistry
+) -> None:
+    """Config blobs are content-addressed: kept by digest. The manifest, which proves the
+    registry serves the image, is asked for on every resolve."""
+    layer = await pusher.blob("again", b"layer" * 50, registry_fixtures.OCI_LAYER)
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": []},
+                         "history": [{"created_by": "/bin/sh -c make"}]}).encode()
+    await pusher.manifest("again", "v1", {
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": await pusher.blob("again", config, registry_fixtures.OCI_CONFIG),
+        "layers": [layer]})
+    requests: list[str] = []
+    async with RegistryClient(timeout=TIMEOUT,
+                              observer=lambda code, _: requests.append(code)) as client:
+        first = await client.resolve(ref(registry.host, "again:v1"), insecure=True,
+                                     details=True)
+        asked = len(requests)
+        second = await client.resolve(ref(registry.host, "again:v1"), insecure=True,
+                                      details=True)
+    assert [layer.instruction for layer in second.layer_details] == ["RUN make"]
+    assert second == first
+    assert len(requests) - asked == 1  # the manifest only
+
+
 async def test_tag_points_each_tag_at_the_same_manifest_bytes(
     client: RegistryClient, auth_registry: LocalRegistry
 ) -> None:

@@ -2,13 +2,16 @@
 
 Traffic goes to 127.0.0.1 only. Refusals of link-local and metadata addresses are proven
 where the address is checked: the test controls name resolution, and the real connect step
-(httpcore's AnyIO backend) is instrumented to fail the test if it is ever reached with a
-forbidden address, so no request can leave for one.
+(the event loop's socket connect, which aiohttp's connector reaches for names and IP literals
+alike) is instrumented to fail the test if it is ever reached with a forbidden address, so no
+request can leave for one.
 """
 
 from __future__ import annotations
 
+import asyncio.selector_events
 import json
+import socket
 import ssl
 import subprocess
 import threading
@@ -18,7 +21,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpcore
 import pytest
 from tests.cluster.registry_fixtures import docker_config
 
@@ -41,16 +43,18 @@ USER, PASSWORD = "tenant", "s3cret-push-password"
 def no_forbidden_connect(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Instrument the real connect step: a forbidden address reaching it fails the test."""
     reached: list[str] = []
-    original = httpcore.AnyIOBackend.connect_tcp
+    loop_class = asyncio.selector_events.BaseSelectorEventLoop
+    original = loop_class.sock_connect
 
-    async def connect_tcp(self: httpcore.AnyIOBackend, host: str, port: int,
-                          *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
+    async def sock_connect(self: asyncio.AbstractEventLoop, sock: socket.socket,
+                           address: Any) -> None:
+        host, port = str(address[0]), address[1]
         reached.append(host)
         if forbidden_address(host):
             pytest.fail(f"a connection to forbidden {host}:{port} was attempted")
-        return await original(self, host, port, *args, **kwargs)
+        return await original(self, sock, address)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(httpcore.AnyIOBackend, "connect_tcp", connect_tcp)
+    monkeypatch.setattr(loop_class, "sock_connect", sock_connect)
     return reached
 
 

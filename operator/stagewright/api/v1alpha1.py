@@ -8,6 +8,7 @@ as ``InvalidSpec`` in status.
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import timedelta
 from enum import StrEnum
@@ -582,5 +583,6 @@ def _buildah_limits(source: Source) -> list[str]:
     return problems
 
 
+@functools.cache
 def _snake(camel: str) -> str:
     return re.sub(r"([A-Z])", r"_\1", camel).lower()

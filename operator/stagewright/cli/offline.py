@@ -47,8 +47,10 @@ def run_operator(*, verbose: bool) -> int:
             lambda record: not record.getMessage().endswith("' succeeded."))
     kopf.run(
         standalone=True,
-        clusterwide=not settings.namespaces,
-        namespaces=settings.namespaces,
+        # kopf serves no resource itself (the operator's informers watch ImageBuilds and build
+        # pods, in STAGEWRIGHT_NAMESPACES when set), so it needs no namespaces, and never
+        # lists them (the operator's RBAC does not allow that).
+        clusterwide=True,
         liveness_endpoint=settings.liveness_endpoint,
         memo=OperatorMemo(settings=settings),
     )

@@ -1,10 +1,11 @@
 """The build queue's live state: who runs (from the cluster), who waits, and waking the next.
 
-Running builds are the owners of unfinished build pods, read from kopf's pod index, which kopf
-fills completely before any handler runs: after a restart the operator counts the same builds
-as before it, so a limit is never exceeded. Builds admitted but whose pod the index does not
-show yet are held as reservations. Waiting builds are seeded from the ImageBuild index (those
-queued or not yet started), so the order survives a restart too. The ordering is pure
+Running builds are the owners of unfinished build pods, as the operator's pod informer reports
+them (``registration.Tracked``), filled from its first list before any reconcile runs: after a
+restart the operator counts the same builds as before it, so a limit is never exceeded. Builds
+admitted but whose pod has not been seen yet are held as reservations. Waiting builds are
+seeded from the ImageBuilds listed (those queued or not yet started), so the order survives a
+restart too. The ordering is pure
 (``stagewright.queueing``).
 """
 

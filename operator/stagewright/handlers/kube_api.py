@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, Self
 
@@ -26,9 +26,13 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
 from stagewright.api.v1alpha1 import GROUP, PLURAL, VERSION
+from stagewright.handlers.liststream import ListParser
 
 #: Told of every request: (method, status code or "error", seconds). Metrics hook in here.
 RequestObserver = Callable[[str, str, float], None]
+
+#: The JSON decoder of every response and watch event (measured: see benchmarks/README.md).
+loads: Callable[[str | bytes | bytearray], Any] = json.loads
 
 #: Status codes that mean "try again later" rather than "your request is wrong".
 _TEMPORARY = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -59,6 +63,10 @@ def load_configuration() -> k8s_client.Configuration:
     return configuration
 
 
+#: How long a bearer token is reused before the configuration is asked again (in-cluster
+#: tokens are refreshed by the kubelet well before they expire).
+TOKEN_SECONDS = 30.0
+
 #: Connections to the API server at most; more requests wait for a free one (FIFO).
 MAX_CONNECTIONS = 32
 
@@ -79,7 +87,12 @@ class KubeApi:
         self._ssl = context
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        #: Watches hold a connection each for minutes: they get their own pool, so they never
+        #: take a slot from the requests of reconciles (MAX_CONNECTIONS).
+        self._watch_session: aiohttp.ClientSession | None = None
         self._observer = observer
+        self._bearer: str | None = None
+        self._bearer_until = 0.0
 
     async def __aenter__(self) -> Self:
         self._open()
@@ -95,19 +108,39 @@ class KubeApi:
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
         return self._session
 
+    def _open_watches(self) -> aiohttp.ClientSession:
+        if self._watch_session is None or self._watch_session.closed:
+            connector = aiohttp.TCPConnector(ssl=self._ssl, limit=0)
+            self._watch_session = aiohttp.ClientSession(connector=connector)
+        return self._watch_session
+
     async def aclose(self) -> None:
-        """Close the connection pool."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Close the connection pools."""
+        for session in (self._session, self._watch_session):
+            if session is not None:
+                await session.close()
+        self._session = self._watch_session = None
 
     def _headers(self, content_type: str = "application/json") -> dict[str, str]:
         headers = {"Accept": "application/json", "Content-Type": content_type}
-        # Asked each time, so in-cluster token rotation and exec plugins can refresh it.
-        bearer = self._configuration.auth_settings().get("BearerToken")
-        if bearer and bearer.get("value"):
-            headers["Authorization"] = str(bearer["value"])
+        authorization = self._authorization()
+        if authorization:
+            headers["Authorization"] = authorization
         return headers
+
+    def _authorization(self) -> str | None:
+        """The bearer token, asked of the configuration at most every TOKEN_SECONDS.
+
+        Asked again periodically, so in-cluster token rotation and exec plugins can refresh
+        it; not per request: the kubeconfig loader rebuilds its configuration on each ask,
+        which cost a few percent of the operator's CPU under a burst.
+        """
+        now = time.monotonic()
+        if self._bearer_until <= now:
+            bearer = self._configuration.auth_settings().get("BearerToken")
+            self._bearer = str(bearer["value"]) if bearer and bearer.get("value") else None
+            self._bearer_until = now + TOKEN_SECONDS
+        return self._bearer
 
     async def _request(self, method: str, path: str, body: Any = None,
                        content_type: str = "application/json",
@@ -124,41 +157,96 @@ class KubeApi:
         if status_code == 404 and method in ("GET", "DELETE", "PATCH"):
             return None
         try:
-            document = json.loads(text) if text else {}
+            document = loads(text) if text else {}
         except ValueError:
             document = {}
         if status_code >= 400:
-            raise ApiError(status_code, str(document.get("message") or text[:500]),
+            raise ApiError(status_code, str(document.get("message") or
+                                            text[:500].decode(errors="replace")),
                            str(document.get("reason") or ""))
         result: dict[str, Any] = document
         return result
 
     async def _send(self, method: str, path: str, body: Any, content_type: str,
-                    params: dict[str, str] | None) -> tuple[str, str]:
+                    params: dict[str, str] | None) -> tuple[str, bytes]:
         """The status code (as text, for metrics labels) and body of one request."""
         session = self._open()
         data = None if body is None else json.dumps(body, separators=(",", ":"))
         try:
             async with session.request(method, self._base_url + path, data=data, params=params,
                                        headers=self._headers(content_type)) as response:
-                return str(response.status), await response.text()
+                return str(response.status), await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ApiError(503, f"{type(exc).__name__}: {exc}", "Unreachable") from exc
 
-    async def list_all(self, path: str, label_selector: str = "",
-                       page: int = 500) -> list[dict[str, Any]]:
-        """Every object a list path returns, page by page (no single huge response)."""
-        items: list[dict[str, Any]] = []
-        params = {"limit": str(page)}
-        if label_selector:
-            params["labelSelector"] = label_selector
-        while True:
-            found = await self._request("GET", path, params=params) or {}
-            items += found.get("items") or []
-            token = (found.get("metadata") or {}).get("continue")
-            if not token:
-                return items
-            params["continue"] = token
+    async def list_stream(self, path: str, params: dict[str, str],
+                          on_item: Callable[[dict[str, Any]], None],
+                          timeout: float = 300.0) -> dict[str, Any] | None:  # noqa: ASYNC109
+        """One list request whose items are handed to ``on_item`` as they arrive (see
+        ``liststream``); the list's own fields (metadata) are returned, or None when the path
+        is not served (404). ``timeout`` bounds the wait for the next bytes."""
+        session = self._open_watches()
+        limits = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout.total,
+                                       sock_read=timeout)
+        parser = ListParser()
+        try:
+            async with session.get(self._base_url + path, params=params,
+                                   headers=self._headers(), timeout=limits) as response:
+                if response.status == 404:
+                    return None
+                if response.status >= 400:
+                    text = await response.read()
+                    try:
+                        document = loads(text)
+                    except ValueError:
+                        document = {}
+                    raise ApiError(response.status,
+                                   str(document.get("message") or
+                                       text[:500].decode(errors="replace")),
+                                   str(document.get("reason") or ""))
+                async for chunk in response.content.iter_chunked(256 * 1024):
+                    for item in parser.feed(chunk):
+                        on_item(item)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ApiError(503, f"{type(exc).__name__}: {exc}", "Unreachable") from exc
+        parser.close()
+        return parser.fields
+
+    async def watch(self, path: str, params: dict[str, str],
+                    timeout: float) -> AsyncIterator[dict[str, Any]]:  # noqa: ASYNC109
+        """The events of one watch request (``watch=1`` is added), decoded, as they arrive.
+
+        ``timeout`` bounds the wait for the next bytes, not the watch: the server ends it after
+        ``timeoutSeconds``. A non-2xx answer raises ApiError (410 Gone: relist).
+        """
+        session = self._open_watches()
+        limits = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout.total,
+                                       sock_read=timeout)
+        try:
+            async with session.get(self._base_url + path, params={**params, "watch": "1"},
+                                   headers=self._headers(), timeout=limits) as response:
+                if response.status >= 400:
+                    text = await response.read()
+                    try:
+                        document = loads(text)
+                    except ValueError:
+                        document = {}
+                    raise ApiError(response.status,
+                                   str(document.get("message") or
+                                       text[:500].decode(errors="replace")),
+                                   str(document.get("reason") or ""))
+                buffer = bytearray()
+                async for chunk in response.content.iter_any():
+                    buffer += chunk
+                    if b"\n" not in chunk:
+                        continue
+                    *lines, rest = buffer.split(b"\n")
+                    buffer = bytearray(rest)
+                    for line in lines:
+                        if line.strip():
+                            yield loads(line)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ApiError(503, f"{type(exc).__name__}: {exc}", "Unreachable") from exc
 
     # ImageBuilds
 

@@ -106,16 +106,33 @@ class Reconciler:
         self._lock_users: Counter[tuple[str, str]] = Counter()
         #: When each unfinished build was last reconciled, so the resync skips fresh ones.
         self._reconciled_at: dict[tuple[str, str], float] = {}
+        #: The ImageBuild as our last status write left it, per unfinished build: the next
+        #: reconcile starts from it instead of reading it again (read-your-writes), until an
+        #: event says the object changed since (``saw``) or the resync asks for the truth.
+        self._written: dict[tuple[str, str], dict[str, Any]] = {}
 
     def seconds_since_reconciled(self, namespace: str, name: str) -> float:
         """How long ago this build was last reconciled (infinite if never)."""
         when = self._reconciled_at.get((namespace, name))
         return float("inf") if when is None else time.monotonic() - when
 
+    def saw(self, namespace: str, name: str, resource_version: str | None) -> None:
+        """An event showed the ImageBuild at ``resource_version``: unless that is our last
+        write itself, the body that write returned is no longer known to be the latest."""
+        written = self._written.get((namespace, name))
+        if written is not None and written["metadata"].get("resourceVersion") != (
+                resource_version):
+            del self._written[(namespace, name)]
+
+    def unwritten(self, namespace: str, name: str) -> None:
+        """Read the ImageBuild afresh next time (the resync's level-based look)."""
+        self._written.pop((namespace, name), None)
+
     def forget(self, namespace: str, name: str) -> None:
         """Drop per-object state once an ImageBuild is deleted."""
         self._locks.pop((namespace, name), None)
         self._reconciled_at.pop((namespace, name), None)
+        self._written.pop((namespace, name), None)
         self._leave_queue(namespace, name)
 
     async def stop_orphan(self, pod: dict[str, Any]) -> None:
@@ -162,6 +179,8 @@ class Reconciler:
 
     async def _reconcile_locked(self, namespace: str, name: str, body: dict[str, Any] | None,
                                 pod: dict[str, Any] | None) -> None:
+        if body is None:
+            body = self._written.get((namespace, name))
         if body is None:
             body = await self.api.get_imagebuild(namespace, name)
         if body is None:
@@ -604,6 +623,7 @@ class Reconciler:
                              completion_time=now_iso(), **_NO_RESULT)
         await self.api.patch_imagebuild_status(meta["namespace"], meta["name"], patch)
         self._reconciled_at.pop((meta["namespace"], meta["name"]), None)
+        self._written.pop((meta["namespace"], meta["name"]), None)
         if self.metrics is not None:
             self.metrics.build_finished(Phase.FAILED.value, Reason.INVALID_SPEC.value, None)
         await self._post_event(meta, Reason.INVALID_SPEC, message)
@@ -636,7 +656,13 @@ class Reconciler:
                 cache_hits=(fields.get("cache") or {}).get("hits")))
         patch = status_patch(build.status, phase=phase, reason=reason, message=message,
                              generation=build.generation, rebuild=build.rebuild_token, **fields)
-        await self.api.patch_imagebuild_status(build.namespace, build.name, patch)
+        updated = await self.api.patch_imagebuild_status(build.namespace, build.name, patch)
+        key = (build.namespace, build.name)
+        if updated is not None and not completion:
+            updated["metadata"].pop("managedFields", None)  # half its size; never read here
+            self._written[key] = updated
+        else:
+            self._written.pop(key, None)
         if completion:
             self._reconciled_at.pop((build.namespace, build.name), None)
             self._leave_queue(build.namespace, build.name)  # if its pod's end went unseen

@@ -1,8 +1,24 @@
-"""kopf wiring: which events reach the reconciler, and the operator's start-up and shutdown.
+"""kopf wiring: the operator's runtime, and the informers that bring events to the reconciler.
 
-Only event handlers are registered (no kopf indexes: see ``Tracked``). kopf therefore writes
-nothing of its own to the cluster: no finalizer, no progress or diff-base annotations, no
-per-pod bookkeeping. All state is in ImageBuild status, written by the reconciler.
+kopf stays the runtime: ``stagewright run`` is ``kopf.run``, and kopf gives the start-up and
+clean-up handlers, the liveness probe, signal handling and logging (object-prefixed log lines).
+ImageBuilds and build pods are not watched through kopf's resource handlers, though: kopf spends
+a worker task, deep copies of the body (its diff-base "essence") and a handler dispatch on every
+event of every object, including each of thousands of finished ImageBuilds and pods listed at
+start-up, and that machinery was most of the operator's CPU under a burst and most of its
+memory with a long history (benchmarks/README.md). The controller-runtime way replaces it:
+
+- an :class:`~stagewright.handlers.informer.Informer` per kind (and per namespace with
+  ``STAGEWRIGHT_NAMESPACES``) lists then watches on our own aiohttp client, keeping no object;
+- each event is classified on sight (:class:`Controller`): a finished ImageBuild or an old pod
+  is dropped at once; unfinished builds and running pods are noted in :class:`Tracked`;
+- what needs a step goes to a keyed :class:`~stagewright.handlers.workqueue.WorkQueue`: events
+  for one ImageBuild coalesce, a bounded number of workers run ``Reconciler.reconcile``, one
+  per key at a time.
+
+kopf therefore writes nothing of its own to the cluster: no finalizer, no progress or diff-base
+annotations, no per-pod bookkeeping. All state is in ImageBuild status, written by the
+reconciler.
 """
 
 from __future__ import annotations
@@ -27,9 +43,11 @@ from stagewright.api.v1alpha1 import (
     Phase,
 )
 from stagewright.handlers.build_queue import BuildQueue
+from stagewright.handlers.informer import Informer
 from stagewright.handlers.kube_api import ApiError, KubeApi, load_configuration
 from stagewright.handlers.metrics import Metrics
 from stagewright.handlers.reconciler import Reconciler
+from stagewright.handlers.workqueue import WorkQueue
 from stagewright.queueing import Limits, Waiting
 from stagewright.registry import RegistryClient, RegistryError
 from stagewright.resources.pod_common import LABEL_MANAGED_BY, MANAGED_BY
@@ -38,62 +56,49 @@ from stagewright.settings import Settings
 _SETTLED = (Phase.SUCCEEDED.value, Phase.FAILED.value)
 _log = logging.getLogger("stagewright")
 
+#: The (namespace, name) of an ImageBuild: the work queue's key.
+Key = tuple[str, str]
+
 
 class OperatorMemo(kopf.Memo):
-    """kopf's memo, shared by all objects instead of copied for each one.
-
-    kopf shallow-copies the operator's memo into a record per object it ever sees; the
-    handlers only read operator-wide things from it (reconciler, indexes), so one shared
-    instance saves a dict per ImageBuild and per build pod.
-    """
+    """kopf's memo, shared instead of copied (kopf copies it per object it handles)."""
 
     def __copy__(self) -> OperatorMemo:
         return self
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
-    """kopf settings: our own prefix wherever kopf would write, no peering, quiet posting."""
+    """kopf settings: our own prefix wherever kopf would write, no peering, no scanning."""
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration",
     )
     settings.peering.standalone = True
-    # kopf watches CRDs (RBAC: list, watch), so ImageBuilds are served even when their CRD
-    # is established after the operator starts, as with `kubectl apply -k manifests/`.
-    settings.scanning.disabled = False
-    # The reconciler posts the Events a person needs itself (api.reasons.WARNINGS), from any
-    # task, resync included. kopf's posting of log lines stays off, so a log line never costs
-    # an API write and a happy build stays at three (pod, status Building, status Succeeded).
+    # kopf serves no resource here (our informers do, and wait for the CRD themselves), so it
+    # need not watch CRDs for new resources.
+    settings.scanning.disabled = True
+    # The reconciler posts the Events a person needs itself (api.reasons.WARNINGS). kopf's
+    # posting of log lines stays off, so a log line never costs an API write and a happy
+    # build stays at three (pod, status Building, status Succeeded).
     settings.posting.loggers = False
-    # Watch build pods only, selected by the API server: kopf keeps a record for every object
-    # it is sent, so every other pod in the cluster would cost memory and CPU for nothing.
-    settings.watching.label_selectors["", "v1", "pods"] = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
-    # Memory that does not grow with history. kopf starts a worker per object, which keeps the
-    # object's last body until it has been idle for idle_timeout (5 s by default); at start-up
-    # every existing ImageBuild and build pod arrives within seconds, so thousands of bodies
-    # were alive at once, and Python kept that peak. Idle workers now exit after 0.5 s, and the
-    # initial listing comes in chunks instead of one response holding every object.
-    settings.queueing.idle_timeout = 0.5
-    settings.watching.chunk_size = 500
 
 
 @dataclass
 class Tracked:
-    """What the operator tracks between events: unfinished builds and running build pods.
+    """What the operator keeps between events: unfinished builds and running build pods.
 
-    Kept by the event handlers, not by kopf indexes: until every index is filled kopf has each
-    listed object's worker wait on one condition and wakes them all for every object indexed,
-    which is quadratic in the objects at start-up (minutes for 10,000 finished builds). The
-    same truth comes from one paginated list of each at start-up, before any event is handled.
+    Filled from the informers' first lists before any reconcile runs, so after a restart the
+    build queue counts the same running builds, and keeps the same line, as before it.
+    Finished ImageBuilds and ended pods have no entry: memory does not grow with history.
     """
 
     #: Unfinished ImageBuilds; the value is set for those waiting for a build slot.
-    unsettled: dict[tuple[str, str], Waiting | None] = field(default_factory=dict)
+    unsettled: dict[Key, Waiting | None] = field(default_factory=dict)
     #: Unfinished build pods (namespace, pod) -> their ImageBuild (namespace, name).
-    running_pods: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    running_pods: dict[Key, Key] = field(default_factory=dict)
 
-    def running_builds(self) -> list[tuple[str, str]]:
+    def running_builds(self) -> list[Key]:
         """ImageBuilds with an unfinished build pod."""
         return list(set(self.running_pods.values()))
 
@@ -112,28 +117,191 @@ class Tracked:
             self.running_pods.pop((namespace, name), None)
 
 
-async def _list_existing(api: KubeApi, settings: Settings, tracked: Tracked) -> None:
-    """Fill ``tracked`` from the cluster as it is, before the first event is handled."""
-    scopes = settings.namespaces or [""]
-    for namespace in scopes:
-        where = f"/namespaces/{namespace}" if namespace else ""
-        for body in await api.list_all(f"/apis/{GROUP}/{VERSION}{where}/{PLURAL}"):
-            meta = body["metadata"]
-            build = await unsettled(namespace=meta.get("namespace"), name=meta["name"],
-                                    status=body.get("status") or {}, meta=meta,
-                                    annotations=meta.get("annotations") or {})
-            tracked.note_imagebuild(meta.get("namespace") or "", meta["name"], build)
-        for pod in await api.list_all(f"/api/v1{where}/pods",
-                                      f"{LABEL_MANAGED_BY}={MANAGED_BY}"):
-            meta = pod["metadata"]
-            running = await running_pods(namespace=meta.get("namespace"), name=meta["name"],
-                                         meta=meta, status=pod.get("status") or {})
-            tracked.note_pod(meta.get("namespace") or "", meta["name"], running)
+@dataclass
+class Trigger:
+    """Why an ImageBuild is to be reconciled: the freshest body and pod its events brought.
+
+    Both None: read the truth from the API server (a wake from the queue, the resync, or an
+    event that arrived while the key was being reconciled, whose body may predate our write).
+    """
+
+    body: dict[str, Any] | None = None
+    pod: dict[str, Any] | None = None
+
+
+def merge(older: Trigger, newer: Trigger) -> Trigger:
+    """Coalesce two triggers of one key: the latest body and the latest pod win."""
+    return Trigger(body=newer.body if newer.body is not None else older.body,
+                   pod=newer.pod if newer.pod is not None else older.pod)
+
+
+class Controller:
+    """Classifies ImageBuild and build pod events on sight and queues the ones with work."""
+
+    def __init__(self, api: KubeApi, reconciler: Reconciler, settings: Settings,
+                 tracked: Tracked) -> None:
+        self.api = api
+        self.reconciler = reconciler
+        self.settings = settings
+        self.tracked = tracked
+        self.work: WorkQueue[Key, Trigger] = WorkQueue(self._process, settings.workers, merge)
+        self.informers: list[Informer] = []
+        for namespace in settings.namespaces or [""]:
+            where = f"/namespaces/{namespace}" if namespace else ""
+            self.informers.append(Informer(
+                api, f"/apis/{GROUP}/{VERSION}{where}/{PLURAL}", self.imagebuild_event,
+                on_relist=self._imagebuilds_listed, kind=KIND))
+            self.informers.append(Informer(
+                api, f"/api/v1{where}/pods", self.pod_event,
+                label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}",
+                on_relist=self._pods_listed, kind="Pod"))
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """List everything (ImageBuilds first, so pods find their owners tracked), then
+        start the workers and the watches. An ImageBuild resource not served yet (its CRD
+        is not installed) is waited for by its informer, without holding up the start."""
+        for informer in self.informers:
+            try:
+                await informer.list()
+            except ApiError as exc:  # its watch loop lists again, with back-off
+                _log.warning(f"Listing {informer.path} failed ({exc}); retrying.")
+        queue = self.reconciler.queue
+        if queue is not None:
+            # After a restart, queued builds start in their old order, not in event order;
+            # builds whose slots are free start now.
+            queue.seed(entry for entry in self.tracked.unsettled.values() if entry)
+        self.work.start()
+        for informer in self.informers:
+            self._spawn(informer.run())
+        self._spawn(self._resync())
+
+    async def stop(self) -> None:
+        """Stop watching, resyncing and reconciling."""
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.work.stop()
+
+    def _spawn(self, coroutine: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def enqueue(self, key: Key, trigger: Trigger | None = None) -> None:
+        """Reconcile ``key`` soon. An event that arrives while the key is being reconciled
+        may predate the reconcile's own write, so its body is dropped (read afresh)."""
+        trigger = trigger or Trigger()
+        if self.work.active(key):
+            trigger.body = None
+        self.work.add(key, trigger)
+
+    async def _process(self, key: Key, trigger: Trigger) -> None:
+        await _reconcile(self.reconciler, *key, body=trigger.body, pod=trigger.pod)
+
+    # Events
+
+    def imagebuild_event(self, kind: str, body: dict[str, Any]) -> None:
+        """Any change to an ImageBuild (and each one listed): note it, queue its next step."""
+        meta = body["metadata"]
+        namespace, name = meta.get("namespace") or "", meta["name"]
+        queue = self.reconciler.queue
+        if kind == "DELETED":
+            self.tracked.note_imagebuild(namespace, name, {})
+            self.reconciler.forget(namespace, name)  # its pods go with it (owner references)
+            if queue is not None:
+                queue.release(namespace, name)
+            return
+        self.reconciler.saw(namespace, name, meta.get("resourceVersion"))
+        status = body.get("status") or {}
+        annotations = meta.get("annotations") or {}
+        self.tracked.note_imagebuild(namespace, name, unsettled(
+            namespace=namespace, name=name, status=status, meta=meta, annotations=annotations))
+        if _settled(status, meta, annotations):
+            # Finished: no read, no lock, no state. Thousands of finished builds cost nothing
+            # at start-up; a new generation or rebuild request arrives as another event.
+            return
+        if _building(status, meta, annotations):
+            # Our own "Building" write: the pod's events (and the resync) carry it on from here.
+            return
+        if _queued(status, meta, annotations) and queue is not None and queue.holds(
+                namespace, name):
+            return  # our own "Queued" write: the queue wakes it when a slot frees
+        self.enqueue((namespace, name), Trigger(body=body))
+
+    def pod_event(self, kind: str, pod: dict[str, Any]) -> None:
+        """A build pod changed: free its slot once it ended, and queue its ImageBuild (or
+        stop the pod if none owns it)."""
+        meta = pod["metadata"]
+        namespace, name = meta.get("namespace") or "", str(meta.get("name"))
+        owner = _owner(meta)
+        if not namespace:
+            return
+        status = pod.get("status") or {}
+        if not owner:
+            # Every build pod is created with its owner: none left means the ImageBuild was
+            # deleted with propagationPolicy Orphan, and the garbage collector won't stop it.
+            if kind != "DELETED" and not meta.get("deletionTimestamp") and status.get(
+                    "phase") in ("Pending", "Running"):
+                self._spawn(self._stop_orphan(pod))
+            return
+        self.tracked.note_pod(namespace, name, {} if kind == "DELETED" else running_pods(
+            namespace=namespace, name=name, meta=meta, status=status))
+        ended = kind == "DELETED" or status.get("phase") in ("Succeeded", "Failed")
+        if ended and self.reconciler.queue is not None:
+            self.reconciler.queue.release(namespace, owner)
+        if _pristine(status):
+            return  # the reconcile that created it recorded it; nothing new to read
+        if (namespace, owner) in self.tracked.unsettled:  # an old pod of a finished build: no
+            self.enqueue((namespace, owner), Trigger(pod=None if kind == "DELETED" else pod))
+
+    def _imagebuilds_listed(self, seen: set[Key]) -> None:
+        """After a relist: unfinished builds not listed were deleted while unwatched."""
+        for key in [k for k in self.tracked.unsettled if k not in seen and self._scoped(k)]:
+            self.imagebuild_event("DELETED", {"metadata": {"namespace": key[0],
+                                                           "name": key[1]}})
+
+    def _pods_listed(self, seen: set[Key]) -> None:
+        """After a relist: running pods not listed were deleted while unwatched."""
+        for key in [k for k in self.tracked.running_pods if k not in seen and self._scoped(k)]:
+            owner = self.tracked.running_pods.pop(key)
+            if self.reconciler.queue is not None:
+                self.reconciler.queue.release(*owner)
+            if owner in self.tracked.unsettled:
+                self.enqueue(owner)
+
+    def _scoped(self, key: Key) -> bool:
+        """Whether one informer's list covers ``key`` (all namespaces, or the key's own)."""
+        return not self.settings.namespaces or key[0] in self.settings.namespaces
+
+    async def _stop_orphan(self, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        try:
+            await self.reconciler.stop_orphan(pod)
+        except ApiError as exc:
+            _log.warning(f"Stopping orphaned build pod {meta.get('namespace')}/"
+                         f"{meta.get('name')} failed: {exc}")
+
+    async def _resync(self) -> None:
+        """Re-check unfinished builds periodically: level-based recovery from anything missed."""
+        reconciler, seconds = self.reconciler, self.settings.resync_seconds
+        while True:
+            await asyncio.sleep(seconds)
+            for namespace, name in list(self.tracked.unsettled):
+                if reconciler.seconds_since_reconciled(namespace, name) < seconds:
+                    continue  # an event just brought it up to date
+                if reconciler.queue is not None and reconciler.queue.waits(namespace, name):
+                    continue  # in line: nothing to check until the queue wakes it
+                if (namespace, name) not in self.work:
+                    reconciler.unwritten(namespace, name)  # the truth, as the server has it
+                    self.enqueue((namespace, name))
 
 
 @kopf.on.startup(id="start")
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    """Create the API client and reconciler, and start the periodic resync."""
+    """Create the clients, the reconciler and the controller; list, then watch."""
     configure(settings)
     operator_settings: Settings = memo.get("settings") or Settings()
     metrics = Metrics()
@@ -146,37 +314,28 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
                        observer=metrics.registry_request,
                        ca_bundle=operator_settings.ca_bundle_file,
                        allow=operator_settings.registry_allow))
-    wakers: set[asyncio.Task[None]] = set()
-
-    def wake(namespace: str, name: str) -> None:
-        task = asyncio.create_task(_reconcile(memo.reconciler, namespace, name))
-        wakers.add(task)
-        task.add_done_callback(wakers.discard)
-
-    memo.tracked = tracked = Tracked()
-    await _list_existing(api, operator_settings, tracked)
+    tracked = Tracked()
+    holder: list[Controller] = []
     queue = BuildQueue(Limits(operator_settings.max_running_builds,
                               operator_settings.max_running_builds_per_namespace),
-                       running_pods=tracked.running_builds, wake=wake)
+                       running_pods=tracked.running_builds,
+                       wake=lambda namespace, name: holder[0].enqueue((namespace, name)))
     metrics.watch_queue(queue.waiting, tracked.running_builds)
     if operator_settings.metrics_port is not None:
         metrics.serve(operator_settings.metrics_port, operator_settings.metrics_address)
-    memo.reconciler = Reconciler(api, registry, operator_settings, kopf_settings=settings,
-                                 queue=queue, metrics=metrics)
-    # After a restart, queued builds start in their old order, not in event order; builds
-    # whose slots are free start now.
-    queue.seed(entry for entry in tracked.unsettled.values() if entry)
-    memo.resync = asyncio.create_task(_resync(memo.reconciler, tracked, operator_settings))
+    reconciler = Reconciler(api, registry, operator_settings, kopf_settings=settings,
+                            queue=queue, metrics=metrics)
+    memo.controller = controller = Controller(api, reconciler, operator_settings, tracked)
+    holder.append(controller)
+    await controller.start()
 
 
 @kopf.on.cleanup(id="stop")
 async def stop(memo: kopf.Memo, **_: Any) -> None:
-    """Stop the resync and close connections."""
-    task: asyncio.Task[None] | None = memo.get("resync")
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    """Stop the controller and close connections."""
+    controller: Controller | None = memo.get("controller")
+    if controller is not None:
+        await controller.stop()
     clients: contextlib.AsyncExitStack | None = memo.get("clients")
     if clients is not None:
         await clients.aclose()
@@ -206,22 +365,17 @@ def _queued(status: Mapping[str, Any], meta: Mapping[str, Any],
             and status.get("rebuild") == (annotations.get(REBUILD_ANNOTATION) or None))
 
 
-def _pristine(status: kopf.Status) -> bool:
+def _pristine(status: Mapping[str, Any]) -> bool:
     """A pod just created: no scheduler or kubelet has said anything about it yet."""
     return (status.get("phase") in (None, "Pending") and not status.get("conditions")
             and not status.get("containerStatuses"))
 
 
-async def unsettled(namespace: str | None, name: str, status: Mapping[str, Any],
-                    meta: Mapping[str, Any], annotations: Mapping[str, str],
-                    **_: Any) -> dict[tuple[str, str], Waiting | None]:
-    """ImageBuilds not finished building; the value is set for those waiting for a slot.
-
-    A finished ImageBuild has no entry ({}), so the operator's memory does not grow with
-    history.
-    Async, as every handler here: kopf runs sync handlers in a thread pool, a thread hop per
-    event that cost a tenth of the operator's CPU under a burst.
-    """
+def unsettled(namespace: str | None, name: str, status: Mapping[str, Any],
+              meta: Mapping[str, Any], annotations: Mapping[str, str],
+              ) -> dict[Key, Waiting | None]:
+    """An ImageBuild's entry in ``Tracked.unsettled``: none ({}) once it finished building;
+    the value is set for one waiting for a slot."""
     if _settled(status, meta, annotations):
         return {}
     waiting = status.get("reason") == Reason.QUEUED.value or not status.get("phase") or (
@@ -235,79 +389,14 @@ def _owner(meta: Mapping[str, Any]) -> str | None:
                  if ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION), None)
 
 
-async def running_pods(namespace: str | None, name: str, meta: Mapping[str, Any],
-                       status: Mapping[str, Any], **_: Any) -> dict[tuple[str, str], str]:
-    """Unfinished build pods by owner: the running builds, as the cluster says (for the queue).
-
-    A finished pod gives an empty dict: it no longer holds a slot.
-    """
+def running_pods(namespace: str | None, name: str, meta: Mapping[str, Any],
+                 status: Mapping[str, Any]) -> dict[Key, str]:
+    """A build pod's entry in ``Tracked.running_pods``, by owner: the running builds, as the
+    cluster says (for the queue). A finished pod gives {}: it no longer holds a slot."""
     owner = _owner(meta)
     if owner is None or status.get("phase") in ("Succeeded", "Failed"):
         return {}
     return {(namespace or "", owner): name}
-
-
-@kopf.on.event(GROUP, VERSION, PLURAL, id="imagebuild")
-async def on_imagebuild(event: kopf.RawEvent, namespace: str | None, name: str, memo: kopf.Memo,
-                        body: kopf.Body,
-                        status: kopf.Status, meta: kopf.Meta, annotations: kopf.Annotations,
-                        **_: Any) -> None:
-    """Any change to an ImageBuild (and each one at start-up): take the next step."""
-    reconciler: Reconciler = memo.reconciler
-    namespace = namespace or ""  # ImageBuilds are namespaced; kopf's type allows None
-    tracked: Tracked = memo.tracked
-    tracked.note_imagebuild(namespace, name, {} if event["type"] == "DELETED" else await unsettled(
-        namespace=namespace, name=name, status=status, meta=meta, annotations=annotations))
-    if event["type"] == "DELETED":
-        reconciler.forget(namespace, name)  # its pods go with it (owner references)
-        if reconciler.queue is not None:
-            reconciler.queue.release(namespace, name)
-        return
-    if _building(status, meta, annotations):
-        # Our own "Building" write: the pod's events (and the resync) carry it on from here.
-        return
-    queue = reconciler.queue
-    if _queued(status, meta, annotations) and queue is not None and queue.holds(namespace, name):
-        return  # our own "Queued" write: the queue wakes it when a slot frees
-    if _settled(status, meta, annotations):
-        # Finished: no read, no lock, no state. Thousands of finished builds cost nothing
-        # at start-up; a new generation or rebuild request arrives as another event.
-        return
-    await _reconcile(reconciler, namespace, name, body=dict(body))
-
-
-@kopf.on.event("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGED_BY}, id="build-pod")
-async def on_build_pod(event: kopf.RawEvent, namespace: str | None, meta: kopf.Meta,
-                       status: kopf.Status, memo: kopf.Memo, body: kopf.Body,
-                       **_: Any) -> None:
-    """A build pod changed: free its slot once it ended, and re-check its ImageBuild (or stop
-    the pod if none owns it)."""
-    owner = _owner(meta)
-    if not namespace:
-        return
-    if not owner:
-        if event["type"] != "DELETED":
-            # Every build pod is created with its owner: none left means the ImageBuild was
-            # deleted with propagationPolicy Orphan, and the garbage collector won't stop it.
-            try:
-                await memo.reconciler.stop_orphan(dict(body))
-            except ApiError as exc:
-                _log.warning(f"Stopping orphaned build pod {namespace}/{meta.get('name')} "
-                             f"failed: {exc}")
-        return
-    reconciler: Reconciler = memo.reconciler
-    tracked: Tracked = memo.tracked
-    tracked.note_pod(namespace, str(meta.get("name")), {} if event["type"] == "DELETED" else
-                     await running_pods(namespace=namespace, name=str(meta.get("name")),
-                                        meta=meta, status=status))
-    ended = event["type"] == "DELETED" or status.get("phase") in ("Succeeded", "Failed")
-    if ended and reconciler.queue is not None:
-        reconciler.queue.release(namespace, owner)
-    if _pristine(status):
-        return  # the reconcile that created it recorded it; nothing new to read
-    if (namespace, owner) in tracked.unsettled:  # a finished build's old pod needs nothing
-        pod = None if event["type"] == "DELETED" else dict(body)
-        await _reconcile(reconciler, namespace, owner, pod=pod)
 
 
 async def _reconcile(reconciler: Reconciler, namespace: str, name: str, *,
@@ -319,18 +408,3 @@ async def _reconcile(reconciler: Reconciler, namespace: str, name: str, *,
     except (ApiError, RegistryError) as exc:
         log = _log.warning if exc.temporary else _log.error
         log(f"Reconciling {namespace}/{name} failed, will retry: {exc}")
-
-
-async def _resync(reconciler: Reconciler, tracked: Tracked, settings: Settings) -> None:
-    """Re-check unfinished builds periodically: level-based recovery from anything missed."""
-    while True:
-        await asyncio.sleep(settings.resync_seconds)
-        for namespace, name in list(tracked.unsettled):
-            if reconciler.seconds_since_reconciled(namespace, name) < settings.resync_seconds:
-                continue  # an event just brought it up to date
-            if reconciler.queue is not None and reconciler.queue.waits(namespace, name):
-                continue  # in line: nothing to check until the queue wakes it
-            try:
-                await _reconcile(reconciler, namespace, name)
-            except Exception:  # one broken object must not end the resync of all others
-                _log.exception(f"Resync of {namespace}/{name} failed")

@@ -1,9 +1,14 @@
-"""Resolve a pushed image to the registry's digest and size: the OCI distribution API on httpx.
+"""Resolve a pushed image to the registry's digest and size: the OCI distribution API on aiohttp.
 
 Hand-written because what the operator needs is small but must be async and bounded:
 python-dxf is synchronous (requests), and oras-py is built to push and pull artifacts, not
 to size images. This is one manifest GET per single-platform image, the registry token
 dance, and go-containerregistry's https-then-http fallback for insecure registries.
+
+Why aiohttp: chosen by measurement (benchmarks/README.md), as for the API client. On httpx,
+guarded by an httpcore network backend, the registry look-ups were a quarter of the
+operator's CPU under a burst of a thousand builds; on aiohttp, one session for the operator's
+life with the address guard as its resolver (registry.egress), a few percent.
 """
 
 from __future__ import annotations
@@ -11,25 +16,30 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import http
 import json
 import re
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-import httpx
+import aiohttp
+from multidict import CIMultiDictProxy
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from yarl import URL
 
 from stagewright.registry.credentials import Credentials, find_credentials
 from stagewright.registry.egress import (
     ForbiddenAddressError,
+    GuardedResolver,
     Resolver,
-    guarded_transport,
     host_allowed,
+    refuse_forbidden_literal,
     system_resolver,
 )
 from stagewright.registry.errors import (
@@ -59,10 +69,15 @@ MAX_CONFIG_BYTES = 4 * 1024 * 1024
 #: Children of an index fetched at most; more is not a build's output.
 MAX_INDEX_CHILDREN = 64
 _CHILD_CONCURRENCY = 4
-#: Requests in flight per client at most. httpx's pool is quadratic in the requests queued on
-#: it (benchmarks/README.md): with at most this many, fewer than its connections, none queue
-#: there; the rest wait here in FIFO order, which costs nothing per waiter.
-MAX_CONCURRENT_REQUESTS = 16
+#: Image configs kept by digest (content-addressed, so never stale), each at most this big:
+#: rebuilds of the same image, and images that share a config, read it once.
+_CONFIG_CACHE_ENTRIES = 256
+_CONFIG_CACHE_MAX_BYTES = 64 * 1024
+#: Requests in flight per client at most (the rest wait in FIFO order): a burst of builds
+#: asks each registry a bounded number of questions at a time.
+MAX_CONCURRENT_REQUESTS = 32
+#: Connections kept per client (aiohttp's default); one per request in flight is enough.
+_MAX_CONNECTIONS = 100
 _MAX_ERROR_BODY = 16 * 1024
 #: Distribution's token spec: a token without expires_in lives 60 s, and none less.
 _MIN_TOKEN_SECONDS = 60
@@ -139,7 +154,7 @@ class _Target:
 @dataclass
 class _Reply:
     status: int
-    headers: httpx.Headers
+    headers: CIMultiDictProxy[str]
     body: bytes
     #: False when the body was longer than the limit (and was not read to the end).
     complete: bool
@@ -183,6 +198,8 @@ class _Cache:
     basic_hosts: set[str] = field(default_factory=set)
     #: Insecure hosts found to speak plain HTTP.
     plain_http_hosts: set[str] = field(default_factory=set)
+    #: Image config histories by config digest, most recently used last (see _config).
+    histories: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
 
 
 class RegistryClient:
@@ -205,15 +222,25 @@ class RegistryClient:
         self._allow = tuple(allow)
         self._resolver = resolver
         self._max_manifest_bytes = max_manifest_bytes
-        self._verified: httpx.AsyncClient | None = None
-        self._unverified: httpx.AsyncClient | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._trust: ssl.SSLContext | None = None
         self._cache = _Cache()
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)
         #: Told (status code or "error", seconds) of every request: metrics hook in here.
         self._observer = observer
 
     async def __aenter__(self) -> Self:
-        self._verified = self._new_client(verify=True)
+        self._trust = self.trust_context()
+        # Redirects are followed by _send, which checks every hop (allow-list, no downgrade
+        # to plain HTTP, no credentials to another host); every connection goes through the
+        # address guard. No proxy from the environment (trust_env off): the guard checks the
+        # addresses actually connected to. Certificates are checked per request (``ssl``), so
+        # verified and unverified connections share the pool but never a connection.
+        connector = aiohttp.TCPConnector(resolver=GuardedResolver(self._resolver),
+                                         limit=_MAX_CONNECTIONS, ssl=self._trust)
+        self._session = aiohttp.ClientSession(
+            connector=connector, trust_env=False, headers={"User-Agent": "stagewright"},
+            timeout=aiohttp.ClientTimeout(total=self._timeout))
         return self
 
     async def __aexit__(
@@ -225,22 +252,9 @@ class RegistryClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        for client in (self._verified, self._unverified):
-            if client is not None:
-                await client.aclose()
-        self._verified = self._unverified = None
-
-    def _new_client(self, *, verify: bool) -> httpx.AsyncClient:
-        # Redirects are followed by _send, which checks every hop (allow-list, no downgrade
-        # to plain HTTP, no credentials to another host); every connection goes through the
-        # address guard.
-        return httpx.AsyncClient(
-            transport=guarded_transport(self.trust_context() if verify else False,
-                                        self._resolver),
-            timeout=self._timeout,
-            follow_redirects=False,
-            headers={"User-Agent": "stagewright"},
-        )
+        if self._session is not None:
+            await self._session.close()
+        self._session = None
 
     def trust_context(self) -> ssl.SSLContext:
         """The system's CAs plus the CA bundle, if any: added to the default trust, never
@@ -250,14 +264,10 @@ class RegistryClient:
             context.load_verify_locations(cafile=str(self._ca_bundle))
         return context
 
-    def _client(self, *, verify: bool) -> httpx.AsyncClient:
-        if self._verified is None:
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None:
             raise RuntimeError("use RegistryClient as an async context manager")
-        if verify:
-            return self._verified
-        if self._unverified is None:
-            self._unverified = self._new_client(verify=False)
-        return self._unverified
+        return self._session
 
     async def resolve(
         self,
@@ -402,7 +412,25 @@ class RegistryClient:
         return pair_layers(await self._config(target, image.config), layers)
 
     async def _config(self, target: _Target, descriptor: _Descriptor) -> dict[str, Any]:
-        """The image config blob: bounded, and checked against the manifest's digest and size."""
+        """The image config blob: bounded, and checked against the manifest's digest and size.
+
+        Only its history is used (to name layers), and that is kept by digest: a blob's
+        content is fixed by its digest, so a config read once (and checked) is never read
+        again while kept. The manifest that names it is still read every time: that is
+        what proves the registry serves the image.
+        """
+        cached = self._cache.histories.get(descriptor.digest)
+        if cached is not None:
+            self._cache.histories.move_to_end(descriptor.digest)
+            return cached
+        config = await self._read_config(target, descriptor)
+        if descriptor.size <= _CONFIG_CACHE_MAX_BYTES:
+            self._cache.histories[descriptor.digest] = {"history": config.get("history")}
+            while len(self._cache.histories) > _CONFIG_CACHE_ENTRIES:
+                self._cache.histories.popitem(last=False)
+        return config
+
+    async def _read_config(self, target: _Target, descriptor: _Descriptor) -> dict[str, Any]:
         where = f"the config {descriptor.digest} of {target.ref.name}"
         if descriptor.size > MAX_CONFIG_BYTES:
             raise InvalidManifest(
@@ -537,47 +565,54 @@ class RegistryClient:
         ``plain_http_host`` (an insecure registry), and loses the Authorization header when
         it leaves the host the credentials were meant for.
         """
-        host = httpx.URL(url).netloc.decode()
-        client = self._client(verify=verify)
+        host = _netloc(URL(url, encoded=True))
+        session = self._open()
+        tls: ssl.SSLContext | bool = (self._trust or True) if verify else False
         try:
             async with asyncio.timeout(self._timeout):
                 for _ in range(_MAX_REDIRECTS + 1):
-                    self._check_destination(httpx.URL(url), host, plain_http_host)
-                    async with client.stream(method, url, headers=headers, data=data,
-                                             content=content) as response:
+                    target = URL(url, encoded=True)
+                    self._check_destination(target, host, plain_http_host)
+                    async with session.request(method, target, headers=headers,
+                                               data=data if data is not None else content,
+                                               allow_redirects=False, ssl=tls) as response:
                         location = response.headers.get("location")
-                        if response.status_code in _REDIRECTS and location:
-                            next_url = response.url.join(location)
-                            if next_url.netloc != response.url.netloc:
+                        if response.status in _REDIRECTS and location:
+                            next_url = response.url.join(URL(location, encoded=True))
+                            if _netloc(next_url) != _netloc(response.url):
                                 headers = {k: v for k, v in headers.items()
                                            if k.lower() != "authorization"}
                             url = str(next_url)
                             continue
                         wanted = limit or self._max_manifest_bytes
                         body, complete = await _read_bounded(
-                            response, wanted if response.is_success else _MAX_ERROR_BODY)
-                        return _Reply(response.status_code, response.headers, body, complete)
+                            response, wanted if 200 <= response.status < 300
+                            else _MAX_ERROR_BODY)
+                        return _Reply(response.status, response.headers, body, complete)
                 raise RegistryUnavailable(f"registry {host}: more than {_MAX_REDIRECTS} "
                                           "redirects")
-        except httpx.ConnectError as exc:
+        except ForbiddenAddressError as exc:  # an IP literal, refused before connecting
+            raise RegistryNotAllowed(f"registry {host}: {exc}") from None
+        except aiohttp.ClientConnectorError as exc:  # resolving, connecting, TLS handshake
             if _caused_by(exc, ForbiddenAddressError):
-                raise RegistryNotAllowed(f"registry {host}: {exc}") from None
+                raise RegistryNotAllowed(f"registry {host}: {exc.os_error}") from None
             if fallback:
                 raise _FallBack from exc
             raise _connect_error(host, exc) from None
-        except (TimeoutError, httpx.TimeoutException):
+        except TimeoutError:
             raise RegistryUnavailable(
                 f"registry {host} did not answer within {self._timeout:g} s"
             ) from None
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
             raise RegistryUnavailable(
                 f"connection to registry {host} failed: {exc or type(exc).__name__}"
             ) from None
 
-    def _check_destination(self, url: httpx.URL, origin: str,
+    def _check_destination(self, url: URL, origin: str,
                            plain_http_host: str | None) -> None:
         """Refuse a request (or redirect hop) the operator must not make."""
-        host = url.netloc.decode()
+        host = _netloc(url)
+        refuse_forbidden_literal(host)
         if not host_allowed(host, self._allow):
             raise RegistryNotAllowed(
                 f"registry {origin} led to {host}, which is not in the operator's allowed "
@@ -605,9 +640,9 @@ class RegistryClient:
         scope = self._cache.scopes.get((target.host, target.ref.repository), target.default_scope)
         self._cache.tokens.pop((target.host, scope, target.identity), None)
 
-    async def _answer_challenge(self, target: _Target, headers: httpx.Headers) -> str:
+    async def _answer_challenge(self, target: _Target, headers: CIMultiDictProxy[str]) -> str:
         """Turn a 401's ``WWW-Authenticate`` into an Authorization header, or explain why not."""
-        challenges = parse_challenges(headers.get_list("www-authenticate"))
+        challenges = parse_challenges(headers.getall("www-authenticate", []))
         bearer = challenges.get("bearer")
         if bearer is not None and bearer.get("realm"):
             return f"Bearer {await self._token(target, bearer)}"
@@ -617,7 +652,8 @@ class RegistryClient:
                 raise RegistryAuthError(_no_credentials(target))
             self._cache.basic_hosts.add(target.host)
             return _basic_header(*creds.basic)
-        offered = ", ".join(headers.get_list("www-authenticate")) or "no WWW-Authenticate header"
+        offered = ", ".join(headers.getall("www-authenticate", [])) or (
+            "no WWW-Authenticate header")
         raise RegistryAuthError(
             f"registry {target.host} requires authentication that is not supported ({offered})"
         )
@@ -635,17 +671,17 @@ class RegistryClient:
         if cached is not None and cached.expires > now:
             return cached.value
 
-        realm_url = httpx.URL(challenge["realm"]) if _parsable(challenge["realm"]) else None
-        if realm_url is not None and not _same_site(realm_url.host, target.ref.registry):
+        realm_url = URL(challenge["realm"]) if _parsable(challenge["realm"]) else None
+        if realm_url is not None and not _same_site(realm_url.host or "", target.ref.registry):
             # A registry may name any token service; the tenant's credentials for this
             # registry go only to this registry's own site (auth.docker.io for docker.io).
             creds = None
         realm = _realm(target, challenge["realm"], sends_secret=creds is not None)
-        verify = not (target.insecure and realm.netloc.decode() == target.host)
+        verify = not (target.insecure and _netloc(realm) == target.host)
         plain_http_host = target.host if target.insecure else None
         service = [("service", challenge["service"])] if challenge.get("service") else []
-        params = httpx.QueryParams([*service, *(("scope", part) for part in scope.split())])
-        url = str(realm.copy_merge_params(params))
+        params = [*service, *(("scope", part) for part in scope.split())]
+        url = str(realm.update_query(params))
         reply: _Reply | None = None
         if creds is not None and creds.identity_token:
             form = {"grant_type": "refresh_token", "refresh_token": creds.identity_token,
@@ -693,14 +729,14 @@ def parse_challenges(values: list[str]) -> dict[str, dict[str, str]]:
     return challenges
 
 
-async def _read_bounded(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
     """The body, or its first ``limit`` bytes and False: a registry cannot make us buffer GBs."""
     declared = response.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         return b"", False
     chunks: list[bytes] = []
     total = 0
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.content.iter_chunked(64 * 1024):
         chunks.append(chunk)
         total += len(chunk)
         if total > limit:
@@ -837,7 +873,22 @@ def _error_detail(reply: _Reply) -> tuple[set[str], str]:
         )
     except (ValueError, AttributeError):
         codes, detail = set(), ""
-    return codes, detail or f"HTTP {reply.status} {httpx.codes.get_reason_phrase(reply.status)}"
+    return codes, detail or f"HTTP {reply.status} {_reason_phrase(reply.status)}"
+
+
+def _reason_phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _netloc(url: URL) -> str:
+    """``host[:port]`` as written (the port only when explicit), IPv6 in brackets."""
+    host = url.raw_host or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{url.explicit_port}" if url.explicit_port is not None else host
 
 
 def _rejected(target: _Target, reply: _Reply) -> RegistryAuthError:
@@ -863,11 +914,11 @@ def _no_credentials(target: _Target, detail: str = "authentication required") ->
     )
 
 
-def _realm(target: _Target, realm: str, *, sends_secret: bool) -> httpx.URL:
+def _realm(target: _Target, realm: str, *, sends_secret: bool) -> URL:
     """The token service URL; credentials go over plain http only to an insecure registry."""
     try:
-        url = httpx.URL(realm)
-    except httpx.InvalidURL:
+        url: URL | None = URL(realm)
+    except ValueError:
         url = None
     if url is None or url.scheme not in ("http", "https") or not url.host:
         raise RegistryAuthError(
@@ -883,8 +934,8 @@ def _realm(target: _Target, realm: str, *, sends_secret: bool) -> httpx.URL:
 
 def _parsable(url: str) -> bool:
     try:
-        httpx.URL(url)
-    except httpx.InvalidURL:
+        URL(url)
+    except ValueError:
         return False
     return True
 
@@ -923,9 +974,9 @@ def _token_basic(creds: Credentials | None) -> tuple[str, str] | None:
     return creds.basic
 
 
-def _read_token(target: _Target, realm: httpx.URL, reply: _Reply) -> tuple[str, float]:
+def _read_token(target: _Target, realm: URL, reply: _Reply) -> tuple[str, float]:
     """``token`` (or OAuth2's ``access_token``) and its lifetime in seconds."""
-    service = realm.netloc.decode()
+    service = _netloc(realm)
     if reply.status in (401, 403):
         _, detail = _error_detail(reply)
         if target.credentials is None:
@@ -958,9 +1009,13 @@ def _basic_header(username: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
 
 
-def _connect_error(host: str, exc: httpx.ConnectError) -> RegistryError:
+def _connect_error(host: str, exc: aiohttp.ClientConnectorError) -> RegistryError:
     """A TLS failure is a configuration problem; anything else is worth retrying."""
-    cause: BaseException | None = exc
+    # aiohttp's error wraps the ssl or OS error it met (its TLS errors are ssl.SSLErrors
+    # themselves, without the details): start from the one it wraps.
+    cause: BaseException | None = (exc.certificate_error
+                                   if isinstance(exc, aiohttp.ClientConnectorCertificateError)
+                                   else exc.os_error)
     while cause is not None and not isinstance(cause, ssl.SSLError):
         cause = cause.__cause__ or cause.__context__
     if isinstance(cause, ssl.SSLCertVerificationError):

@@ -7,10 +7,12 @@ the tenant's push credentials. Two rules bound that:
   operator will contact at all: checked before a build pod exists and on every request,
   token realms and redirects included.
 - Link-local and cloud metadata addresses are refused always, whatever the allow-list says,
-  before a connection is opened. The check sits in the network backend, after name
-  resolution: the addresses checked are the addresses connected to, so neither an IP
-  literal nor a name that resolves (or re-resolves, DNS rebinding) to a metadata service
-  gets through.
+  before a connection is opened. The check sits in the connection pool's resolver
+  (:class:`GuardedResolver`, an aiohttp resolver), after name resolution: the addresses checked
+  are the addresses connected to, so a name that resolves (or re-resolves, DNS rebinding) to
+  a metadata service never gets through. IP literals, which aiohttp connects to without asking
+  a resolver, are checked by the client on every request and redirect hop
+  (:func:`refuse_forbidden_literal`).
 """
 
 from __future__ import annotations
@@ -19,11 +21,9 @@ import asyncio
 import fnmatch
 import ipaddress
 import socket
-import ssl
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
-import httpcore
-import httpx
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 #: Addresses no registry look-up may reach: link-local (cloud metadata at 169.254.169.254,
 #: GCP, Azure, Alibaba's 100.100.100.200 is not link-local but listed), AWS's IPv6 metadata.
@@ -35,8 +35,11 @@ FORBIDDEN_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 
-class ForbiddenAddressError(httpcore.ConnectError):
-    """A registry host resolved to a link-local or metadata address: never connected."""
+class ForbiddenAddressError(OSError):
+    """A registry host resolved to a link-local or metadata address: never connected.
+
+    An OSError, so aiohttp reports it as the cause of its connection error.
+    """
 
 
 def forbidden_address(address: str) -> bool:
@@ -69,74 +72,48 @@ async def system_resolver(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's network backend, resolving names itself and refusing forbidden addresses.
+class GuardedResolver(AbstractResolver):
+    """aiohttp's resolver step, resolving names itself and refusing forbidden addresses.
 
-    TLS still verifies the registry's name (httpcore passes the request's host as the server
+    TLS still verifies the registry's name (aiohttp uses the request's host as the server
     name), while the TCP connection goes to an address this class has checked.
     """
 
-    def __init__(self, resolver: Resolver = system_resolver,
-                 inner: httpcore.AsyncNetworkBackend | None = None) -> None:
+    def __init__(self, resolver: Resolver = system_resolver) -> None:
         self._resolve = resolver
-        self._inner = inner or httpcore.AnyIOBackend()
 
-    async def connect_tcp(self, host: str, port: int,
-                          timeout: float | None = None,  # noqa: ASYNC109 - httpcore's API
-                          local_address: str | None = None,
-                          socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-                          ) -> httpcore.AsyncNetworkStream:
-        """Resolve, refuse the host if any address is forbidden, else connect to one."""
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET,  # noqa: ARG002
+                      ) -> list[ResolveResult]:
+        """Resolve; refuse the host if any address is forbidden, else answer them all."""
         try:
             addresses = [host] if _is_ip(host) else await self._resolve(host, port)
         except OSError as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
+            raise OSError(f"cannot resolve {host}: {exc}") from exc
         refused = [a for a in addresses if forbidden_address(a)]
         if refused:
             raise ForbiddenAddressError(
                 f"{host} resolves to {', '.join(refused)}: link-local and cloud metadata "
                 "addresses are never contacted")
         if not addresses:
-            raise httpcore.ConnectError(f"{host} resolves to no address")
-        error: Exception | None = None
-        for address in addresses:
-            try:
-                return await self._inner.connect_tcp(address, port, timeout, local_address,
-                                                      socket_options)
-            except httpcore.ConnectError as exc:
-                error = exc
-        assert error is not None
-        raise error
+            raise OSError(f"{host} resolves to no address")
+        return [ResolveResult(hostname=host, host=address, port=port,
+                              family=socket.AF_INET6 if ":" in address else socket.AF_INET,
+                              proto=0, flags=socket.AI_NUMERICHOST)
+                for address in addresses]
 
-    async def sleep(self, seconds: float) -> None:
-        """Delegated: httpcore's retry back-off."""
-        await self._inner.sleep(seconds)
+    async def close(self) -> None:
+        """Nothing to release: resolution goes through the resolver function."""
 
 
-def guarded_transport(verify: ssl.SSLContext | bool,
-                      resolver: Resolver = system_resolver) -> httpx.AsyncHTTPTransport:
-    """An httpx transport whose every connection goes through :class:`GuardedNetworkBackend`.
-
-    httpx has no public parameter for httpcore's network backend, so the transport's pool is
-    replaced by one built with the same TLS context and httpx's default limits; the
-    registry tests prove the guard is in the path (a forbidden name never connects).
-    """
-    context = verify if isinstance(verify, ssl.SSLContext) else _unverified_context()
-    if verify is True:
-        context = ssl.create_default_context()
-    transport = httpx.AsyncHTTPTransport(verify=context)
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=context, max_connections=100, max_keepalive_connections=20,
-        keepalive_expiry=5.0, network_backend=GuardedNetworkBackend(resolver))
-    return transport
-
-
-def _unverified_context() -> ssl.SSLContext:
-    """TLS without certificate checks: for registries marked ``output.insecure`` only."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
+def refuse_forbidden_literal(host: str) -> None:
+    """Raise ForbiddenAddressError for an IP-literal host (``[v6]:port`` or ``v4:port``
+    accepted) that no registry look-up may reach; names are left to the resolver."""
+    bare = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
+    bare = bare.strip("[]")
+    if _is_ip(bare) and forbidden_address(bare):
+        raise ForbiddenAddressError(
+            f"{bare} is a link-local or cloud metadata address: never contacted")
 
 
 def _is_ip(host: str) -> bool:
