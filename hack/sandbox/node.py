@@ -38,6 +38,12 @@ BRIDGE = "swbr0"
 SUBNET = "10.244.0.0/24"
 #: The bridge's own address: pods reach the host here (never 127.0.0.1, which is theirs).
 GATEWAY = "10.244.0.1"
+#: The bridge's own MAC, fixed (locally administered). A Linux bridge without one takes the
+#: lowest MAC among its ports and changes it when that port leaves: every pod's ARP entry for
+#: the gateway then points at a MAC nobody answers for, and its connections to the registry
+#: time out for ~30 s after any other pod ends (Kaniko: "dial tcp 10.244.0.1:PORT: i/o
+#: timeout"). Docker fixes docker0's MAC for the same reason.
+BRIDGE_MAC = "02:53:57:00:00:01"
 CNI_NETWORK = "stagewright-sandbox"
 LOCK_FILE = Path("/run/stagewright-sandbox-node.lock")
 CNI_PLUGINS = Path("/usr/lib/cni")
@@ -101,7 +107,7 @@ class NodeHost:
         if _run("ip", "-o", "link", "show", BRIDGE, check=False):
             raise RuntimeError(f"bridge {BRIDGE} already exists: another sandbox node, or one "
                                "that was killed; `ip link delete {BRIDGE}` if none runs")
-        _run("ip", "link", "add", BRIDGE, "type", "bridge")
+        _run("ip", "link", "add", BRIDGE, "address", BRIDGE_MAC, "type", "bridge")
         _run("ip", "addr", "add", f"{GATEWAY}/{SUBNET.split('/')[1]}", "dev", BRIDGE)
         _run("ip", "link", "set", BRIDGE, "up")
 
