@@ -86,8 +86,9 @@ def assert_no_traceback(operator_log: str) -> None:
 def _control_plane_stopped(sandbox: Sandbox, namespace: str, component: str) -> None:
     """The apiserver (or etcd behind it) goes away mid-build and comes back on its port.
 
-    The operator's writes and kopf's watches fail meanwhile; kopf re-watches, the resync
-    re-derives each build from its pod, so both finish as their pods did.
+    The operator's writes and its informers' watches fail meanwhile; the informers re-list and
+    re-watch (back-off capped at 5 s), the resync re-derives each build from its pod, so both
+    finish as their pods did.
     """
     start_builds(sandbox, namespace, nap=12)
     log_start = len(sandbox.operator.log())

@@ -56,8 +56,6 @@ EXPECTED_GRANTS = {
     ("", "secrets", "get"),
     ("", "configmaps", "get"),
     ("", "events", "create"),
-    ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
-    ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
 }
 
 

@@ -93,12 +93,3 @@ compares the rendered rules), so the reasons are repeated here as well.
   resources: ["events"]
   verbs: ["create"]
 {{- end -}}
-
-{{/* Cluster-scoped rules, needed in both modes (a Role cannot grant them). */}}
-{{- define "stagewright.clusterRules" -}}
-# kopf watches CRDs so ImageBuilds are served even when their CRD is established, or
-# re-created, after the operator started. Read-only; CRDs hold no secrets.
-- apiGroups: ["apiextensions.k8s.io"]
-  resources: ["customresourcedefinitions"]
-  verbs: ["list", "watch"]
-{{- end -}}
