@@ -30,6 +30,7 @@ APT_PACKAGES=(
   golang-go rsync golang-github-modern-go-reflect2-dev  # building kube-apiserver
   debootstrap curl       # the operator image test's Debian base (hack/build-operator-image.sh)
   git ca-certificates shellcheck
+  python3-venv           # .venv (Debian splits the venv module out of python3)
 )
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
