@@ -48,6 +48,8 @@ pytestmark = pytest.mark.cluster
 CRD = "imagebuilds.stagewright.dev"
 CHART = REPO_ROOT / "charts" / "stagewright"
 HELM_NAMESPACE = "sw-helm"
+#: The namespace-mode release's own namespace (the other's may still be terminating).
+SCOPED_NAMESPACE = "sw-helm-scoped"
 HELM_RELEASE = "sw"
 HELM_OPERATOR = "sw-stagewright-operator"
 KUSTOMIZE_OPERATOR = "stagewright-operator"
@@ -225,3 +227,43 @@ def test_kubernetes_service_reaches_the_apiserver_from_a_pod(sandbox: Sandbox,
                                   in ("Succeeded", "Failed"), 90, "finished")
     assert done["status"]["phase"] == "Succeeded", sandbox.pod_log(pod_name, namespace)
     assert "open" in sandbox.pod_log(pod_name, namespace)
+
+
+def test_helm_install_watching_one_namespace_needs_nothing_cluster_wide(
+        sandbox: Sandbox, operator_image: OperatorImage, namespace: str, tmp_path: Path,
+        sandbox_operator_paused: None) -> None:
+    """`watchNamespaces`: a Role per namespace and no cluster-wide grant at all. The operator
+    lists and watches only that namespace (never namespaces, never CRDs), builds there, and
+    stops with nothing refused in its log from start to end."""
+    sandbox.admin.apply([{"apiVersion": "v1", "kind": "Namespace",
+                          "metadata": {"name": SCOPED_NAMESPACE}}])
+    sandbox.allow_baseline_builds(HELM_OPERATOR, SCOPED_NAMESPACE)
+    try:
+        cli(sandbox, "helm", "install", HELM_RELEASE, str(CHART), "--namespace", SCOPED_NAMESPACE,
+            "--set", f"image.repository={operator_image.repository}",
+            "--set", f"image.digest={operator_image.digest}",
+            "--set", f"kaniko.image={sandbox.images.kaniko}",
+            "--set", f"watchNamespaces={{{namespace}}}",
+            # The CRD is the cluster admin's (here: the sandbox's), as in a tenant's install.
+            "--set", "crds.enabled=false",
+            "--set", "operator.resyncSeconds=5")
+        assert sandbox.admin.get("rbac.authorization.k8s.io/v1", "ClusterRole",
+                                 HELM_OPERATOR) is None
+        pod = wait_ready_operator(sandbox, SCOPED_NAMESPACE, HELM_OPERATOR)
+        name = pod["metadata"]["name"]
+        with following_log(sandbox, SCOPED_NAMESPACE, name, tmp_path / "operator.log") as log:
+            done = _build(sandbox, namespace, f"{sandbox.registry.host}/{namespace}/hello",
+                          insecure=True)
+            assert done["status"]["phase"] == "Succeeded", (
+                f"{done['status']}\n--- operator log\n"
+                f"{sandbox.pod_log(name, SCOPED_NAMESPACE)[-3000:]}")
+            assert done["status"]["size"] > 0
+            cli(sandbox, "helm", "uninstall", HELM_RELEASE, "--namespace", SCOPED_NAMESPACE,
+                "--wait", "--timeout", "2m")
+        assert_clean_shutdown(log.read_text(errors="replace"))
+    finally:
+        subprocess.run([str(tool("helm")), "--kubeconfig",
+                        str(sandbox.control_plane.admin.kubeconfig), "uninstall", HELM_RELEASE,
+                        "--namespace", SCOPED_NAMESPACE, "--ignore-not-found"],
+                       capture_output=True, check=False, timeout=120)
+        sandbox.admin.delete("v1", "Namespace", SCOPED_NAMESPACE)
