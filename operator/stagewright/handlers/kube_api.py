@@ -53,6 +53,19 @@ class ApiError(Exception):
         return self.status in _TEMPORARY
 
 
+def api_error(status: int, text: bytes) -> ApiError:
+    """The ApiError for a non-2xx answer: the Status object's message and reason, or the
+    first bytes of whatever else the server (or a proxy in front of it) sent."""
+    try:
+        document = loads(text) if text else {}
+    except ValueError:
+        document = {}
+    if not isinstance(document, dict):
+        document = {}
+    return ApiError(status, str(document.get("message") or text[:500].decode(errors="replace")),
+                    str(document.get("reason") or ""))
+
+
 def load_configuration() -> k8s_client.Configuration:
     """In-cluster config inside a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
     configuration = k8s_client.Configuration()
@@ -156,15 +169,13 @@ class KubeApi:
         status_code = int(code)
         if status_code == 404 and method in ("GET", "DELETE", "PATCH"):
             return None
-        try:
-            document = loads(text) if text else {}
-        except ValueError:
-            document = {}
         if status_code >= 400:
-            raise ApiError(status_code, str(document.get("message") or
-                                            text[:500].decode(errors="replace")),
-                           str(document.get("reason") or ""))
-        result: dict[str, Any] = document
+            raise api_error(status_code, text)
+        try:
+            result: dict[str, Any] = loads(text) if text else {}
+        except ValueError as exc:  # a proxy's page, say: retried like a server failure
+            raise ApiError(502, f"not JSON: {text[:200].decode(errors='replace')}",
+                           "BadGateway") from exc
         return result
 
     async def _send(self, method: str, path: str, body: Any, content_type: str,
@@ -195,15 +206,7 @@ class KubeApi:
                 if response.status == 404:
                     return None
                 if response.status >= 400:
-                    text = await response.read()
-                    try:
-                        document = loads(text)
-                    except ValueError:
-                        document = {}
-                    raise ApiError(response.status,
-                                   str(document.get("message") or
-                                       text[:500].decode(errors="replace")),
-                                   str(document.get("reason") or ""))
+                    raise api_error(response.status, await response.read())
                 async for chunk in response.content.iter_chunked(256 * 1024):
                     for item in parser.feed(chunk):
                         on_item(item)
@@ -226,15 +229,7 @@ class KubeApi:
             async with session.get(self._base_url + path, params={**params, "watch": "1"},
                                    headers=self._headers(), timeout=limits) as response:
                 if response.status >= 400:
-                    text = await response.read()
-                    try:
-                        document = loads(text)
-                    except ValueError:
-                        document = {}
-                    raise ApiError(response.status,
-                                   str(document.get("message") or
-                                       text[:500].decode(errors="replace")),
-                                   str(document.get("reason") or ""))
+                    raise api_error(response.status, await response.read())
                 buffer = bytearray()
                 async for chunk in response.content.iter_any():
                     buffer += chunk
