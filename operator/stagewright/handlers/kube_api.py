@@ -82,6 +82,11 @@ TOKEN_SECONDS = 30.0
 
 #: Connections to the API server at most; more requests wait for a free one (FIFO).
 MAX_CONNECTIONS = 32
+#: Connections for build-log reads (``pods/log``), a pool of their own: the kubelet streams a
+#: log through the apiserver in 50-100 ms, longer than any write, and in the shared pool those
+#: reads made the writes of other builds queue behind them under a burst (benchmarks/README.md,
+#: "The floor").
+MAX_LOG_CONNECTIONS = 16
 
 
 class KubeApi:
@@ -103,6 +108,7 @@ class KubeApi:
         #: Watches hold a connection each for minutes: they get their own pool, so they never
         #: take a slot from the requests of reconciles (MAX_CONNECTIONS).
         self._watch_session: aiohttp.ClientSession | None = None
+        self._log_session: aiohttp.ClientSession | None = None
         self._observer = observer
         self._bearer: str | None = None
         self._bearer_until = 0.0
@@ -127,12 +133,19 @@ class KubeApi:
             self._watch_session = aiohttp.ClientSession(connector=connector)
         return self._watch_session
 
+    def _open_logs(self) -> aiohttp.ClientSession:
+        if self._log_session is None or self._log_session.closed:
+            connector = aiohttp.TCPConnector(ssl=self._ssl, limit=MAX_LOG_CONNECTIONS)
+            self._log_session = aiohttp.ClientSession(connector=connector,
+                                                      timeout=self._timeout)
+        return self._log_session
+
     async def aclose(self) -> None:
         """Close the connection pools."""
-        for session in (self._session, self._watch_session):
+        for session in (self._session, self._watch_session, self._log_session):
             if session is not None:
                 await session.close()
-        self._session = self._watch_session = None
+        self._session = self._watch_session = self._log_session = None
 
     def _headers(self, content_type: str = "application/json") -> dict[str, str]:
         headers = {"Accept": "application/json", "Content-Type": content_type}
@@ -298,7 +311,7 @@ class KubeApi:
         if tail_lines is not None:
             params["tailLines"] = str(tail_lines)
         path = f"/api/v1/namespaces/{namespace}/pods/{name}/log"
-        session = self._open()
+        session = self._open_logs()
         body = bytearray()
         try:
             async with session.get(self._base_url + path, params=params,
