@@ -296,6 +296,7 @@ async def burst(harness: Harness, operator: Operator, namespace: str, count: int
         await asyncio.sleep(1)
         profiler = _profile(operator)
         costs = Costs(harness, operator.pid)
+        requests_before = await apiserver_counters(kube)
         started = time.monotonic()
         sampler = Sampler(operator.pid, seen, kubelet)
         sampling = asyncio.create_task(sampler.run())
@@ -311,6 +312,7 @@ async def burst(harness: Harness, operator: Operator, namespace: str, count: int
         peak_kib = rss_kib(operator.pid, "VmHWM")
         used = costs.since()
         sampling.cancel()
+        requests = _counter_diff(requests_before, await apiserver_counters(kube))
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)  # py-spy writes its profile and exits
             await asyncio.to_thread(profiler.wait, 30)
@@ -328,9 +330,58 @@ async def burst(harness: Harness, operator: Operator, namespace: str, count: int
     summary = _summary(seen, kubelet, count, started, pods=pods, events=events,
                        peak_kib=peak_kib)
     summary.update(used)
+    # Everything the API server served meanwhile (the harness's and stand-in's share is the
+    # same under every operator): requests, their server-side seconds, watch events and bytes.
+    summary["apiserver_during_burst"] = requests
     summary["operator_busiest_second_cpu_share"] = sampler.busiest_second()
     summary["backlog_peaks"] = sampler.peaks
     return summary
+
+
+_COUNTERS = {
+    "apiserver_request_total": "requests",
+    "apiserver_request_duration_seconds_sum": "seconds",
+    "apiserver_response_sizes_sum": "response_bytes",
+    "apiserver_watch_events_total": "watch_events",
+    "apiserver_watch_events_sizes_sum": "watch_event_bytes",
+}
+
+
+async def apiserver_counters(kube: Kube) -> dict[str, dict[str, float]]:
+    """The API server's own counters (/metrics), by verb and resource[/subresource]."""
+    async with kube.session.get(kube.base + "/metrics") as response:
+        response.raise_for_status()
+        text = await response.text()
+    counters: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition("{")
+        figure = _COUNTERS.get(name)
+        if figure is None or "}" not in rest:
+            continue
+        labels_text, _, value = rest.rpartition("} ")
+        labels = dict(part.split("=", 1) for part in labels_text.split('",') if "=" in part)
+        labels = {k: v.strip('"') for k, v in labels.items()}
+        if figure.startswith("watch"):
+            key = f"WATCH-EVENTS {labels.get('kind', '')}"
+        else:
+            resource = labels.get("resource", "")
+            if labels.get("subresource"):
+                resource += "/" + labels["subresource"]
+            key = f"{labels.get('verb', '')} {resource}"
+        bucket = counters.setdefault(key, {})
+        bucket[figure] = bucket.get(figure, 0.0) + float(value)
+    return counters
+
+
+def _counter_diff(before: dict[str, dict[str, float]],
+                  after: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    diff = {}
+    for key, figures in after.items():
+        changed = {name: round(value - before.get(key, {}).get(name, 0.0), 3)
+                   for name, value in figures.items()}
+        if any(changed.values()):
+            diff[key] = changed
+    return dict(sorted(diff.items()))
 
 
 class Costs:
