@@ -178,7 +178,8 @@ class FloorProcess:
     """The measuring stick (benchmarks/floor_operator.py) with the operator's RBAC identity."""
 
     def __init__(self, harness: Harness, namespace: str, connections: int = 100,
-                 workers: int = 0) -> None:
+                 workers: int = 0, read_log: bool = False) -> None:
+        self.read_log = read_log
         self.harness = harness
         self.namespace = namespace
         self.connections = connections
@@ -197,7 +198,7 @@ class FloorProcess:
         self._process = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.floor_operator", "--namespace", self.namespace,
              "--ready-file", str(ready), "--connections", str(self.connections),
-             "--workers", str(self.workers)],
+             "--workers", str(self.workers), *(["--read-log"] if self.read_log else [])],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60
         while not ready.exists():
@@ -544,11 +545,13 @@ def _ratios(one: dict[str, Any], other: dict[str, Any]) -> dict[str, float]:
 
 
 def run_burst(harness: Harness, count: int, floor: str | None = None,
-              floor_connections: int = 100, floor_workers: int = 0) -> dict[str, Any]:
+              floor_connections: int = 100, floor_workers: int = 0,
+              floor_log: bool = False) -> dict[str, Any]:
     """Baseline, then Stagewright, on the same control plane, registry and stand-in kubelet.
 
     ``floor`` ("first" or "last") also runs the measuring stick (floor_operator.py) before
-    the baseline or after Stagewright, so its figures come from the same run.
+    the baseline or after Stagewright, so its figures come from the same run; ``floor_log``
+    then runs it once more, last, with Stagewright's one extra request per build (pods/log).
     """
     results: dict[str, Any] = {}
     stick = FloorProcess(harness, "bench-floor", floor_connections, floor_workers)
@@ -560,6 +563,10 @@ def run_burst(harness: Harness, count: int, floor: str | None = None,
         harness, StagewrightProcess(harness, "bench-stagewright"), "bench-stagewright", count))
     if floor == "last":
         results["floor"] = asyncio.run(burst(harness, stick, "bench-floor", count))
+    if floor and floor_log:
+        results["floor_with_log_read"] = asyncio.run(burst(
+            harness, FloorProcess(harness, "bench-floor-log", floor_connections, floor_workers,
+                                  read_log=True), "bench-floor-log", count))
     results["ratio_stagewright_to_baseline"] = _ratios(results["stagewright"],
                                                        results["baseline"])
     if floor:
@@ -816,6 +823,8 @@ def main() -> None:
                         help="the floor operator's HTTP connections per host")
     parser.add_argument("--floor-workers", type=int, default=0,
                         help="the floor operator's steps at a time (0: unbounded)")
+    parser.add_argument("--floor-log", action="store_true",
+                        help="with --floor: run it once more, also reading each pod's log")
     args = parser.parse_args()
     scenarios = args.scenario or ["burst"]
     with tempfile.TemporaryDirectory(prefix="stagewright-burst-") as tmp, ExitStack() as stack:
@@ -829,7 +838,8 @@ def main() -> None:
         for scenario in scenarios:
             if scenario == "burst":
                 results["burst"] = run_burst(harness, args.builds, args.floor,
-                                             args.floor_connections, args.floor_workers)
+                                             args.floor_connections, args.floor_workers,
+                                             args.floor_log)
             elif scenario == "clients":
                 results["clients"] = asyncio.run(run_clients(harness, args.builds))
             elif scenario == "queue":

@@ -17,7 +17,9 @@ metrics, no build-log read, no config blob. Each event becomes a task at once; h
 requests are in flight is bounded only by the HTTP connection pool (``--connections``,
 per host; further requests wait for a connection in aiohttp's queue). ``--workers N`` is for
 attribution only: it lets at most N steps (a step: create pod + patch Building, or manifest
-GET + patch Succeeded) run at a time, as a pool of N workers would. The single ordering
+GET + patch Succeeded) run at a time, as a pool of N workers would; ``--read-log`` adds the
+one request per build Stagewright makes beyond the contract (``pods/log``, for its cache
+report), to measure what that costs. The single ordering
 rule kept is the one correctness needs: ``Succeeded`` is written after ``Building`` returned,
 so a slow ``Building`` patch can never overwrite it.
 
@@ -56,7 +58,7 @@ class FloorOperator:
     """One namespace, two watches, three writes per build."""
 
     def __init__(self, api: aiohttp.ClientSession, registry: aiohttp.ClientSession,
-                 base: str, namespace: str, workers: int = 0) -> None:
+                 base: str, namespace: str, workers: int = 0, read_log: bool = False) -> None:
         self.api = api
         self.registry = registry
         self.builds = f"{base}/apis/{GROUP_VERSION}/namespaces/{namespace}/imagebuilds"
@@ -69,6 +71,8 @@ class FloorOperator:
         #: Pods whose success was handled (a pod can be seen Succeeded more than once).
         self.done: set[str] = set()
         self.failures = 0
+        #: Attribution only: also read the build pod's log before writing Succeeded.
+        self.read_log = read_log
         #: ``workers`` > 0: at most that many steps at a time (to mimic a worker pool).
         self._slots = asyncio.Semaphore(workers) if workers > 0 else None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -140,9 +144,9 @@ class FloorOperator:
         self.done.add(name)
         build = pod["metadata"]["labels"][LABEL]
         digest = status["containerStatuses"][0]["state"]["terminated"]["message"].strip()
-        self._spawn(self._finish(build, digest))
+        self._spawn(self._finish(build, digest, name))
 
-    async def _finish(self, build: str, digest: str) -> None:
+    async def _finish(self, build: str, digest: str, pod: str) -> None:
         image = self.images[build]
         registry, repository = image.split("/", 1)
         async with self.registry.get(
@@ -155,6 +159,11 @@ class FloorOperator:
             raise RuntimeError(f"the registry served another manifest for {digest}")
         manifest = json.loads(body)
         size = manifest["config"]["size"] + sum(layer["size"] for layer in manifest["layers"])
+        if self.read_log:  # what Stagewright does here for its cache report (pods/log)
+            async with self.api.get(f"{self.pods}/{pod}/log",
+                                    params={"container": "kaniko",
+                                            "limitBytes": str(2**20)}) as response:
+                await response.read()
         started = self.started.get(build)
         if started is not None:
             await started  # never overwrite Succeeded with a late Building
@@ -204,7 +213,8 @@ class FloorOperator:
                     yield event
 
 
-async def run(namespace: str, connections: int, workers: int, ready_file: Path) -> int:
+async def run(namespace: str, connections: int, workers: int, read_log: bool,
+              ready_file: Path) -> int:
     """Serve until SIGTERM/SIGINT; return the number of failed steps."""
     trust = ssl.create_default_context(cafile=os.environ["FLOOR_CA"])
     api = aiohttp.ClientSession(
@@ -219,7 +229,7 @@ async def run(namespace: str, connections: int, workers: int, ready_file: Path) 
         loop.add_signal_handler(sig, stop.set)
     async with api, registry:
         operator = FloorOperator(api, registry, os.environ["FLOOR_API"].rstrip("/"), namespace,
-                                 workers)
+                                 workers, read_log)
         builds_open, pods_open = asyncio.Event(), asyncio.Event()
         watches = [
             asyncio.create_task(operator.list_then_watch(
@@ -255,9 +265,11 @@ def main() -> None:
                         help="connections per host (aiohttp's default pool size)")
     parser.add_argument("--workers", type=int, default=0,
                         help="at most this many steps at a time; 0 (the default): unbounded")
+    parser.add_argument("--read-log", action="store_true",
+                        help="attribution only: also GET the pod's log before Succeeded")
     args = parser.parse_args()
     failures = asyncio.run(run(args.namespace, args.connections, args.workers,
-                               args.ready_file))
+                               args.read_log, args.ready_file))
     sys.exit(1 if failures else 0)
 
 
