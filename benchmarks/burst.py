@@ -546,12 +546,13 @@ def _ratios(one: dict[str, Any], other: dict[str, Any]) -> dict[str, float]:
 
 def run_burst(harness: Harness, count: int, floor: str | None = None,
               floor_connections: int = 100, floor_workers: int = 0,
-              floor_log: bool = False) -> dict[str, Any]:
+              floor_variants: tuple[str, ...] = ()) -> dict[str, Any]:
     """Baseline, then Stagewright, on the same control plane, registry and stand-in kubelet.
 
     ``floor`` ("first" or "last") also runs the measuring stick (floor_operator.py) before
-    the baseline or after Stagewright, so its figures come from the same run; ``floor_log``
-    then runs it once more, last, with Stagewright's one extra request per build (pods/log).
+    the baseline or after Stagewright, so its figures come from the same run; each of
+    ``floor_variants`` (``workers=N,connections=N[,log]``) runs it once more, last, for
+    attribution (``log``: with Stagewright's one extra request per build, pods/log).
     """
     results: dict[str, Any] = {}
     stick = FloorProcess(harness, "bench-floor", floor_connections, floor_workers)
@@ -563,10 +564,14 @@ def run_burst(harness: Harness, count: int, floor: str | None = None,
         harness, StagewrightProcess(harness, "bench-stagewright"), "bench-stagewright", count))
     if floor == "last":
         results["floor"] = asyncio.run(burst(harness, stick, "bench-floor", count))
-    if floor and floor_log:
-        results["floor_with_log_read"] = asyncio.run(burst(
-            harness, FloorProcess(harness, "bench-floor-log", floor_connections, floor_workers,
-                                  read_log=True), "bench-floor-log", count))
+    for index, variant in enumerate(floor_variants if floor else ()):
+        options = dict(part.partition("=")[::2] for part in variant.split(","))
+        stick = FloorProcess(harness, f"bench-floor-{index}",
+                             int(options.get("connections") or floor_connections),
+                             int(options.get("workers") or floor_workers),
+                             read_log="log" in options)
+        results[f"floor[{variant}]"] = asyncio.run(burst(harness, stick,
+                                                         f"bench-floor-{index}", count))
     results["ratio_stagewright_to_baseline"] = _ratios(results["stagewright"],
                                                        results["baseline"])
     if floor:
@@ -823,8 +828,9 @@ def main() -> None:
                         help="the floor operator's HTTP connections per host")
     parser.add_argument("--floor-workers", type=int, default=0,
                         help="the floor operator's steps at a time (0: unbounded)")
-    parser.add_argument("--floor-log", action="store_true",
-                        help="with --floor: run it once more, also reading each pod's log")
+    parser.add_argument("--floor-variant", action="append", default=[],
+                        help="with --floor: run it once more, last, as "
+                             "workers=N,connections=N[,log] (log: also read each pod's log)")
     args = parser.parse_args()
     scenarios = args.scenario or ["burst"]
     with tempfile.TemporaryDirectory(prefix="stagewright-burst-") as tmp, ExitStack() as stack:
@@ -839,7 +845,7 @@ def main() -> None:
             if scenario == "burst":
                 results["burst"] = run_burst(harness, args.builds, args.floor,
                                              args.floor_connections, args.floor_workers,
-                                             args.floor_log)
+                                             tuple(args.floor_variant))
             elif scenario == "clients":
                 results["clients"] = asyncio.run(run_clients(harness, args.builds))
             elif scenario == "queue":
