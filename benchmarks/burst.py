@@ -7,8 +7,10 @@ the operators are timed. Each operator runs as its own process in its own namesp
 the baseline (benchmarks/naive_operator_baseline.py), then ``stagewright run`` with the
 operator's RBAC identity. The harness creates N ImageBuilds back to back and watches pods and
 ImageBuilds to time create -> pod and pod done -> status for each, counts every write, and
-reads the operator's peak RSS (VmHWM). ``--clients`` also compares HTTP clients under the same
-burst of concurrent API calls; ``--scenario queue|restart|memory`` run the other measures.
+reads the operator's peak RSS (VmHWM). ``--floor`` adds a third operator to the burst,
+benchmarks/floor_operator.py: the least work the contract allows, a measuring stick.
+``--clients`` also compares HTTP clients under the same burst of concurrent API calls;
+``--scenario queue|restart|memory`` run the other measures.
 """
 
 from __future__ import annotations
@@ -178,7 +180,7 @@ class FloorProcess:
     """The measuring stick (benchmarks/floor_operator.py) with the operator's RBAC identity."""
 
     def __init__(self, harness: Harness, namespace: str, connections: int = 100,
-                 workers: int = 0, read_log: bool = False) -> None:
+                 workers: int = 0, read_log: str = "") -> None:
         self.read_log = read_log
         self.harness = harness
         self.namespace = namespace
@@ -198,7 +200,8 @@ class FloorProcess:
         self._process = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.floor_operator", "--namespace", self.namespace,
              "--ready-file", str(ready), "--connections", str(self.connections),
-             "--workers", str(self.workers), *(["--read-log"] if self.read_log else [])],
+             "--workers", str(self.workers),
+             *(["--read-log", self.read_log] if self.read_log else [])],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60
         while not ready.exists():
@@ -551,8 +554,9 @@ def run_burst(harness: Harness, count: int, floor: str | None = None,
 
     ``floor`` ("first" or "last") also runs the measuring stick (floor_operator.py) before
     the baseline or after Stagewright, so its figures come from the same run; each of
-    ``floor_variants`` (``workers=N,connections=N[,log]``) runs it once more, last, for
-    attribution (``log``: with Stagewright's one extra request per build, pods/log).
+    ``floor_variants`` (``workers=N,connections=N[,log=before|after]``) runs it once more,
+    last, for attribution (``log``: with Stagewright's one extra request per build, pods/log,
+    before the Succeeded write as Stagewright makes it, or after it).
     """
     results: dict[str, Any] = {}
     stick = FloorProcess(harness, "bench-floor", floor_connections, floor_workers)
@@ -566,10 +570,12 @@ def run_burst(harness: Harness, count: int, floor: str | None = None,
         results["floor"] = asyncio.run(burst(harness, stick, "bench-floor", count))
     for index, variant in enumerate(floor_variants if floor else ()):
         options = dict(part.partition("=")[::2] for part in variant.split(","))
+        if options.get("log") == "":  # plain "log": where Stagewright reads it
+            options["log"] = "before"
         stick = FloorProcess(harness, f"bench-floor-{index}",
                              int(options.get("connections") or floor_connections),
                              int(options.get("workers") or floor_workers),
-                             read_log="log" in options)
+                             read_log=options.get("log", ""))
         results[f"floor[{variant}]"] = asyncio.run(burst(harness, stick,
                                                          f"bench-floor-{index}", count))
     results["ratio_stagewright_to_baseline"] = _ratios(results["stagewright"],
@@ -825,12 +831,13 @@ def main() -> None:
                         help="burst: also run the measuring stick (floor_operator.py), "
                              "after Stagewright (last, the default) or before the baseline")
     parser.add_argument("--floor-connections", type=int, default=100,
-                        help="the floor operator's HTTP connections per host")
+                        help="the floor operator's HTTP connections per pool")
     parser.add_argument("--floor-workers", type=int, default=0,
                         help="the floor operator's steps at a time (0: unbounded)")
     parser.add_argument("--floor-variant", action="append", default=[],
                         help="with --floor: run it once more, last, as "
-                             "workers=N,connections=N[,log] (log: also read each pod's log)")
+                             "workers=N,connections=N[,log=before|after] (log: also read each "
+                             "pod's log, before or after writing Succeeded)")
     args = parser.parse_args()
     scenarios = args.scenario or ["burst"]
     with tempfile.TemporaryDirectory(prefix="stagewright-burst-") as tmp, ExitStack() as stack:

@@ -14,12 +14,14 @@ What any operator honouring the ImageBuild contract must do per build, and nothi
 
 No validation of the spec, no logging, no events, no work queue, no retries, no resync, no
 metrics, no build-log read, no config blob. Each event becomes a task at once; how many
-requests are in flight is bounded only by the HTTP connection pool (``--connections``,
-per host; further requests wait for a connection in aiohttp's queue). ``--workers N`` is for
+requests are in flight is bounded only by the HTTP connection pools (``--connections``
+each, one pool for the API server and one for the registry; further requests wait for a
+connection in aiohttp's queue). ``--workers N`` is for
 attribution only: it lets at most N steps (a step: create pod + patch Building, or manifest
 GET + patch Succeeded) run at a time, as a pool of N workers would; ``--read-log`` adds the
 one request per build Stagewright makes beyond the contract (``pods/log``, for its cache
-report), to measure what that costs. The single ordering
+report), to measure what that costs (``before`` the Succeeded write, where Stagewright
+makes it, or ``after``). The single ordering
 rule kept is the one correctness needs: ``Succeeded`` is written after ``Building`` returned,
 so a slow ``Building`` patch can never overwrite it.
 
@@ -58,7 +60,7 @@ class FloorOperator:
     """One namespace, two watches, three writes per build."""
 
     def __init__(self, api: aiohttp.ClientSession, registry: aiohttp.ClientSession,
-                 base: str, namespace: str, workers: int = 0, read_log: bool = False) -> None:
+                 base: str, namespace: str, workers: int = 0, read_log: str = "") -> None:
         self.api = api
         self.registry = registry
         self.builds = f"{base}/apis/{GROUP_VERSION}/namespaces/{namespace}/imagebuilds"
@@ -71,7 +73,8 @@ class FloorOperator:
         #: Pods whose success was handled (a pod can be seen Succeeded more than once).
         self.done: set[str] = set()
         self.failures = 0
-        #: Attribution only: also read the build pod's log before writing Succeeded.
+        #: Attribution only: also read the build pod's log "before" or "after" writing
+        #: Succeeded ("": never).
         self.read_log = read_log
         #: ``workers`` > 0: at most that many steps at a time (to mimic a worker pool).
         self._slots = asyncio.Semaphore(workers) if workers > 0 else None
@@ -159,11 +162,8 @@ class FloorOperator:
             raise RuntimeError(f"the registry served another manifest for {digest}")
         manifest = json.loads(body)
         size = manifest["config"]["size"] + sum(layer["size"] for layer in manifest["layers"])
-        if self.read_log:  # what Stagewright does here for its cache report (pods/log)
-            async with self.api.get(f"{self.pods}/{pod}/log",
-                                    params={"container": "kaniko",
-                                            "limitBytes": str(2**20)}) as response:
-                await response.read()
+        if self.read_log == "before":  # where Stagewright reads it, for its cache report
+            await self._read_log(pod)
         started = self.started.get(build)
         if started is not None:
             await started  # never overwrite Succeeded with a late Building
@@ -172,6 +172,14 @@ class FloorOperator:
                                       "image": f"{image}@{digest}"}}, MERGE_PATCH)
         self.images.pop(build, None)
         self.started.pop(build, None)
+        if self.read_log == "after":
+            await self._read_log(pod)
+
+    async def _read_log(self, pod: str) -> None:
+        async with self.api.get(f"{self.pods}/{pod}/log",
+                                params={"container": "kaniko",
+                                        "limitBytes": str(2**20)}) as response:
+            await response.read()
 
     # List + watch.
 
@@ -213,7 +221,7 @@ class FloorOperator:
                     yield event
 
 
-async def run(namespace: str, connections: int, workers: int, read_log: bool,
+async def run(namespace: str, connections: int, workers: int, read_log: str,
               ready_file: Path) -> int:
     """Serve until SIGTERM/SIGINT; return the number of failed steps."""
     trust = ssl.create_default_context(cafile=os.environ["FLOOR_CA"])
@@ -262,11 +270,12 @@ def main() -> None:
     parser.add_argument("--namespace", required=True)
     parser.add_argument("--ready-file", type=Path, required=True)
     parser.add_argument("--connections", type=int, default=100,
-                        help="connections per host (aiohttp's default pool size)")
+                        help="connections per pool (100: aiohttp's default)")
     parser.add_argument("--workers", type=int, default=0,
                         help="at most this many steps at a time; 0 (the default): unbounded")
-    parser.add_argument("--read-log", action="store_true",
-                        help="attribution only: also GET the pod's log before Succeeded")
+    parser.add_argument("--read-log", choices=["before", "after"], default="",
+                        help="attribution only: also GET the pod's log before (where "
+                             "Stagewright does) or after writing Succeeded")
     args = parser.parse_args()
     failures = asyncio.run(run(args.namespace, args.connections, args.workers,
                                args.read_log, args.ready_file))
