@@ -7,8 +7,10 @@ the operators are timed. Each operator runs as its own process in its own namesp
 the baseline (benchmarks/naive_operator_baseline.py), then ``stagewright run`` with the
 operator's RBAC identity. The harness creates N ImageBuilds back to back and watches pods and
 ImageBuilds to time create -> pod and pod done -> status for each, counts every write, and
-reads the operator's peak RSS (VmHWM). ``--clients`` also compares HTTP clients under the same
-burst of concurrent API calls; ``--scenario queue|restart|memory`` run the other measures.
+reads the operator's peak RSS (VmHWM). ``--floor`` adds a third operator to the burst,
+benchmarks/floor_operator.py: the least work the contract allows, a measuring stick.
+``--clients`` also compares HTTP clients under the same burst of concurrent API calls;
+``--scenario queue|restart|memory`` run the other measures.
 """
 
 from __future__ import annotations
@@ -174,7 +176,54 @@ class StagewrightProcess:
         return self.process.pid
 
 
-Operator = BaselineProcess | StagewrightProcess
+class FloorProcess:
+    """The measuring stick (benchmarks/floor_operator.py) with the operator's RBAC identity."""
+
+    def __init__(self, harness: Harness, namespace: str, connections: int = 100,
+                 workers: int = 0, read_log: str = "") -> None:
+        self.read_log = read_log
+        self.harness = harness
+        self.namespace = namespace
+        self.connections = connections
+        self.workers = workers
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start it and wait until both its lists are read and both watches open."""
+        ready = self.harness.work_dir / f"floor-{self.namespace}.ready"
+        ready.unlink(missing_ok=True)
+        control_plane = self.harness.control_plane
+        log = (self.harness.work_dir / "floor.log").open("ab")
+        env = {**os.environ, "FLOOR_API": control_plane.url,
+               "FLOOR_CA": str(control_plane.pki / "ca.crt"),
+               "FLOOR_TOKEN": control_plane.operator.token}
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.floor_operator", "--namespace", self.namespace,
+             "--ready-file", str(ready), "--connections", str(self.connections),
+             "--workers", str(self.workers),
+             *(["--read-log", self.read_log] if self.read_log else [])],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            if self._process.poll() is not None:
+                raise RuntimeError("the floor operator exited; see floor.log")
+            if time.monotonic() > deadline:
+                raise TimeoutError("the floor operator did not open its watches")
+            time.sleep(0.1)
+
+    def stop(self, kill: bool = False) -> None:
+        """Stop by PID."""
+        if self._process is not None:
+            stop_group(self._process, kill=kill, timeout=15)
+
+    @property
+    def pid(self) -> int:
+        """Its process id."""
+        assert self._process is not None
+        return self._process.pid
+
+
+Operator = BaselineProcess | StagewrightProcess | FloorProcess
 
 
 # Measuring one burst.
@@ -250,8 +299,11 @@ async def burst(harness: Harness, operator: Operator, namespace: str, count: int
         stack.callback(operator.stop)  # also when the run fails or is interrupted
         await asyncio.sleep(1)
         profiler = _profile(operator)
-        cpu_before = cpu_seconds(operator.pid)
+        costs = Costs(harness, operator.pid)
+        requests_before = await apiserver_counters(kube)
         started = time.monotonic()
+        sampler = Sampler(operator.pid, seen, kubelet)
+        sampling = asyncio.create_task(sampler.run())
         await _create_all(kube, harness, namespace, count, seen)
         if during is not None:
             await during(kube, seen, kubelet)
@@ -262,7 +314,9 @@ async def burst(harness: Harness, operator: Operator, namespace: str, count: int
                     task.result()
             await asyncio.sleep(0.1)
         peak_kib = rss_kib(operator.pid, "VmHWM")
-        cpu_used = cpu_seconds(operator.pid) - cpu_before
+        used = costs.since()
+        sampling.cancel()
+        requests = _counter_diff(requests_before, await apiserver_counters(kube))
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)  # py-spy writes its profile and exits
             await asyncio.to_thread(profiler.wait, 30)
@@ -279,9 +333,162 @@ async def burst(harness: Harness, operator: Operator, namespace: str, count: int
     _last_reasons.update(seen.reasons_seen)
     summary = _summary(seen, kubelet, count, started, pods=pods, events=events,
                        peak_kib=peak_kib)
-    # CPU the operator used for the burst: unlike wall time, not inflated by other load.
-    summary["operator_cpu_seconds"] = round(cpu_used, 2)
+    summary.update(used)
+    # Everything the API server served meanwhile (the harness's and stand-in's share is the
+    # same under every operator): requests, their server-side seconds, watch events and bytes.
+    summary["apiserver_during_burst"] = requests
+    summary["operator_busiest_second_cpu_share"] = sampler.busiest_second()
+    summary["backlog_peaks"] = sampler.peaks
     return summary
+
+
+_COUNTERS = {
+    "apiserver_request_total": "requests",
+    "apiserver_request_duration_seconds_sum": "seconds",
+    "apiserver_response_sizes_sum": "response_bytes",
+    "apiserver_watch_events_total": "watch_events",
+    "apiserver_watch_events_sizes_sum": "watch_event_bytes",
+}
+
+
+async def apiserver_counters(kube: Kube) -> dict[str, dict[str, float]]:
+    """The API server's own counters (/metrics), by verb and resource[/subresource]."""
+    async with kube.session.get(kube.base + "/metrics") as response:
+        response.raise_for_status()
+        text = await response.text()
+    counters: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition("{")
+        figure = _COUNTERS.get(name)
+        if figure is None or "}" not in rest:
+            continue
+        labels_text, _, value = rest.rpartition("} ")
+        labels = dict(part.split("=", 1) for part in labels_text.split('",') if "=" in part)
+        labels = {k: v.strip('"') for k, v in labels.items()}
+        if figure.startswith("watch"):
+            key = f"WATCH-EVENTS {labels.get('kind', '')}"
+        else:
+            resource = labels.get("resource", "")
+            if labels.get("subresource"):
+                resource += "/" + labels["subresource"]
+            key = f"{labels.get('verb', '')} {resource}"
+        bucket = counters.setdefault(key, {})
+        bucket[figure] = bucket.get(figure, 0.0) + float(value)
+    return counters
+
+
+def _counter_diff(before: dict[str, dict[str, float]],
+                  after: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    diff = {}
+    for key, figures in after.items():
+        changed = {name: round(value - before.get(key, {}).get(name, 0.0), 3)
+                   for name, value in figures.items()}
+        if any(changed.values()):
+            diff[key] = changed
+    return dict(sorted(diff.items()))
+
+
+class Costs:
+    """What a burst cost, from construction to ``since()``: CPU of each process, load."""
+
+    def __init__(self, harness: Harness, pid: int) -> None:
+        self.harness = harness
+        self.pid = pid
+        self.cpu = cpu_seconds(pid)
+        self.wait = runqueue_wait_seconds(pid)
+        self.servers = _server_cpu(harness)
+        self.own = time.process_time()
+        self.load = os.getloadavg()
+
+    def since(self) -> dict[str, Any]:
+        """The figures since construction."""
+        servers = {name: round(used - self.servers.get(name, 0.0), 2)
+                   for name, used in _server_cpu(self.harness).items()}
+        servers["harness_and_standin_kubelet"] = round(time.process_time() - self.own, 2)
+        return {
+            # CPU the operator used for the burst: unlike wall time, not inflated by other load.
+            "operator_cpu_seconds": round(cpu_seconds(self.pid) - self.cpu, 2),
+            # Seconds its threads were runnable but waited for a core (schedstat): how much
+            # the rest of the machine held it back.
+            "operator_runqueue_wait_seconds": round(
+                runqueue_wait_seconds(self.pid) - self.wait, 2),
+            "server_cpu_seconds": servers,
+            "load_average_before_after": [[round(x, 2) for x in self.load],
+                                          [round(x, 2) for x in os.getloadavg()]],
+        }
+
+
+def runqueue_wait_seconds(pid: int) -> float:
+    """Time all threads of ``pid`` spent runnable but not running (/proc/PID/task/*/schedstat)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return total / 1e9
+
+
+def _server_cpu(harness: Harness) -> dict[str, float]:
+    """CPU seconds used so far by this run's kube-apiserver, etcd and registry."""
+    pids: dict[str, int] = {}
+    marker = str(harness.control_plane.work_dir)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if not command or marker.encode() not in b" ".join(command):
+            continue
+        name = Path(command[0].decode(errors="replace")).name
+        if name in ("kube-apiserver", "etcd"):
+            pids[name] = int(entry.name)
+    if harness.registry.pid is not None:
+        pids["registry"] = harness.registry.pid
+    used = {}
+    for name, pid in pids.items():
+        try:
+            used[name] = cpu_seconds(pid)
+        except OSError:
+            continue
+    return used
+
+
+class Sampler:
+    """Every 0.25 s: the operator's CPU, and how many builds wait on the operator."""
+
+    def __init__(self, pid: int, seen: Watched, kubelet: InstantKubelet) -> None:
+        self.pid = pid
+        self.seen = seen
+        self.kubelet = kubelet
+        self.cpu: list[tuple[float, float]] = []
+        #: The most ImageBuilds created without a pod yet, and pods done without status yet.
+        self.peaks = {"created_without_pod": 0, "pod_done_without_status": 0}
+
+    async def run(self) -> None:
+        """Sample until cancelled."""
+        while True:
+            self.cpu.append((time.monotonic(), cpu_seconds(self.pid)))
+            times = self.kubelet.times
+            waiting_pod = len(self.seen.created) - len(times.seen)
+            waiting_status = len(times.done) - len(self.seen.finished)
+            self.peaks["created_without_pod"] = max(self.peaks["created_without_pod"],
+                                                    waiting_pod)
+            self.peaks["pod_done_without_status"] = max(self.peaks["pod_done_without_status"],
+                                                        waiting_status)
+            await asyncio.sleep(0.25)
+
+    def busiest_second(self) -> float:
+        """The highest share of one core the operator used over any 1 s of the burst."""
+        best = 0.0
+        for i, (t0, c0) in enumerate(self.cpu):
+            for t1, c1 in self.cpu[i + 1:]:
+                if t1 - t0 >= 1.0:
+                    best = max(best, (c1 - c0) / (t1 - t0))
+                    break
+        return round(best, 2)
 
 
 def _profile(operator: Operator) -> subprocess.Popen[bytes] | None:
@@ -324,29 +531,60 @@ def _summary(seen: Watched, kubelet: InstantKubelet, count: int, started: float,
 
 # Entry points.
 
-def _ratios(stagewright: dict[str, Any], baseline: dict[str, Any]) -> dict[str, float]:
+def _ratios(one: dict[str, Any], other: dict[str, Any]) -> dict[str, float]:
+    """``one``'s figures over ``other``'s, from the same run."""
     return {
-        "wall_time": round(stagewright["wall_seconds"] / baseline["wall_seconds"], 3),
-        "create_to_pod_p99": round(stagewright["create_to_pod_p50_p99"][1]
-                                   / baseline["create_to_pod_p50_p99"][1], 3),
-        "done_to_status_p99": round(stagewright["done_to_status_p50_p99"][1]
-                                    / baseline["done_to_status_p50_p99"][1], 3),
-        "writes_per_build": round(stagewright["writes_per_build"]
-                                  / baseline["writes_per_build"], 3),
-        "peak_rss": round(stagewright["peak_rss_mib"] / baseline["peak_rss_mib"], 3),
-        "operator_cpu": round(stagewright["operator_cpu_seconds"]
-                              / baseline["operator_cpu_seconds"], 3),
+        "wall_time": round(one["wall_seconds"] / other["wall_seconds"], 3),
+        "after_last_create": round(one["after_last_create_seconds"]
+                                   / other["after_last_create_seconds"], 3),
+        "create_to_pod_p99": round(one["create_to_pod_p50_p99"][1]
+                                   / other["create_to_pod_p50_p99"][1], 3),
+        "done_to_status_p99": round(one["done_to_status_p50_p99"][1]
+                                    / other["done_to_status_p50_p99"][1], 3),
+        "writes_per_build": round(one["writes_per_build"] / other["writes_per_build"], 3),
+        "peak_rss": round(one["peak_rss_mib"] / other["peak_rss_mib"], 3),
+        "operator_cpu": round(one["operator_cpu_seconds"] / other["operator_cpu_seconds"], 3),
     }
 
 
-def run_burst(harness: Harness, count: int) -> dict[str, Any]:
-    """Baseline, then Stagewright, on the same control plane, registry and stand-in kubelet."""
-    baseline = asyncio.run(burst(harness, BaselineProcess(harness, "bench-baseline"),
-                                 "bench-baseline", count))
-    stagewright = asyncio.run(burst(harness, StagewrightProcess(harness, "bench-stagewright"),
-                                    "bench-stagewright", count))
-    return {"baseline": baseline, "stagewright": stagewright,
-            "ratio_stagewright_to_baseline": _ratios(stagewright, baseline)}
+def run_burst(harness: Harness, count: int, floor: str | None = None,
+              floor_connections: int = 100, floor_workers: int = 0,
+              floor_variants: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Baseline, then Stagewright, on the same control plane, registry and stand-in kubelet.
+
+    ``floor`` ("first" or "last") also runs the measuring stick (floor_operator.py) before
+    the baseline or after Stagewright, so its figures come from the same run; each of
+    ``floor_variants`` (``workers=N,connections=N[,log=before|after]``) runs it once more,
+    last, for attribution (``log``: with Stagewright's one extra request per build, pods/log,
+    before the Succeeded write as Stagewright makes it, or after it).
+    """
+    results: dict[str, Any] = {}
+    stick = FloorProcess(harness, "bench-floor", floor_connections, floor_workers)
+    if floor == "first":
+        results["floor"] = asyncio.run(burst(harness, stick, "bench-floor", count))
+    results["baseline"] = asyncio.run(burst(harness, BaselineProcess(harness, "bench-baseline"),
+                                            "bench-baseline", count))
+    results["stagewright"] = asyncio.run(burst(
+        harness, StagewrightProcess(harness, "bench-stagewright"), "bench-stagewright", count))
+    if floor == "last":
+        results["floor"] = asyncio.run(burst(harness, stick, "bench-floor", count))
+    for index, variant in enumerate(floor_variants if floor else ()):
+        options = dict(part.partition("=")[::2] for part in variant.split(","))
+        if options.get("log") == "":  # plain "log": where Stagewright reads it
+            options["log"] = "before"
+        stick = FloorProcess(harness, f"bench-floor-{index}",
+                             int(options.get("connections") or floor_connections),
+                             int(options.get("workers") or floor_workers),
+                             read_log=options.get("log", ""))
+        results[f"floor[{variant}]"] = asyncio.run(burst(harness, stick,
+                                                         f"bench-floor-{index}", count))
+    results["ratio_stagewright_to_baseline"] = _ratios(results["stagewright"],
+                                                       results["baseline"])
+    if floor:
+        results["ratio_floor_to_baseline"] = _ratios(results["floor"], results["baseline"])
+        results["ratio_stagewright_to_floor"] = _ratios(results["stagewright"],
+                                                        results["floor"])
+    return results
 
 
 # Queue, restart and memory scenarios.
@@ -589,6 +827,17 @@ def main() -> None:
                         help="memory scenario's finished ImageBuilds")
     parser.add_argument("--scenario", action="append",
                         choices=["burst", "clients", "queue", "restart", "memory"])
+    parser.add_argument("--floor", nargs="?", const="last", choices=["first", "last"],
+                        help="burst: also run the measuring stick (floor_operator.py), "
+                             "after Stagewright (last, the default) or before the baseline")
+    parser.add_argument("--floor-connections", type=int, default=100,
+                        help="the floor operator's HTTP connections per pool")
+    parser.add_argument("--floor-workers", type=int, default=0,
+                        help="the floor operator's steps at a time (0: unbounded)")
+    parser.add_argument("--floor-variant", action="append", default=[],
+                        help="with --floor: run it once more, last, as "
+                             "workers=N,connections=N[,log=before|after] (log: also read each "
+                             "pod's log, before or after writing Succeeded)")
     args = parser.parse_args()
     scenarios = args.scenario or ["burst"]
     with tempfile.TemporaryDirectory(prefix="stagewright-burst-") as tmp, ExitStack() as stack:
@@ -601,7 +850,9 @@ def main() -> None:
         results: dict[str, Any] = {}
         for scenario in scenarios:
             if scenario == "burst":
-                results["burst"] = run_burst(harness, args.builds)
+                results["burst"] = run_burst(harness, args.builds, args.floor,
+                                             args.floor_connections, args.floor_workers,
+                                             tuple(args.floor_variant))
             elif scenario == "clients":
                 results["clients"] = asyncio.run(run_clients(harness, args.builds))
             elif scenario == "queue":
