@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     resync_seconds: float = Field(default=30.0, gt=0)
     #: Reconciles running at once (each one ImageBuild; events for one coalesce). Bounds the
     #: operator's requests in flight under a burst, so none waits behind a thousand others.
-    workers: int = Field(default=32, ge=1, le=1024)
+    workers: int = Field(default=128, ge=1, le=1024)
     #: Per-request timeout for registry look-ups (digest check, size).
     registry_timeout_seconds: float = Field(default=10.0, gt=0)
     #: Plain-HTTP liveness endpoint, e.g. http://0.0.0.0:8080/healthz; unset disables it.

@@ -80,8 +80,10 @@ def load_configuration() -> k8s_client.Configuration:
 #: tokens are refreshed by the kubelet well before they expire).
 TOKEN_SECONDS = 30.0
 
-#: Connections to the API server at most; more requests wait for a free one (FIFO).
-MAX_CONNECTIONS = 32
+#: Connections to the API server at most; more requests wait for a free one (FIFO). With
+#: STAGEWRIGHT_WORKERS at its default of 128, 64 kept a burst's writes flowing where 32 made
+#: them queue (benchmarks/README.md, "The floor", run g2).
+MAX_CONNECTIONS = 64
 #: Connections for build-log reads (``pods/log``), a pool of their own: the kubelet streams a
 #: log through the apiserver in 50-100 ms, longer than any write, and in the shared pool those
 #: reads made the writes of other builds queue behind them under a burst (benchmarks/README.md,
