@@ -19,8 +19,10 @@ _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
 #: ``INFO[0003] message`` (Kaniko's default format; a timestamp with --log-timestamp) or
 #: ``time="..." level=info msg="message"`` (--log-format=text).
 _PREFIX = re.compile(r'^(?:[A-Z]{4}\[[^\]]*\]\s?|(?:time="[^"]*"\s+)?level=\w+\s+msg=")')
-_HIT = re.compile(r"^Using caching version of cmd: (.+)$")
-_MISS = re.compile(r"^No cached layer found for cmd (.+)$")
+#: Kaniko's words for a step served from the registry cache, and for one run again: one
+#: definition for the operator's cache report and the command line's live progress.
+CACHE_HIT = re.compile(r"^Using caching version of cmd: (.+)$")
+CACHE_MISS = re.compile(r"^No cached layer found for cmd (.+)$")
 _STAGE = re.compile(r"^Building stage '(.+)' \[idx: '(-?\d+)', base-idx: '(-?\d+)'\]")
 _RUN = re.compile(r"^RUN\s.*$")
 
@@ -74,10 +76,10 @@ def parse_build_log(lines: Iterable[str]) -> BuildLog:
         if stage := _STAGE.match(text):
             current = _Stage(stage[1], int(stage[2]), int(stage[3]))
             stages.append(current)
-        elif hit := _HIT.match(text):
+        elif hit := CACHE_HIT.match(text):
             current.hits[hit[1].strip()] += 1
             current.hit_count += 1
-        elif _MISS.match(text):
+        elif CACHE_MISS.match(text):
             current.checked_miss = True
         elif _RUN.match(text):
             step = text.strip()

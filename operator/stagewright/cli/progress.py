@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from stagewright.build_log import CACHE_HIT, CACHE_MISS
 from stagewright.status import strip_ansi
 
 #: Kaniko's default log format (``INFO[0001] message``) and its text format (level=info msg=).
@@ -20,8 +21,6 @@ _LOG_LINE = re.compile(
     r'^(?:(?P<level>INFO|WARN|ERRO|FATA|DEBU|TRAC)\[\d+\]\s*(?P<msg>.*?)\s*'
     r'|time="[^"]*" level=(?P<level2>\w+) msg="(?P<msg2>.*)")$')
 _STAGE = re.compile(r"^Building stage '?(?P<base>[^' ]+)'? \[idx: '?(?P<idx>\d+)'?")
-_CACHE_HIT = re.compile(r"^Using caching version of cmd: (?P<cmd>.+)$")
-_CACHE_MISS = re.compile(r"^No cached layer found for cmd (?P<cmd>.+)$")
 _PUSHING = re.compile(r"^Pushing image to (?P<ref>\S+)")
 #: Kaniko announces a layer for the cache repo before pushing it as an image of its own.
 _CACHE_PUSH = re.compile(r"^Pushing layer \S+ to cache now")
@@ -100,9 +99,9 @@ class ProgressParser:
         progress = self.progress
         if stage := _STAGE.match(message):
             self._start_stage(stage.group("base"), int(stage.group("idx")))
-        elif _CACHE_HIT.match(message):
+        elif CACHE_HIT.match(message):
             progress.cache_hits += 1
-        elif _CACHE_MISS.match(message):
+        elif CACHE_MISS.match(message):
             progress.cache_misses += 1
         elif _CACHE_PUSH.match(message):
             self._caching = True
