@@ -104,13 +104,28 @@ def imagebuild(name: str, namespace: str, registry: str) -> dict[str, Any]:
 
 # Operators under test: each is started by PID and stopped by PID.
 
-class BaselineProcess:
-    """The naive kopf operator, with kopf's own defaults, as a process."""
+class _ChildOperator:
+    """An operator the harness runs as a child process of its own (its session's leader)."""
 
     def __init__(self, harness: Harness, namespace: str) -> None:
         self.harness = harness
         self.namespace = namespace
         self._process: subprocess.Popen[bytes] | None = None
+
+    def stop(self, kill: bool = False) -> None:
+        """Stop by PID."""
+        if self._process is not None:
+            stop_group(self._process, kill=kill, timeout=15)
+
+    @property
+    def pid(self) -> int:
+        """Its process id."""
+        assert self._process is not None
+        return self._process.pid
+
+
+class BaselineProcess(_ChildOperator):
+    """The naive kopf operator, with kopf's own defaults, as a process."""
 
     def start(self) -> None:
         """Start it and wait for kopf's liveness endpoint."""
@@ -123,16 +138,6 @@ class BaselineProcess:
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         _wait_live(health, self._process)
 
-    def stop(self, kill: bool = False) -> None:
-        """Stop by PID."""
-        if self._process is not None:
-            stop_group(self._process, kill=kill, timeout=15)
-
-    @property
-    def pid(self) -> int:
-        """Its process id."""
-        assert self._process is not None
-        return self._process.pid
 
 
 def _wait_live(url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
@@ -176,17 +181,15 @@ class StagewrightProcess:
         return self.process.pid
 
 
-class FloorProcess:
+class FloorProcess(_ChildOperator):
     """The measuring stick (benchmarks/floor_operator.py) with the operator's RBAC identity."""
 
     def __init__(self, harness: Harness, namespace: str, connections: int = 100,
                  workers: int = 0, read_log: str = "") -> None:
+        super().__init__(harness, namespace)
         self.read_log = read_log
-        self.harness = harness
-        self.namespace = namespace
         self.connections = connections
         self.workers = workers
-        self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         """Start it and wait until both its lists are read and both watches open."""
@@ -211,16 +214,6 @@ class FloorProcess:
                 raise TimeoutError("the floor operator did not open its watches")
             time.sleep(0.1)
 
-    def stop(self, kill: bool = False) -> None:
-        """Stop by PID."""
-        if self._process is not None:
-            stop_group(self._process, kill=kill, timeout=15)
-
-    @property
-    def pid(self) -> int:
-        """Its process id."""
-        assert self._process is not None
-        return self._process.pid
 
 
 Operator = BaselineProcess | StagewrightProcess | FloorProcess
