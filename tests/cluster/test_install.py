@@ -18,6 +18,7 @@ the sandbox's install is put back afterwards for the tests that follow.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections.abc import Iterator
@@ -88,6 +89,32 @@ def _build(sandbox: Sandbox, namespace: str, image: str, *, insecure: bool) -> d
     return sandbox.wait_settled("hello", namespace, timeout=240)
 
 
+@contextlib.contextmanager
+def _helm_release(sandbox: Sandbox, operator_image: OperatorImage, release_namespace: str,
+                  *values: str) -> Iterator[None]:
+    """The chart installed into ``release_namespace`` (which must exist) with the operator's
+    own image, the sandbox's Kaniko and ``values``; on exit uninstalled, whatever the test
+    did, and the namespace deleted."""
+    # Build pods are baseline (Kaniko runs as root): the release's operator may create them,
+    # as the sandbox's own operator may (hack/sandbox/pod-security.yaml).
+    sandbox.allow_baseline_builds(HELM_OPERATOR, release_namespace)
+    try:
+        cli(sandbox, "helm", "install", HELM_RELEASE, str(CHART),
+            "--namespace", release_namespace,
+            "--set", f"image.repository={operator_image.repository}",
+            "--set", f"image.digest={operator_image.digest}",
+            "--set", f"kaniko.image={sandbox.images.kaniko}",
+            "--set", "operator.resyncSeconds=5",
+            *(arg for value in values for arg in ("--set", value)))
+        yield
+    finally:
+        subprocess.run([str(tool("helm")), "--kubeconfig",
+                        str(sandbox.control_plane.admin.kubeconfig), "uninstall", HELM_RELEASE,
+                        "--namespace", release_namespace, "--ignore-not-found"],
+                       capture_output=True, check=False, timeout=120)
+        sandbox.admin.delete("v1", "Namespace", release_namespace)
+
+
 def _operator_env(pod: dict[str, Any]) -> dict[str, str]:
     container = pod["spec"]["containers"][0]
     return {item["name"]: item.get("value", "") for item in container.get("env") or []}
@@ -107,16 +134,8 @@ def test_helm_install_private_ca_registry_build_and_uninstall_keeps_crd(
         {"apiVersion": "v1", "kind": "ConfigMap",
          "metadata": {"name": "registry-ca", "namespace": ns}, "data": {"ca.crt": bundle}}
         for ns in (HELM_NAMESPACE, namespace)])
-    # Build pods are baseline (Kaniko runs as root): the release's operator may create them,
-    # as the sandbox's own operator may (hack/sandbox/pod-security.yaml).
-    sandbox.allow_baseline_builds(HELM_OPERATOR, HELM_NAMESPACE)
-    try:
-        cli(sandbox, "helm", "install", HELM_RELEASE, str(CHART), "--namespace", HELM_NAMESPACE,
-            "--set", f"image.repository={operator_image.repository}",
-            "--set", f"image.digest={operator_image.digest}",
-            "--set", f"kaniko.image={sandbox.images.kaniko}",
-            "--set", "caBundle.configMap=registry-ca",
-            "--set", "operator.resyncSeconds=5")
+    with _helm_release(sandbox, operator_image, HELM_NAMESPACE,
+                       "caBundle.configMap=registry-ca"):
         pod = wait_ready_operator(sandbox, HELM_NAMESPACE, HELM_OPERATOR)
         assert pod["spec"]["containers"][0]["image"] == operator_image.reference
         image = f"{private_registry.host}/{namespace}/hello"
@@ -152,12 +171,6 @@ def test_helm_install_private_ca_registry_build_and_uninstall_keeps_crd(
         kept = sandbox.imagebuild("hello", namespace)
         assert kept is not None
         assert kept["status"]["digest"] == status["digest"]
-    finally:
-        subprocess.run([str(tool("helm")), "--kubeconfig",
-                        str(sandbox.control_plane.admin.kubeconfig), "uninstall", HELM_RELEASE,
-                        "--namespace", HELM_NAMESPACE, "--ignore-not-found"],
-                       capture_output=True, check=False, timeout=120)
-        sandbox.admin.delete("v1", "Namespace", HELM_NAMESPACE)
 
 
 def _overlay(directory: Path, sandbox: Sandbox, operator_image: OperatorImage) -> Path:
@@ -237,16 +250,9 @@ def test_helm_install_watching_one_namespace_needs_nothing_cluster_wide(
     stops with nothing refused in its log from start to end."""
     sandbox.admin.apply([{"apiVersion": "v1", "kind": "Namespace",
                           "metadata": {"name": SCOPED_NAMESPACE}}])
-    sandbox.allow_baseline_builds(HELM_OPERATOR, SCOPED_NAMESPACE)
-    try:
-        cli(sandbox, "helm", "install", HELM_RELEASE, str(CHART), "--namespace", SCOPED_NAMESPACE,
-            "--set", f"image.repository={operator_image.repository}",
-            "--set", f"image.digest={operator_image.digest}",
-            "--set", f"kaniko.image={sandbox.images.kaniko}",
-            "--set", f"watchNamespaces={{{namespace}}}",
-            # The CRD is the cluster admin's (here: the sandbox's), as in a tenant's install.
-            "--set", "crds.enabled=false",
-            "--set", "operator.resyncSeconds=5")
+    # The CRD is the cluster admin's (here: the sandbox's), as in a tenant's install.
+    with _helm_release(sandbox, operator_image, SCOPED_NAMESPACE,
+                       f"watchNamespaces={{{namespace}}}", "crds.enabled=false"):
         assert sandbox.admin.get("rbac.authorization.k8s.io/v1", "ClusterRole",
                                  HELM_OPERATOR) is None
         pod = wait_ready_operator(sandbox, SCOPED_NAMESPACE, HELM_OPERATOR)
@@ -261,9 +267,3 @@ def test_helm_install_watching_one_namespace_needs_nothing_cluster_wide(
             cli(sandbox, "helm", "uninstall", HELM_RELEASE, "--namespace", SCOPED_NAMESPACE,
                 "--wait", "--timeout", "2m")
         assert_clean_shutdown(log.read_text(errors="replace"))
-    finally:
-        subprocess.run([str(tool("helm")), "--kubeconfig",
-                        str(sandbox.control_plane.admin.kubeconfig), "uninstall", HELM_RELEASE,
-                        "--namespace", SCOPED_NAMESPACE, "--ignore-not-found"],
-                       capture_output=True, check=False, timeout=120)
-        sandbox.admin.delete("v1", "Namespace", SCOPED_NAMESPACE)
