@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import aiohttp
+from aiohttp.client import DEFAULT_TIMEOUT
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
@@ -106,11 +107,16 @@ class KubeApi:
             context.verify_mode = ssl.CERT_NONE
         self._ssl = context
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session: aiohttp.ClientSession | None = None
-        #: Watches hold a connection each for minutes: they get their own pool, so they never
-        #: take a slot from the requests of reconciles (MAX_CONNECTIONS).
-        self._watch_session: aiohttp.ClientSession | None = None
-        self._log_session: aiohttp.ClientSession | None = None
+        #: Connection pools by use: (connection limit, or 0 for none; default timeout).
+        #: Watches hold a connection each for minutes and get a pool of their own, so they
+        #: never take a slot from the requests of reconciles; so do build-log reads. (Watches
+        #: and streamed lists set their own timeouts per request.)
+        self._pool_limits: dict[str, tuple[int, aiohttp.ClientTimeout]] = {
+            "requests": (MAX_CONNECTIONS, self._timeout),
+            "watches": (0, DEFAULT_TIMEOUT),
+            "logs": (MAX_LOG_CONNECTIONS, self._timeout),
+        }
+        self._pools: dict[str, aiohttp.ClientSession] = {}
         self._observer = observer
         self._bearer: str | None = None
         self._bearer_until = 0.0
@@ -123,31 +129,21 @@ class KubeApi:
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.aclose()
 
-    def _open(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(ssl=self._ssl, limit=MAX_CONNECTIONS)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
-        return self._session
-
-    def _open_watches(self) -> aiohttp.ClientSession:
-        if self._watch_session is None or self._watch_session.closed:
-            connector = aiohttp.TCPConnector(ssl=self._ssl, limit=0)
-            self._watch_session = aiohttp.ClientSession(connector=connector)
-        return self._watch_session
-
-    def _open_logs(self) -> aiohttp.ClientSession:
-        if self._log_session is None or self._log_session.closed:
-            connector = aiohttp.TCPConnector(ssl=self._ssl, limit=MAX_LOG_CONNECTIONS)
-            self._log_session = aiohttp.ClientSession(connector=connector,
-                                                      timeout=self._timeout)
-        return self._log_session
+    def _open(self, pool: str = "requests") -> aiohttp.ClientSession:
+        """The session of one connection pool (see ``_pool_limits``), opened on first use."""
+        session = self._pools.get(pool)
+        if session is None or session.closed:
+            limit, timeout = self._pool_limits[pool]
+            connector = aiohttp.TCPConnector(ssl=self._ssl, limit=limit)
+            session = self._pools[pool] = aiohttp.ClientSession(connector=connector,
+                                                                timeout=timeout)
+        return session
 
     async def aclose(self) -> None:
         """Close the connection pools."""
-        for session in (self._session, self._watch_session, self._log_session):
-            if session is not None:
-                await session.close()
-        self._session = self._watch_session = self._log_session = None
+        pools, self._pools = self._pools, {}
+        for session in pools.values():
+            await session.close()
 
     def _headers(self, content_type: str = "application/json") -> dict[str, str]:
         headers = {"Accept": "application/json", "Content-Type": content_type}
@@ -211,7 +207,7 @@ class KubeApi:
         """One list request whose items are handed to ``on_item`` as they arrive (see
         ``liststream``); the list's own fields (metadata) are returned, or None when the path
         is not served (404). ``timeout`` bounds the wait for the next bytes."""
-        session = self._open_watches()
+        session = self._open("watches")
         limits = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout.total,
                                        sock_read=timeout)
         parser = ListParser()
@@ -237,7 +233,7 @@ class KubeApi:
         ``timeout`` bounds the wait for the next bytes, not the watch: the server ends it after
         ``timeoutSeconds``. A non-2xx answer raises ApiError (410 Gone: relist).
         """
-        session = self._open_watches()
+        session = self._open("watches")
         limits = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout.total,
                                        sock_read=timeout)
         try:
@@ -313,7 +309,7 @@ class KubeApi:
         if tail_lines is not None:
             params["tailLines"] = str(tail_lines)
         path = f"/api/v1/namespaces/{namespace}/pods/{name}/log"
-        session = self._open_logs()
+        session = self._open("logs")
         body = bytearray()
         try:
             async with session.get(self._base_url + path, params=params,
