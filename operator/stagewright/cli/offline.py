@@ -35,9 +35,7 @@ def run_operator(*, verbose: bool) -> int:
     """``stagewright run``: the operator, until it is stopped."""
     import kopf  # noqa: PLC0415 - only `run` needs kopf's start-up cost
 
-    from stagewright.handlers.registration import (  # noqa: PLC0415 - registers handlers
-        OperatorMemo,
-    )
+    import stagewright.handlers.registration  # noqa: F401, PLC0415 - registers handlers
 
     settings = Settings()
     # kopf's formatter prefixes each message about an object with [namespace/name].
@@ -52,7 +50,7 @@ def run_operator(*, verbose: bool) -> int:
         # lists them (the operator's RBAC does not allow that).
         clusterwide=True,
         liveness_endpoint=settings.liveness_endpoint,
-        memo=OperatorMemo(settings=settings),
+        memo=kopf.Memo(settings=settings),
     )
     return 0
 

@@ -60,20 +60,9 @@ _log = logging.getLogger("stagewright")
 Key = tuple[str, str]
 
 
-class OperatorMemo(kopf.Memo):
-    """kopf's memo, shared instead of copied (kopf copies it per object it handles)."""
-
-    def __copy__(self) -> OperatorMemo:
-        return self
-
-
 def configure(settings: kopf.OperatorSettings) -> None:
-    """kopf settings: our own prefix wherever kopf would write, no peering, no scanning."""
-    settings.persistence.finalizer = f"{GROUP}/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration",
-    )
+    """kopf settings: no peering, no scanning, no posting. kopf handles no resource, so it has
+    nothing to persist (no finalizer, no progress or diff-base annotations)."""
     settings.peering.standalone = True
     # kopf serves no resource here (our informers do, and wait for the CRD themselves), so it
     # need not watch CRDs for new resources.
