@@ -64,6 +64,40 @@ async def test_a_key_is_never_processed_twice_at_once_and_runs_again_after() -> 
     await work.stop()
 
 
+async def test_an_event_that_came_during_processing_is_handled_next_by_the_same_worker() -> None:
+    recorder = Recorder(gate=True)
+    work: WorkQueue[str, int] = WorkQueue(recorder, workers=1)
+    work.start()
+    work.add("web", 1)
+    await asyncio.sleep(0.01)
+    work.add("api", 1)  # in line behind "web"
+    work.add("web", 2)  # the answer to web's step, while web is processed
+    recorder.release.set()
+    await asyncio.wait_for(work.join(), 5)
+    assert recorder.seen == [("web", 1), ("web", 2), ("api", 1)]
+    await work.stop()
+
+
+async def test_a_key_with_endless_events_goes_to_the_back_after_its_follow_ups() -> None:
+    seen: list[str] = []
+    work: WorkQueue[str, int] = WorkQueue(lambda key, _: _record(seen, work, key),
+                                          workers=1, follow_ups=2)
+    work.add("chatty", 0)
+    work.add("quiet", 0)
+    work.start()
+    await asyncio.sleep(0.05)
+    await work.stop()
+    # Three turns in a row (one plus two follow-ups), then the key that waited gets its turn.
+    assert seen[:5] == ["chatty", "chatty", "chatty", "quiet", "chatty"]
+
+
+async def _record(seen: list[str], work: WorkQueue[str, int], key: str) -> None:
+    seen.append(key)
+    if key == "chatty":
+        work.add("chatty", len(seen))  # every run brings another event
+    await asyncio.sleep(0)
+
+
 async def test_workers_bound_the_keys_processed_at_once_first_come_first_served() -> None:
     recorder = Recorder(gate=True)
     work: WorkQueue[str, int] = WorkQueue(recorder, workers=3)
@@ -98,6 +132,8 @@ async def test_a_failing_key_does_not_stop_its_worker() -> None:
 def test_a_work_queue_needs_a_worker() -> None:
     with pytest.raises(ValueError, match="at least one worker"):
         WorkQueue(Recorder(), workers=0)
+    with pytest.raises(ValueError, match="follow_ups"):
+        WorkQueue(Recorder(), workers=1, follow_ups=-1)
 
 
 def test_triggers_merge_to_the_latest_body_and_the_latest_pod() -> None:

@@ -7,6 +7,13 @@ arrives while its key is being processed is kept and the key is processed again 
 Keys are served first come, first served by a fixed number of workers, so a burst of a
 thousand ImageBuilds has a bounded number of reconciles (and API requests) in flight instead of
 a task per object, and a finished key leaves no trace.
+
+One exception to first come, first served: a key whose event came while it was processed is
+processed again at once by the same worker, up to ``follow_ups`` times in a row, before it
+goes to the back of the line. Such an event is usually the answer to the step just taken
+(the build pod ended while its "Building" status was written); sending it behind every key
+that arrived meanwhile made a burst's builds wait in line twice. The bound keeps a key with
+a stream of events from holding a worker.
 """
 
 from __future__ import annotations
@@ -37,12 +44,13 @@ class WorkQueue(Generic[Key, Item]):
     """Keys waiting to be processed, each once at a time, by ``workers`` concurrent workers."""
 
     def __init__(self, process: Process[Key, Item], workers: int,
-                 merge: Merge[Item] = latest) -> None:
-        if workers < 1:
-            raise ValueError("a work queue needs at least one worker")
+                 merge: Merge[Item] = latest, follow_ups: int = 2) -> None:
+        if workers < 1 or follow_ups < 0:
+            raise ValueError("a work queue needs at least one worker, and follow_ups >= 0")
         self._process = process
         self._merge = merge
         self._workers = workers
+        self._follow_ups = follow_ups
         #: Keys in line, in arrival order (each at most once).
         self._line: asyncio.Queue[Key] = asyncio.Queue()
         #: The payload of each key in line, or of a key processed now that must run again.
@@ -98,15 +106,21 @@ class WorkQueue(Generic[Key, Item]):
     async def _work(self) -> None:
         while True:
             key = await self._line.get()
-            item = self._pending.pop(key)
             self._active.add(key)
             try:
-                await self._process(key, item)
-            except Exception:  # one broken object must not stop the worker for all others
-                _log.exception(f"Processing {key} failed")
+                for _ in range(1 + self._follow_ups):
+                    await self._process_once(key, self._pending.pop(key))
+                    if key not in self._pending:
+                        break  # no event came meanwhile
             finally:
                 self._active.discard(key)
-                if key in self._pending:  # an event came while it was processed: again
+                if key in self._pending:  # still more: again, from the back of the line
                     self._line.put_nowait(key)
                 elif not self._pending and not self._active:
                     self._idle.set()
+
+    async def _process_once(self, key: Key, item: Item) -> None:
+        try:
+            await self._process(key, item)
+        except Exception:  # one broken object must not stop the worker for all others
+            _log.exception(f"Processing {key} failed")
