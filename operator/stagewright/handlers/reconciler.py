@@ -457,7 +457,25 @@ class Reconciler:
 
     async def _succeed(self, build: ImageBuild, log: Logger, digest: str,
                        finished_at: str | None, checks: list[dict[str, Any]] | None) -> None:
-        """Confirm the builder's digest at the registry and record the image's size."""
+        """Confirm the builder's digest at the registry and record the image's size.
+
+        The build log is read while the registry answers: the two do not depend on each
+        other, and under a burst one round trip fewer before the status write is what keeps
+        pod done -> status short. A log read still running when the registry says no is
+        cancelled; nobody waits for it.
+        """
+        facts = asyncio.ensure_future(self._read_build_log(build, log))
+        try:
+            await self._verify(build, log, digest, finished_at, checks, facts)
+        finally:
+            if not facts.done():
+                facts.cancel()
+            elif not facts.cancelled() and facts.exception() is not None:
+                log.debug(f"Build log read failed: {facts.exception()}")
+
+    async def _verify(self, build: ImageBuild, log: Logger, digest: str,
+                      finished_at: str | None, checks: list[dict[str, Any]] | None,
+                      facts_read: asyncio.Future[BuildLog | None]) -> None:
         image = f"{build.spec.output.image}@{digest}"
         finished = _parse_time(finished_at) or datetime.now(UTC)
         patient = datetime.now(UTC) - finished < _VERIFY_GRACE
@@ -487,7 +505,7 @@ class Reconciler:
                 image=image, digest=digest, short_digest=_short(digest),
             )
             return
-        facts = await self._read_build_log(build, log)
+        facts = await facts_read
         base_layers = await self._base_layers(build, facts.base_image if facts else None, log)
         insight = build_insight(build.status, info, facts, base_layers,
                                 largest=self.settings.largest_layers,
@@ -690,9 +708,11 @@ def _short(digest: str) -> str:
 
 
 def _parse_time(value: str | None) -> datetime | None:
+    """An RFC 3339 time as the API server writes it (``2026-11-30T07:37:09Z``), aware."""
     if not value:
         return None
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 __all__ = ["ApiError", "Reconciler"]
