@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import sys
@@ -38,6 +39,7 @@ def run_operator(*, verbose: bool) -> int:
     import stagewright.handlers.registration  # noqa: F401, PLC0415 - registers handlers
 
     settings = Settings()
+    _tune_garbage_collector()
     # kopf's formatter prefixes each message about an object with [namespace/name].
     kopf.configure(verbose=verbose, log_prefix=True)
     if not verbose:  # kopf reports every event handler call; our handlers log what matters
@@ -53,6 +55,20 @@ def run_operator(*, verbose: bool) -> int:
         memo=kopf.Memo(settings=settings),
     )
     return 0
+
+
+def _tune_garbage_collector() -> None:
+    """Keep Python's cyclic garbage collector from costing a burst a fifth of the CPU.
+
+    What start-up built (modules, kopf, pydantic's validators) lives as long as the process,
+    so it is frozen out of the collector's passes, and the youngest generation is collected
+    every 10,000 allocations instead of 700: most of a reconcile's objects are freed by
+    reference counting before then. Measured under a burst of 1,000 (benchmarks/README.md):
+    the collector's time fell from 1.16 s to 0.29 s.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 def render(filename: str) -> int:

@@ -28,6 +28,8 @@ _DOMAIN = re.compile(
 _PATH_PART = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 _TAG = re.compile(r"[\w][\w.-]{0,127}")
 _DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
+#: Any whitespace, as str.isspace() defines it (the same Unicode table).
+_SPACE = re.compile(r"\s")
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class ImageReference:
         """Parse ``text``; raise ValueError saying what is wrong and what is expected."""
         if not text:
             raise ValueError("image reference is empty")
-        if text != text.strip() or any(ch.isspace() for ch in text):
+        if _SPACE.search(text):
             raise ValueError(f"image reference {text!r} contains whitespace")
         name, at, digest = text.partition("@")
         if "@" in digest:
