@@ -134,3 +134,14 @@ async def test_the_server_selects_by_label(control_plane: ControlPlane, api: Kub
                                               imagebuild("ours", team="a")])
         await seen.wait_for(("ADDED", "ours"))
     assert all(name != "theirs" for _, name in seen.events)
+
+
+async def test_the_operators_writes_carry_its_name_as_field_manager(
+        control_plane: ControlPlane, api: KubeApi) -> None:
+    admin = Cluster(control_plane.admin.kubeconfig)
+    await asyncio.to_thread(install_crd, admin)
+    await asyncio.to_thread(admin.apply, [imagebuild("managed")])
+    written = await api.patch_imagebuild_status("default", "managed", {"phase": "Pending"})
+    assert written is not None
+    managers = {entry["manager"]: entry for entry in written["metadata"]["managedFields"]}
+    assert "f:phase" in managers["stagewright"]["fieldsV1"]["f:status"]
