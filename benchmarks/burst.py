@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -185,9 +186,10 @@ class FloorProcess(_ChildOperator):
     """The measuring stick (benchmarks/floor_operator.py) with the operator's RBAC identity."""
 
     def __init__(self, harness: Harness, namespace: str, connections: int = 100,
-                 workers: int = 0, read_log: str = "") -> None:
+                 workers: int = 0, read_log: str = "", objects: str = "minimal") -> None:
         super().__init__(harness, namespace)
         self.read_log = read_log
+        self.objects = objects
         self.connections = connections
         self.workers = workers
 
@@ -203,7 +205,7 @@ class FloorProcess(_ChildOperator):
         self._process = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.floor_operator", "--namespace", self.namespace,
              "--ready-file", str(ready), "--connections", str(self.connections),
-             "--workers", str(self.workers),
+             "--workers", str(self.workers), "--objects", self.objects,
              *(["--read-log", self.read_log] if self.read_log else [])],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60
@@ -292,10 +294,10 @@ async def burst(harness: Harness, operator: Operator, namespace: str, count: int
         stack.callback(operator.stop)  # also when the run fails or is interrupted
         await asyncio.sleep(1)
         profiler = _profile(operator)
-        costs = Costs(harness, operator.pid)
+        costs = Costs(harness, operator)
         requests_before = await apiserver_counters(kube)
         started = time.monotonic()
-        sampler = Sampler(operator.pid, seen, kubelet)
+        sampler = Sampler(operator, seen, kubelet)
         sampling = asyncio.create_task(sampler.run())
         await _create_all(kube, harness, namespace, count, seen)
         if during is not None:
@@ -387,9 +389,10 @@ def _counter_diff(before: dict[str, dict[str, float]],
 class Costs:
     """What a burst cost, from construction to ``since()``: CPU of each process, load."""
 
-    def __init__(self, harness: Harness, pid: int) -> None:
+    def __init__(self, harness: Harness, operator: Operator) -> None:
         self.harness = harness
-        self.pid = pid
+        self.operator = operator
+        self.pid = pid = operator.pid
         self.cpu = cpu_seconds(pid)
         self.wait = runqueue_wait_seconds(pid)
         self.servers = _server_cpu(harness)
@@ -401,6 +404,11 @@ class Costs:
         servers = {name: round(used - self.servers.get(name, 0.0), 2)
                    for name, used in _server_cpu(self.harness).items()}
         servers["harness_and_standin_kubelet"] = round(time.process_time() - self.own, 2)
+        if self.operator.pid != self.pid:  # restarted (the restart scenario): its CPU is gone
+            return {"operator_cpu_seconds": None, "operator_runqueue_wait_seconds": None,
+                    "operator_restarted": True, "server_cpu_seconds": servers,
+                    "load_average_before_after": [[round(x, 2) for x in self.load],
+                                                  [round(x, 2) for x in os.getloadavg()]]}
         return {
             # CPU the operator used for the burst: unlike wall time, not inflated by other load.
             "operator_cpu_seconds": round(cpu_seconds(self.pid) - self.cpu, 2),
@@ -455,18 +463,21 @@ def _server_cpu(harness: Harness) -> dict[str, float]:
 class Sampler:
     """Every 0.25 s: the operator's CPU, and how many builds wait on the operator."""
 
-    def __init__(self, pid: int, seen: Watched, kubelet: InstantKubelet) -> None:
-        self.pid = pid
+    def __init__(self, operator: Operator, seen: Watched, kubelet: InstantKubelet) -> None:
+        self.operator = operator
         self.seen = seen
         self.kubelet = kubelet
-        self.cpu: list[tuple[float, float]] = []
+        #: (time, pid, CPU seconds): a restarted operator starts a new series.
+        self.cpu: list[tuple[float, int, float]] = []
         #: The most ImageBuilds created without a pod yet, and pods done without status yet.
         self.peaks = {"created_without_pod": 0, "pod_done_without_status": 0}
 
     async def run(self) -> None:
         """Sample until cancelled."""
         while True:
-            self.cpu.append((time.monotonic(), cpu_seconds(self.pid)))
+            pid = self.operator.pid
+            with contextlib.suppress(FileNotFoundError):  # killed and not yet restarted
+                self.cpu.append((time.monotonic(), pid, cpu_seconds(pid)))
             times = self.kubelet.times
             waiting_pod = len(self.seen.created) - len(times.seen)
             waiting_status = len(times.done) - len(self.seen.finished)
@@ -479,9 +490,9 @@ class Sampler:
     def busiest_second(self) -> float:
         """The highest share of one core the operator used over any 1 s of the burst."""
         best = 0.0
-        for i, (t0, c0) in enumerate(self.cpu):
-            for t1, c1 in self.cpu[i + 1:]:
-                if t1 - t0 >= 1.0:
+        for i, (t0, pid0, c0) in enumerate(self.cpu):
+            for t1, pid1, c1 in self.cpu[i + 1:]:
+                if pid1 == pid0 and t1 - t0 >= 1.0:
                     best = max(best, (c1 - c0) / (t1 - t0))
                     break
         return round(best, 2)
@@ -583,9 +594,10 @@ def run_burst(harness: Harness, count: int, floor: str | None = None,
 
     ``floor`` ("first" or "last") also runs the measuring stick (floor_operator.py) before
     the baseline or after Stagewright, so its figures come from the same run; each of
-    ``floor_variants`` (``workers=N,connections=N[,log=before|after]``) runs it once more,
-    last, for attribution (``log``: with Stagewright's one extra request per build, pods/log,
-    before the Succeeded write as Stagewright makes it, or after it).
+    ``floor_variants`` (``workers=N,connections=N[,log=before|after][,objects=stagewright]``)
+    runs it once more, last, for attribution (``log``: with Stagewright's one extra request
+    per build, pods/log, before the Succeeded write as Stagewright makes it, or after it;
+    ``objects``: writing Stagewright's own build pod and status patches).
     """
     results: dict[str, Any] = {}
     floor_ns, baseline_ns, stagewright_ns = (f"bench-{name}{suffix}"
@@ -606,7 +618,8 @@ def run_burst(harness: Harness, count: int, floor: str | None = None,
         stick = FloorProcess(harness, f"bench-floor-{index}{suffix}",
                              int(options.get("connections") or floor_connections),
                              int(options.get("workers") or floor_workers),
-                             read_log=options.get("log", ""))
+                             read_log=options.get("log", ""),
+                             objects=options.get("objects") or "minimal")
         results[f"floor[{variant}]"] = asyncio.run(burst(harness, stick,
                                                          f"bench-floor-{index}{suffix}", count))
     results["ratio_stagewright_to_baseline"] = _ratios(results["stagewright"],
@@ -870,8 +883,10 @@ def main() -> None:
                         help="the floor operator's steps at a time (0: unbounded)")
     parser.add_argument("--floor-variant", action="append", default=[],
                         help="with --floor: run it once more, last, as "
-                             "workers=N,connections=N[,log=before|after] (log: also read each "
-                             "pod's log, before or after writing Succeeded)")
+                             "workers=N,connections=N[,log=before|after]"
+                             "[,objects=stagewright] (log: also read each pod's log, before "
+                             "or after writing Succeeded; objects: write Stagewright's own "
+                             "pod and status)")
     args = parser.parse_args()
     scenarios = args.scenario or ["burst"]
     with tempfile.TemporaryDirectory(prefix="stagewright-burst-") as tmp, ExitStack() as stack:

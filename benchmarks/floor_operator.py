@@ -16,14 +16,20 @@ No validation of the spec, no logging, no events, no work queue, no retries, no 
 metrics, no build-log read, no config blob. Each event becomes a task at once; how many
 requests are in flight is bounded only by the HTTP connection pools (``--connections``
 each, one pool for the API server and one for the registry; further requests wait for a
-connection in aiohttp's queue). ``--workers N`` is for
-attribution only: it lets at most N steps (a step: create pod + patch Building, or manifest
-GET + patch Succeeded) run at a time, as a pool of N workers would; ``--read-log`` adds the
-one request per build Stagewright makes beyond the contract (``pods/log``, for its cache
-report), to measure what that costs (``before`` the Succeeded write, where Stagewright
-makes it, or ``after``). The single ordering
-rule kept is the one correctness needs: ``Succeeded`` is written after ``Building`` returned,
-so a slow ``Building`` patch can never overwrite it.
+connection in aiohttp's queue).
+
+Options for attribution only:
+- ``--workers N`` lets at most N steps (a step: create pod + patch Building, or manifest
+  GET + patch Succeeded) run at a time, as a pool of N workers would;
+- ``--read-log`` adds the one request per build Stagewright makes beyond the contract
+  (``pods/log``, for its cache report), ``before`` the Succeeded write (where Stagewright
+  makes it) or ``after``;
+- ``--objects stagewright`` writes Stagewright's own build pod and status patches
+  (benchmarks/floor_objects.py) instead of the minimal ones, to measure what the size of
+  Stagewright's objects costs.
+
+The single ordering rule kept is the one correctness needs: ``Succeeded`` is written after
+``Building`` returned, so a slow ``Building`` patch can never overwrite it.
 
 It reads the API server's URL, CA file and bearer token from the environment (FLOOR_API,
 FLOOR_CA, FLOOR_TOKEN), so it runs as whichever identity the harness hands it; burst.py hands
@@ -43,9 +49,12 @@ import ssl
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
+
+if TYPE_CHECKING:
+    from benchmarks.floor_objects import StagewrightObjects
 
 GROUP_VERSION = "stagewright.dev/v1alpha1"
 LABEL = "floor.stagewright.dev/imagebuild"
@@ -60,7 +69,8 @@ class FloorOperator:
     """One namespace, two watches, three writes per build."""
 
     def __init__(self, api: aiohttp.ClientSession, registry: aiohttp.ClientSession,
-                 base: str, namespace: str, workers: int = 0, read_log: str = "") -> None:
+                 base: str, namespace: str, workers: int = 0, read_log: str = "",
+                 objects: StagewrightObjects | None = None) -> None:
         self.api = api
         self.registry = registry
         self.builds = f"{base}/apis/{GROUP_VERSION}/namespaces/{namespace}/imagebuilds"
@@ -76,6 +86,8 @@ class FloorOperator:
         #: Attribution only: also read the build pod's log "before" or "after" writing
         #: Succeeded ("": never).
         self.read_log = read_log
+        #: Attribution only: write Stagewright's pod and status instead of the minimal ones.
+        self.objects = objects
         #: ``workers`` > 0: at most that many steps at a time (to mimic a worker pool).
         self._slots = asyncio.Semaphore(workers) if workers > 0 else None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -114,9 +126,15 @@ class FloorOperator:
         if (build.get("status") or {}).get("phase") or name in self.started:
             return
         self.images[name] = build["spec"]["output"]["image"]
-        self.started[name] = self._spawn(self._start(name, meta["uid"], build["spec"]))
+        self.started[name] = self._spawn(self._start(name, meta["uid"], build))
 
-    async def _start(self, name: str, uid: str, spec: dict[str, Any]) -> None:
+    async def _start(self, name: str, uid: str, build: dict[str, Any]) -> None:
+        if self.objects is not None:
+            await self._write("POST", self.pods, self.objects.pod(build, f"{name}-floor", LABEL))
+            await self._write("PATCH", f"{self.builds}/{name}/status",
+                              self.objects.building(f"{name}-floor"), MERGE_PATCH)
+            return
+        spec = build["spec"]
         pod = {
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {
@@ -167,9 +185,11 @@ class FloorOperator:
         started = self.started.get(build)
         if started is not None:
             await started  # never overwrite Succeeded with a late Building
-        await self._write("PATCH", f"{self.builds}/{build}/status",
-                          {"status": {"phase": "Succeeded", "digest": digest, "size": size,
-                                      "image": f"{image}@{digest}"}}, MERGE_PATCH)
+        status = {"status": {"phase": "Succeeded", "digest": digest, "size": size,
+                             "image": f"{image}@{digest}"}}
+        if self.objects is not None:
+            status = self.objects.succeeded(image, digest, manifest, size)
+        await self._write("PATCH", f"{self.builds}/{build}/status", status, MERGE_PATCH)
         self.images.pop(build, None)
         self.started.pop(build, None)
         if self.read_log == "after":
@@ -222,7 +242,7 @@ class FloorOperator:
 
 
 async def run(namespace: str, connections: int, workers: int, read_log: str,
-              ready_file: Path) -> int:
+              ready_file: Path, objects: str = "minimal") -> int:
     """Serve until SIGTERM/SIGINT; return the number of failed steps."""
     trust = ssl.create_default_context(cafile=os.environ["FLOOR_CA"])
     api = aiohttp.ClientSession(
@@ -236,8 +256,12 @@ async def run(namespace: str, connections: int, workers: int, read_log: str,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with api, registry:
+        stagewright_objects = None
+        if objects == "stagewright":  # Stagewright's modules, imported only to be measured
+            from benchmarks.floor_objects import StagewrightObjects  # noqa: PLC0415
+            stagewright_objects = StagewrightObjects()
         operator = FloorOperator(api, registry, os.environ["FLOOR_API"].rstrip("/"), namespace,
-                                 workers, read_log)
+                                 workers, read_log, stagewright_objects)
         builds_open, pods_open = asyncio.Event(), asyncio.Event()
         watches = [
             asyncio.create_task(operator.list_then_watch(
@@ -276,9 +300,12 @@ def main() -> None:
     parser.add_argument("--read-log", choices=["before", "after"], default="",
                         help="attribution only: also GET the pod's log before (where "
                              "Stagewright does) or after writing Succeeded")
+    parser.add_argument("--objects", choices=["minimal", "stagewright"], default="minimal",
+                        help="attribution only: write Stagewright's own build pod and status "
+                             "patches (benchmarks/floor_objects.py) instead of the minimal ones")
     args = parser.parse_args()
     failures = asyncio.run(run(args.namespace, args.connections, args.workers,
-                               args.read_log, args.ready_file))
+                               args.read_log, args.ready_file, args.objects))
     sys.exit(1 if failures else 0)
 
 
