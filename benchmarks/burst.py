@@ -164,8 +164,11 @@ class StagewrightProcess:
         # try to list namespaces, which the operator's RBAC does not allow (a 50 s back-off).
         # The harness deletes the baseline's ImageBuilds before Stagewright starts.
         self.namespace = namespace
+        profile = os.environ.get("BENCH_CPROFILE")
+        launcher = ("-m", "benchmarks.cpu_profile", profile) if profile else (
+            "-m", "stagewright.cli")
         self.process = OperatorProcess(harness.control_plane, harness.work_dir / log_name, env={
-            "STAGEWRIGHT_RESYNC_SECONDS": "30", **(env or {})})
+            "STAGEWRIGHT_RESYNC_SECONDS": "30", **(env or {})}, launcher=launcher)
 
     def start(self) -> None:
         """Start and wait until live."""

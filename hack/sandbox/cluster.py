@@ -127,10 +127,13 @@ class OperatorProcess:
     """``stagewright run`` as a child process with the operator's own identity."""
 
     def __init__(self, control_plane: ControlPlane, log_file: Path,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None,
+                 launcher: tuple[str, ...] = ("-m", "stagewright.cli")) -> None:
         self.control_plane = control_plane
         self.log_file = log_file
         self.env = env or {}
+        #: What the interpreter runs with ``run`` appended (a profiler may wrap the module).
+        self.launcher = launcher
         self._process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Self:
@@ -157,7 +160,7 @@ class OperatorProcess:
         }
         log = self.log_file.open("ab")
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "stagewright.cli", "run"],
+            [sys.executable, *self.launcher, "run"],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + timeout
