@@ -476,6 +476,8 @@ class Reconciler:
     async def _verify(self, build: ImageBuild, log: Logger, digest: str,
                       finished_at: str | None, checks: list[dict[str, Any]] | None,
                       facts_read: asyncio.Future[BuildLog | None]) -> None:
+        """The registry's answer decides the outcome; the log, awaited only on success,
+        adds the cache report and the base image's share."""
         image = f"{build.spec.output.image}@{digest}"
         finished = _parse_time(finished_at) or datetime.now(UTC)
         patient = datetime.now(UTC) - finished < _VERIFY_GRACE
