@@ -9,6 +9,7 @@ fails, so a fault that turned a failure into a success, or the reverse, shows.
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -263,7 +264,7 @@ def _evict(sandbox: Sandbox, namespace: str, pod: str) -> None:
         json={"apiVersion": "policy/v1beta1", "kind": "Eviction",
               "metadata": {"name": pod, "namespace": namespace}},
         headers={"Authorization": f"Bearer {plane.admin.token}"},
-        verify=str(plane.pki / "ca.crt"), timeout=10)
+        verify=ssl.create_default_context(cafile=str(plane.pki / "ca.crt")), timeout=10)
     assert response.status_code == 201, response.text
 
 
