@@ -16,14 +16,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
-#: ``INFO[0003] message`` (Kaniko's default format; a timestamp with --log-timestamp) or
-#: ``time="..." level=info msg="message"`` (--log-format=text).
-_PREFIX = re.compile(r'^(?:[A-Z]{4}\[[^\]]*\]\s?|(?:time="[^"]*"\s+)?level=\w+\s+msg=")')
+#: One of Kaniko's own log lines: ``INFO[0003] message`` (its default format; a timestamp
+#: with --log-timestamp) or ``time="..." level=info msg="message"`` (--log-format=text).
+_LINE = re.compile(r'^(?:(?P<level>[A-Z]{4})\[[^\]]*\]\s?(?P<msg>.*)'
+                   r'|(?:time="[^"]*"\s+)?level=(?P<level2>\w+)\s+msg="(?P<msg2>.*?)"?)$')
 #: Kaniko's words for a step served from the registry cache, and for one run again: one
 #: definition for the operator's cache report and the command line's live progress.
 CACHE_HIT = re.compile(r"^Using caching version of cmd: (.+)$")
 CACHE_MISS = re.compile(r"^No cached layer found for cmd (.+)$")
-_STAGE = re.compile(r"^Building stage '(.+)' \[idx: '(-?\d+)', base-idx: '(-?\d+)'\]")
+#: The stage Kaniko starts: ``Building stage 'golang:1.22' [idx: '0', base-idx: '-1']``
+#: (base-idx: the earlier stage this one is built ``FROM``, -1 for an external image).
+STAGE = re.compile(r"^Building stage '?(?P<base>[^' ]+)'? \[idx: '?(?P<idx>-?\d+)'?"
+                   r"(?:, base-idx: '?(?P<base_idx>-?\d+)'?)?")
 _RUN = re.compile(r"^RUN\s.*$")
 
 
@@ -61,10 +65,21 @@ class BuildLog:
     base_image: str | None
 
 
+def kaniko_line(raw: str) -> tuple[str, str] | None:
+    """The level and message of one of Kaniko's own log lines (``("INFO", "RUN make")``);
+    None for any other line, such as the output of a ``RUN`` step."""
+    match = _LINE.match(_ANSI.sub("", raw).strip())
+    if match is None:
+        return None
+    if match.group("level") is not None:
+        return match.group("level"), match.group("msg").strip()
+    return match.group("level2"), match.group("msg2").strip()
+
+
 def _message(line: str) -> str:
-    text = _ANSI.sub("", line).strip()
-    text = _PREFIX.sub("", text)
-    return text.removesuffix('"').strip()
+    """A line's message without Kaniko's prefix (other lines as they are)."""
+    parsed = kaniko_line(line)
+    return parsed[1] if parsed else _ANSI.sub("", line).strip()
 
 
 def parse_build_log(lines: Iterable[str]) -> BuildLog:
@@ -73,8 +88,8 @@ def parse_build_log(lines: Iterable[str]) -> BuildLog:
     current = _Stage(base="", index=-1, base_index=-1)
     for line in lines:
         text = _message(line)
-        if stage := _STAGE.match(text):
-            current = _Stage(stage[1], int(stage[2]), int(stage[3]))
+        if stage := STAGE.match(text):
+            current = _Stage(stage["base"], int(stage["idx"]), int(stage["base_idx"] or -1))
             stages.append(current)
         elif hit := CACHE_HIT.match(text):
             current.hits[hit[1].strip()] += 1

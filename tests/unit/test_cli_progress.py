@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from stagewright.build_log import parse_build_log
 from stagewright.cli.progress import ProgressParser, Stage, dockerfile_stages
 
 #: A real log: Kaniko v1.28.3 on the sandbox's node, through `stagewright build --follow`.
@@ -144,3 +145,25 @@ def test_a_real_kaniko_log_reads_as_two_stages_one_miss_and_one_push() -> None:
                                "82f8d4ff1628b5c4683e70b0ad7a2bb2538"]
     assert progress.pushing == "10.244.0.1:5000/team-a/web:latest"
     assert progress.error is None
+
+
+def test_live_progress_and_the_cache_report_read_the_same_line_shapes() -> None:
+    # Kaniko's three prefixes: its default, --log-timestamp, and --log-format=text.
+    for prefix in ("INFO[0001] ", "INFO[2026-11-30T01:00:00Z] ",
+                   'time="2026-11-30T01:00:00Z" level=info msg="'):
+        end = '"' if prefix.startswith("time=") else ""
+        lines = [f"{prefix}{message}{end}" for message in (
+            "Building stage 'golang:1.22' [idx: '0', base-idx: '-1']",
+            "Using caching version of cmd: RUN make",
+            "No cached layer found for cmd RUN make test",
+            "RUN make",
+            "RUN make test",
+        )]
+        parser = ProgressParser()
+        for line in lines:
+            parser.feed(line)
+        report = parse_build_log(lines)
+        assert (parser.progress.stage, parser.progress.cache_hits,
+                parser.progress.cache_misses) == ("golang:1.22", 1, 1), prefix
+        assert (report.cache.hits, report.cache.misses, report.base_image) == (
+            1, 1, "golang:1.22"), prefix

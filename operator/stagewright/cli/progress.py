@@ -13,14 +13,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from stagewright.build_log import CACHE_HIT, CACHE_MISS
-from stagewright.status import strip_ansi
+from stagewright.build_log import CACHE_HIT, CACHE_MISS, STAGE, kaniko_line
 
-#: Kaniko's default log format (``INFO[0001] message``) and its text format (level=info msg=).
-_LOG_LINE = re.compile(
-    r'^(?:(?P<level>INFO|WARN|ERRO|FATA|DEBU|TRAC)\[\d+\]\s*(?P<msg>.*?)\s*'
-    r'|time="[^"]*" level=(?P<level2>\w+) msg="(?P<msg2>.*)")$')
-_STAGE = re.compile(r"^Building stage '?(?P<base>[^' ]+)'? \[idx: '?(?P<idx>\d+)'?")
 _PUSHING = re.compile(r"^Pushing image to (?P<ref>\S+)")
 #: Kaniko announces a layer for the cache repo before pushing it as an image of its own.
 _CACHE_PUSH = re.compile(r"^Pushing layer \S+ to cache now")
@@ -85,19 +79,18 @@ class ProgressParser:
 
     def feed(self, raw: str) -> bool:
         """Take one log line; True when it changed the progress."""
-        match = _LOG_LINE.match(strip_ansi(raw).strip())
-        if match is None:
+        parsed = kaniko_line(raw)
+        if parsed is None:
             return False
-        level = match.group("level") or match.group("level2") or ""
-        message = match.group("msg") if match.group("level") else match.group("msg2")
+        level, message = parsed
         if level in _ERROR_LEVELS:
             self.progress.error = message
             return True
-        return self._info(message or "")
+        return self._info(message)
 
     def _info(self, message: str) -> bool:
         progress = self.progress
-        if stage := _STAGE.match(message):
+        if stage := STAGE.match(message):
             self._start_stage(stage.group("base"), int(stage.group("idx")))
         elif CACHE_HIT.match(message):
             progress.cache_hits += 1
