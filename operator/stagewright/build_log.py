@@ -68,7 +68,12 @@ class BuildLog:
 def kaniko_line(raw: str) -> tuple[str, str] | None:
     """The level and message of one of Kaniko's own log lines (``("INFO", "RUN make")``);
     None for any other line, such as the output of a ``RUN`` step."""
-    match = _LINE.match(_ANSI.sub("", raw).strip())
+    return _split(_ANSI.sub("", raw).strip())
+
+
+def _split(clean: str) -> tuple[str, str] | None:
+    """``kaniko_line`` of a line already without colour codes and surrounding blanks."""
+    match = _LINE.match(clean)
     if match is None:
         return None
     if match.group("level") is not None:
@@ -78,8 +83,9 @@ def kaniko_line(raw: str) -> tuple[str, str] | None:
 
 def _message(line: str) -> str:
     """A line's message without Kaniko's prefix (other lines as they are)."""
-    parsed = kaniko_line(line)
-    return parsed[1] if parsed else _ANSI.sub("", line).strip()
+    clean = _ANSI.sub("", line).strip()
+    parsed = _split(clean)
+    return parsed[1] if parsed else clean
 
 
 def parse_build_log(lines: Iterable[str]) -> BuildLog:
