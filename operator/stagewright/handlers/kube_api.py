@@ -329,7 +329,7 @@ class KubeApi:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ApiError(503, f"{type(exc).__name__}: {exc}", "Unreachable") from exc
         if status >= 400:
-            raise ApiError(status, bytes(body[:500]).decode(errors="replace"))
+            raise api_error(status, bytes(body))
         return bytes(body).decode(errors="replace")
 
     async def delete_pod(self, namespace: str, name: str) -> bool:
