@@ -407,18 +407,17 @@ class Costs:
         servers = {name: round(used - self.servers.get(name, 0.0), 2)
                    for name, used in _server_cpu(self.harness).items()}
         servers["harness_and_standin_kubelet"] = round(time.process_time() - self.own, 2)
-        if self.operator.pid != self.pid:  # restarted (the restart scenario): its CPU is gone
-            return {"operator_cpu_seconds": None, "operator_runqueue_wait_seconds": None,
-                    "operator_restarted": True, "server_cpu_seconds": servers,
-                    "load_average_before_after": [[round(x, 2) for x in self.load],
-                                                  [round(x, 2) for x in os.getloadavg()]]}
+        # Restarted (the restart scenario): the first process's CPU went with it.
+        restarted = self.operator.pid != self.pid
         return {
             # CPU the operator used for the burst: unlike wall time, not inflated by other load.
-            "operator_cpu_seconds": round(cpu_seconds(self.pid) - self.cpu, 2),
+            "operator_cpu_seconds": None if restarted else round(
+                cpu_seconds(self.pid) - self.cpu, 2),
             # Seconds its threads were runnable but waited for a core (schedstat): how much
             # the rest of the machine held it back.
-            "operator_runqueue_wait_seconds": round(
+            "operator_runqueue_wait_seconds": None if restarted else round(
                 runqueue_wait_seconds(self.pid) - self.wait, 2),
+            **({"operator_restarted": True} if restarted else {}),
             "server_cpu_seconds": servers,
             "load_average_before_after": [[round(x, 2) for x in self.load],
                                           [round(x, 2) for x in os.getloadavg()]],
