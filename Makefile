@@ -18,7 +18,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(STAGEWRIGHT_CACHE)/bin:$(PATH)
 # The sandbox (hack/sandbox) is test and demo infrastructure, not part of the package.
 export PYTHONPATH := $(CURDIR)/hack
 
-.PHONY: help deps deps-test demo test test-faults test-unit test-cluster test-e2e e2e-deps lint crds kind-up kind-down clean
+.PHONY: help deps deps-test demo sandbox sandbox-down quickstart-check test test-faults test-unit test-cluster test-e2e e2e-deps lint crds kind-up kind-down clean
 
 help: ## List the commands
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -33,6 +33,15 @@ deps-test:
 
 demo: deps ## Build a multi-stage sample at two targets on the sandbox node, print both statuses
 	$(PY) -m sandbox.demo
+
+sandbox: deps ## Start the sandbox and keep it up for kubectl and stagewright (Ctrl-C stops it)
+	$(PY) -m sandbox.keep
+
+sandbox-down: ## Stop the sandbox `make sandbox` keeps up, from any terminal
+	$(PY) -m sandbox.keep --down
+
+quickstart-check: deps ## Run the README's quick start word for word on `make sandbox` (CI)
+	$(PY) -m sandbox.quickstart_check
 
 test: deps-test lint ## Lint, then run the unit and cluster test tiers (CI runs this, then test-faults)
 	$(PY) -m pytest -m "not faults" tests/unit tests/cluster tests/e2e

@@ -39,12 +39,17 @@ for _, condition in ipairs(obj.status.conditions) do
   end
 end
 
+-- "Reason: message"; Stalled's message already starts with its reason (for kstatus clients).
 local function describe(condition)
   local text = condition.reason or ""
-  if condition.message ~= nil and condition.message ~= "" then
-    text = text .. ": " .. condition.message
+  local message = condition.message or ""
+  if message == "" then
+    return text
   end
-  return text
+  if string.sub(message, 1, string.len(text) + 1) == text .. ":" then
+    return message
+  end
+  return text .. ": " .. message
 end
 
 if byType.Stalled ~= nil and byType.Stalled.status == "True" then

@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sandbox.host_lock import HostLock, NodeBusyError
 from sandbox.images import KanikoMissingError, kaniko_executor
 from sandbox.stack import IMAGEBUILD_API, Sandbox
 from stagewright.status import human_size
@@ -125,7 +126,8 @@ def run(work_dir: Path) -> int:
     started = time.monotonic()
     print("Starting the sandbox: kube-apiserver + etcd, registry, images, a node "
           "(containerd, kubelet, scheduler, controller-manager), operator...")
-    with Sandbox(work_dir) as sandbox:
+    lock = HostLock("make demo", notify=lambda message: print(f"  {message}", flush=True))
+    with Sandbox(work_dir, lock=lock) as sandbox:
         waited = sandbox.timings.get("waiting for another sandbox's node", 0.0)
         if waited >= 1:
             print(f"  waited {waited:.1f}s for another sandbox's node to stop (one per machine)")
@@ -170,11 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     except KanikoMissingError as exc:
         print(f"make demo needs the real Kaniko executor: {exc}", file=sys.stderr)
         return 2
-    if args.keep:
-        args.keep.mkdir(parents=True, exist_ok=True)
-        return run(args.keep)
-    with tempfile.TemporaryDirectory(prefix="stagewright-demo-") as work_dir:
-        return run(Path(work_dir))
+    try:
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            return run(args.keep)
+        with tempfile.TemporaryDirectory(prefix="stagewright-demo-") as work_dir:
+            return run(Path(work_dir))
+    except NodeBusyError as exc:  # a kept sandbox (make sandbox) holds the node
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -50,6 +50,10 @@ HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 PAUSE_SCRIPT = 'trap "exit 0" TERM INT; while :; do sleep 3600 & wait $!; done'
 
 
+#: The busybox base image's place in the sandbox registry (samples name it: make sandbox).
+BASE_REPOSITORY = "stagewright-sandbox/busybox:latest"
+
+
 class KanikoMissingError(RuntimeError):
     """The Kaniko executor is not where the sandbox looks for it (a clone outside the project)."""
 
@@ -81,7 +85,7 @@ def build_images(registry: str, *, work_dir: Path) -> SandboxImages:
     try:
         builder = _Buildah(scratch, registry)
         rootfs = _busybox_rootfs(scratch / "busybox")
-        base = builder.image(rootfs, f"{registry}/stagewright-sandbox/busybox:latest",
+        base = builder.image(rootfs, f"{registry}/{BASE_REPOSITORY}",
                              ["--cmd", "/bin/sh", "--env", "PATH=/bin:/usr/bin",
                               "--workingdir", "/"])
         pause = builder.image(rootfs, f"{registry}/stagewright-sandbox/pause:latest",

@@ -15,7 +15,6 @@ Recipe and settings from FACTS.md ("A real node"). Two parts, entered in this or
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shlex
@@ -25,12 +24,13 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import Self
 
 from kubernetes import client, config
 
 from sandbox.buildah import mounts_under
 from sandbox.controlplane import NODE_NAME, ControlPlane, kubernetes_binary
+from sandbox.host_lock import HostLock
 from sandbox.processes import Service, free_port, stop_group
 
 #: Host-wide names, in one place: only one sandbox node can exist on a machine at a time.
@@ -45,7 +45,6 @@ GATEWAY = "10.244.0.1"
 #: timeout"). Docker fixes docker0's MAC for the same reason.
 BRIDGE_MAC = "02:53:57:00:00:01"
 CNI_NETWORK = "stagewright-sandbox"
-LOCK_FILE = Path("/run/stagewright-sandbox-node.lock")
 CNI_PLUGINS = Path("/usr/lib/cni")
 #: Paths the kubelet, containerd and CNI write whatever they are told: removed on exit when
 #: they did not exist before (the lock makes them ours meanwhile).
@@ -68,8 +67,9 @@ def _run(*argv: str, check: bool = True) -> str:
 class NodeHost:
     """The host side of the node: lock, bridge, and the undo of every host change."""
 
-    def __init__(self) -> None:
-        self._lock: IO[bytes] | None = None
+    def __init__(self, lock: HostLock | None = None) -> None:
+        #: Who this node is for, written into the machine-wide lock (see host_lock).
+        self.lock = lock or HostLock("a sandbox")
         self._ip_forward = ""
         self._iptables: dict[str, set[str]] = {}
         self._existing_dirs: set[Path] = set()
@@ -78,11 +78,8 @@ class NodeHost:
         self.lock_wait_seconds = 0.0
 
     def __enter__(self) -> Self:
-        started = time.monotonic()
-        lock = LOCK_FILE.open("ab")
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a second sandbox queues here
-        self._lock = lock
-        self.lock_wait_seconds = time.monotonic() - started
+        self.lock.acquire()  # a second sandbox queues here, or is refused (a kept one)
+        self.lock_wait_seconds = self.lock.waited_seconds
         try:
             self._snapshot()
             self._make_bridge()
@@ -128,10 +125,7 @@ class NodeHost:
             if failures:
                 raise failures[0]
         finally:
-            lock, self._lock = self._lock, None
-            if lock is not None:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-                lock.close()
+            self.lock.release()
 
     def _restore_ip_forward(self) -> None:
         if self._ip_forward:

@@ -89,7 +89,7 @@ class LocalRegistry:
 
     def __init__(
         self, *, htpasswd: tuple[str, str] | None = None, tls: bool = False,
-        address: str = "127.0.0.1", private_ca: bool = False,
+        address: str = "127.0.0.1", private_ca: bool = False, port: int = 0,
     ) -> None:
         self.htpasswd = htpasswd
         #: ``private_ca``: TLS with a certificate signed by a CA of its own (``cert_path`` is
@@ -98,7 +98,10 @@ class LocalRegistry:
         self.tls = tls or private_ca
         #: 127.0.0.1, or the sandbox bridge's gateway when build pods must reach it.
         self.address = address
-        self.port = 0
+        #: A fixed port (``make sandbox``: an address users can write down), or 0 for any free
+        #: one (tests, several registries at once).
+        self.fixed_port = port
+        self.port = port
         self.cert_path: Path | None = None
         self._dir: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -151,10 +154,11 @@ class LocalRegistry:
             )
         self._dir = Path(tempfile.mkdtemp(prefix="stagewright-registry-"))
         try:
-            for attempt in range(_START_ATTEMPTS):
-                self.port = free_port(self.address)
+            attempts = 1 if self.fixed_port else _START_ATTEMPTS
+            for attempt in range(attempts):
+                self.port = self.fixed_port or free_port(self.address)
                 config = self._write_config(self._dir)
-                if self._launch(config, last_attempt=attempt == _START_ATTEMPTS - 1):
+                if self._launch(config, last_attempt=attempt == attempts - 1):
                     return
         except BaseException:
             self.stop()

@@ -23,6 +23,7 @@ from kubernetes import client
 
 from sandbox.cluster import Cluster, OperatorProcess, install_stagewright
 from sandbox.controlplane import OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT, ControlPlane
+from sandbox.host_lock import HostLock
 from sandbox.images import SandboxImages, build_images
 from sandbox.node import BRIDGE, GATEWAY, Node, NodeHost
 from sandbox.registry import LocalRegistry
@@ -37,14 +38,16 @@ POD_SECURITY = Path(__file__).with_name("pod-security.yaml")
 class Sandbox:
     """A running sandbox; ``admin`` is a cluster client with full rights for the caller."""
 
-    def __init__(self, work_dir: Path, operator_env: dict[str, str] | None = None) -> None:
+    def __init__(self, work_dir: Path, operator_env: dict[str, str] | None = None, *,
+                 lock: HostLock | None = None, registry_port: int = 0) -> None:
         self.work_dir = work_dir
         self._stack = contextlib.ExitStack()
         self.control_plane = ControlPlane(work_dir / "control-plane", pod_security_policy=True,
                                           service_accounts=True)
-        self.node_host = NodeHost()
+        #: ``lock`` says who holds the machine's one node (``make test``, ``make sandbox``).
+        self.node_host = NodeHost(lock)
         #: On the bridge's gateway: containerd pulls from it and Kaniko pushes to it.
-        self.registry = LocalRegistry(address=GATEWAY)
+        self.registry = LocalRegistry(address=GATEWAY, port=registry_port)
         self.operator_env = operator_env or {}
         self.admin: Cluster
         self.node: Node
@@ -69,6 +72,10 @@ class Sandbox:
         self.timings[what] = time.monotonic() - started
 
     def _start(self) -> None:
+        # The node's host lock first: a sandbox that must wait (or is refused: a kept one
+        # holds the node) says so before it starts anything. Waiting is not start-up.
+        self._stack.enter_context(self.node_host)
+        self.timings["waiting for another sandbox's node"] = self.node_host.lock_wait_seconds
         started = time.monotonic()
         (self.work_dir / "control-plane").mkdir(parents=True, exist_ok=True)
         self._stack.enter_context(self.control_plane)
@@ -77,10 +84,6 @@ class Sandbox:
         install_stagewright(self.admin)
         self.admin.apply(doc for doc in yaml.safe_load_all(POD_SECURITY.read_text()) if doc)
         started = time.monotonic()
-        self._stack.enter_context(self.node_host)
-        # Another sandbox's node holds the host lock until it stops: waiting is not start-up.
-        self.timings["waiting for another sandbox's node"] = self.node_host.lock_wait_seconds
-        started += self.node_host.lock_wait_seconds
         self._stack.enter_context(self.registry)
         self.images = build_images(self.registry.host, work_dir=self.work_dir)
         self.base_image = self.images.base

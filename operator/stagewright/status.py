@@ -321,7 +321,12 @@ def _condition(previous: list[Condition], type_: str, status: str, reason: str, 
 
 def conditions_for(phase: Phase, reason: Reason, message: str, generation: int,
                    previous: list[Condition], now: str) -> list[Condition]:
-    """kstatus conditions: Reconciling while building, Stalled on failure, Ready on success."""
+    """kstatus conditions: Reconciling while building, Stalled on failure, Ready on success.
+
+    Stalled's message starts with the reason: kstatus clients (Helm 4 ``--wait``, Flux) print
+    a failed object's message and not its reason, and "BuildFailed: ..." is what a person
+    reading a failed ``helm install`` needs first.
+    """
     active = phase in (Phase.PENDING, Phase.BUILDING)
     failed = phase is Phase.FAILED
     done = phase is Phase.SUCCEEDED
@@ -331,7 +336,7 @@ def conditions_for(phase: Phase, reason: Reason, message: str, generation: int,
         _condition(previous, "Reconciling", "True" if active else "False", reason,
                    message if active else "", generation, now),
         _condition(previous, "Stalled", "True" if failed else "False", reason,
-                   message if failed else "", generation, now),
+                   f"{reason}: {message}" if failed else "", generation, now),
     ]
 
 

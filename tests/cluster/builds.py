@@ -44,10 +44,15 @@ def pods(sandbox: Sandbox, namespace: str, build: str) -> list[dict[str, Any]]:
 
 
 def wait_phase(sandbox: Sandbox, namespace: str, name: str, phase: str,
-               timeout: float = 60) -> dict[str, Any]:
-    return sandbox.admin.wait_for(
-        IMAGEBUILD_API, "ImageBuild", name, namespace,
-        lambda o: (o.get("status") or {}).get("phase") == phase, timeout, phase)
+               timeout: float = 60, reason: str | None = None) -> dict[str, Any]:
+    """Wait for ``phase`` (and ``reason``, if given: a new ImageBuild is Pending from its
+    first moment, AwaitingOperator, so Pending alone says nothing about the operator)."""
+    def reached(obj: dict[str, Any]) -> bool:
+        status = obj.get("status") or {}
+        return status.get("phase") == phase and reason in (None, status.get("reason"))
+
+    return sandbox.admin.wait_for(IMAGEBUILD_API, "ImageBuild", name, namespace, reached,
+                                  timeout, f"{phase} {reason or ''}".strip())
 
 
 def wait_pod_running(sandbox: Sandbox, namespace: str, name: str) -> dict[str, Any]:

@@ -9,16 +9,19 @@ Kaniko executor from ``../shared/kaniko/``; where it is absent the tier skips, s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from tests.cluster.installs import OperatorImage, build_operator_image
 
+from sandbox.host_lock import HostLock, NodeBusyError
 from sandbox.images import KanikoMissingError, kaniko_executor
 from sandbox.stack import Sandbox
 
@@ -27,7 +30,8 @@ REQUIRED = ("etcd", "docker-registry", "buildah", "skopeo", "openssl", "containe
 
 
 @pytest.fixture(scope="session")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+def sandbox(tmp_path_factory: pytest.TempPathFactory,
+            request: pytest.FixtureRequest) -> Iterator[Sandbox]:
     """Control plane + CRD/RBAC + registry + images + real node + operator."""
     missing = [tool for tool in REQUIRED if shutil.which(tool) is None]
     if missing:
@@ -38,9 +42,21 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
         kaniko_executor()
     except KanikoMissingError as exc:
         pytest.skip(str(exc))
-    with Sandbox(Path(tmp_path_factory.mktemp("sandbox"))) as running:
-        yield running
+    lock = HostLock("a test run (pytest tests/cluster)",
+                    notify=lambda message: _say(request.config, message))
+    try:
+        with Sandbox(Path(tmp_path_factory.mktemp("sandbox")), lock=lock) as running:
+            yield running
+    except NodeBusyError as exc:  # raised by the start only: a kept sandbox holds the node
+        pytest.fail(f"{exc}; the tests start a sandbox of their own", pytrace=False)
     SANDBOX_TIMINGS.update(running.timings)
+
+
+def _say(config: pytest.Config, message: str) -> None:
+    """Print past pytest's capture: a run waiting for the node must say what it waits for."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        print(f"\n{message}", file=sys.stderr, flush=True)
 
 
 #: Start-up phases of the session's sandbox, reported at the end of the run.

@@ -198,6 +198,45 @@ def test_the_current_contexts_namespace_and_the_kubectl_plugin(
     assert plugin.stdout.splitlines()[1].split()[0] == "plugin"
 
 
+def test_a_file_with_its_own_namespace_is_applied_as_kubectl_applies_it(
+        sandbox: Sandbox, namespace: str, tmp_path: Path) -> None:
+    """A Namespace, a ConfigMap and an ImageBuild in it, no -n (the context says default):
+    kubectl applies each object in its own namespace, creating the Namespace first. The build
+    pod's namespace is seconds old, so its default ServiceAccount may not exist yet: the build
+    must wait for it, not fail."""
+    shop = f"shop-{namespace[-6:]}"  # the test namespace hash: unique, and short
+    objects = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": shop}},
+               context(shop, DOCKERFILE, files={"app.sh": "echo hi\n"}),
+               imagebuild(sandbox, shop, "web", target="runtime")]
+    path = tmp_path / "shop.yaml"
+    # ImageBuild first, Namespace last: the CLI orders them as a build needs.
+    path.write_text(yaml.safe_dump_all(list(reversed(objects)), sort_keys=False))
+    try:
+        result = cli(sandbox, "build", "-f", str(path), "--follow", "--timeout", "4m")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.splitlines()[:3] == [
+            f"namespace/{shop} created", "configmap/ctx created",
+            "imagebuild.stagewright.dev/web created"]
+        digest, _ = manifest(sandbox, f"{shop}/web", "latest")
+        assert last_line(result) == (f"ImageBuild web Succeeded: "
+                                     f"{sandbox.registry.host}/{shop}/web@{digest}")
+
+        # An explicit -n that differs from the file's is refused as kubectl refuses it, before
+        # anything is written.
+        refused = cli(sandbox, "build", "-f", str(path), "-n", namespace)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert refused.stderr.startswith(
+            f"error: the namespace from the provided object '{shop}' does not match the "
+            f"namespace '{namespace}'. You must pass '--namespace={shop}'")
+        assert sandbox.imagebuild("web", namespace) is None
+        # The same -n as the file's is fine; objects without a namespace take -n.
+        same = cli(sandbox, "build", "-f", str(path), "-n", shop)
+        assert same.returncode == 0, same.stderr
+        assert "imagebuild.stagewright.dev/web unchanged" in same.stdout
+    finally:
+        sandbox.admin.delete("v1", "Namespace", shop)
+
+
 def test_timeout_gives_up_with_exit_3_and_the_build_goes_on(
         sandbox: Sandbox, namespace: str, tmp_path: Path) -> None:
     path = build_file(sandbox, tmp_path, namespace, "slow", SLOW)

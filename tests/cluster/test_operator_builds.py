@@ -327,11 +327,29 @@ def test_a_missing_context_is_reported_and_the_build_starts_once_it_exists(
         sandbox: Sandbox, namespace: str) -> None:
     admin = sandbox.admin
     admin.apply([imagebuild(sandbox, namespace, "early")])  # its ConfigMap comes later
-    pending = wait_phase(sandbox, namespace, "early", "Pending")["status"]
-    assert pending["reason"] == "ReferenceNotFound"
+    pending = wait_phase(sandbox, namespace, "early", "Pending",
+                         reason="ReferenceNotFound")["status"]
     assert "ConfigMap ctx" in pending["message"]
     assert pods(sandbox, namespace, "early") == []
     admin.apply([context(namespace, "ARG BASE\nFROM ${BASE}\nRUN echo late > /late\n")])
     status = sandbox.wait_settled("early", namespace)["status"]
     assert status["phase"] == "Succeeded"
     assert len(pods(sandbox, namespace, "early")) == 1
+
+
+def test_a_missing_service_account_is_waited_for_not_failed(sandbox: Sandbox,
+                                                            namespace: str) -> None:
+    """The ServiceAccount admission plugin refuses a pod whose account does not exist (a
+    namespace created a moment ago has no default one yet): the build waits, in words."""
+    admin = sandbox.admin
+    admin.apply([context(namespace, "ARG BASE\nFROM ${BASE}\nRUN echo ok > /ok\n"),
+                 imagebuild(sandbox, namespace, "robot", serviceAccountName="builder")])
+    pending = wait_phase(sandbox, namespace, "robot", "Pending",
+                         reason="ReferenceNotFound")["status"]
+    assert pending["message"] == (f"Waiting for ServiceAccount builder in namespace "
+                                  f"{namespace}; the build starts when it exists.")
+    assert pods(sandbox, namespace, "robot") == []
+    admin.apply([{"apiVersion": "v1", "kind": "ServiceAccount",
+                  "metadata": {"name": "builder", "namespace": namespace}}])
+    status = sandbox.wait_settled("robot", namespace, timeout=240)["status"]
+    assert status["phase"] == "Succeeded", status

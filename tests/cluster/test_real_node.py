@@ -76,8 +76,8 @@ def test_an_image_that_cannot_be_pulled_shows_the_kubelets_words_then_times_out(
     admin = sandbox.admin
     admin.apply([context(namespace, "ARG BASE\nFROM ${BASE}\nRUN true\n")])
     admin.apply([imagebuild(sandbox, namespace, "unpullable", timeout="20s")])
-    waiting = wait_phase(sandbox, namespace, "unpullable", "Pending", timeout=60)["status"]
-    assert waiting["reason"] == "PodWaiting", waiting
+    waiting = wait_phase(sandbox, namespace, "unpullable", "Pending", timeout=60,
+                         reason="PodWaiting")["status"]
     assert any(words in waiting["message"] for words in ("ErrImagePull", "ImagePullBackOff")), \
         waiting
     assert "no-such-tag" in waiting["message"]

@@ -14,6 +14,7 @@ from stagewright.cli.apply import (
     Action,
     FileError,
     Wanted,
+    apply_order,
     decide,
     load_documents,
     new_rebuild_token,
@@ -55,13 +56,28 @@ def test_load_documents_validates_imagebuilds_before_any_write(tmp_path: Path) -
         load_documents("- 1\n", "list.yaml")
 
 
-def test_placed_takes_the_commands_namespace_and_refuses_a_different_one() -> None:
-    document = {"kind": "ImageBuild", "metadata": {"name": "web"}}
-    assert placed(document, "team-a")["metadata"]["namespace"] == "team-a"
-    assert "namespace" not in document["metadata"]  # the caller's dict is left alone
-    with pytest.raises(FileError, match="is in namespace team-b, but the command targets team-a"):
-        placed({"kind": "ImageBuild", "metadata": {"name": "web", "namespace": "team-b"}},
-               "team-a")
+def test_placed_follows_kubectls_namespace_rules() -> None:
+    bare = {"kind": "ImageBuild", "metadata": {"name": "web"}}
+    own = {"kind": "ConfigMap", "metadata": {"name": "ctx", "namespace": "shop"}}
+    # Without -n: an object without a namespace takes the context's; one with its own keeps it.
+    assert placed(bare, "default", explicit=False)["metadata"]["namespace"] == "default"
+    assert placed(own, "default", explicit=False)["metadata"]["namespace"] == "shop"
+    assert "namespace" not in bare["metadata"]  # the caller's dict is left alone
+    # With -n: objects without one take it; the same namespace is fine; another is refused.
+    assert placed(bare, "team-a", explicit=True)["metadata"]["namespace"] == "team-a"
+    assert placed(own, "shop", explicit=True)["metadata"]["namespace"] == "shop"
+    with pytest.raises(FileError, match=r"the namespace from the provided object 'shop' does "
+                       r"not match the namespace 'team-a'\. You must pass '--namespace=shop'"):
+        placed(own, "team-a", explicit=True)
+
+
+def test_apply_order_puts_namespaces_first_and_imagebuilds_last() -> None:
+    documents = [{"kind": kind, "metadata": {"name": name}} for kind, name in (
+        ("ImageBuild", "a"), ("ConfigMap", "ctx"), ("Namespace", "shop"), ("Secret", "s"),
+        ("ImageBuild", "b"))]
+    ordered = [(d["kind"], d["metadata"]["name"]) for d in apply_order(documents)]
+    assert ordered == [("Namespace", "shop"), ("ConfigMap", "ctx"), ("Secret", "s"),
+                       ("ImageBuild", "a"), ("ImageBuild", "b")]
 
 
 def test_updated_body_replaces_spec_and_merges_metadata() -> None:

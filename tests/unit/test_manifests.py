@@ -33,6 +33,9 @@ from tests.tooling import (
     validate,
 )
 
+from sandbox.images import BASE_REPOSITORY
+from sandbox.keep import REGISTRY_PORT
+from sandbox.node import GATEWAY
 from stagewright.api.v1alpha1 import ImageBuild
 from stagewright.settings import DEFAULT_BUILDAH_IMAGE, DEFAULT_KANIKO_IMAGE
 
@@ -296,3 +299,19 @@ def test_buildah_sample_is_a_buildah_build_the_operator_accepts() -> None:
     bases = re.findall(r"^FROM\s+(\S+)", dockerfile, flags=re.MULTILINE)
     # Registry-qualified: short names resolve through the image's registries.conf.
     assert all(base == "scratch" or "." in base.split("/")[0] for base in bases), bases
+
+
+def test_sandbox_quickstart_sample_names_the_kept_sandboxs_registry_and_base() -> None:
+    """`make sandbox` serves its registry at a fixed address so this file can name it; the
+    README's quick start builds it word for word (hack/sandbox/quickstart_check.py, in CI)."""
+    docs = _samples_in("sandbox-quickstart.yaml")
+    registry = f"{GATEWAY}:{REGISTRY_PORT}"
+    namespace = one(docs, "Namespace")["metadata"]["name"]
+    build = one(docs, "ImageBuild")
+    assert build["metadata"]["namespace"] == one(docs, "ConfigMap")["metadata"]["namespace"] == (
+        namespace)  # no -n needed: the file's own namespace is used, as kubectl does
+    assert build["spec"]["output"]["image"].startswith(f"{registry}/")
+    assert build["spec"]["output"]["insecure"] is True
+    dockerfile = one(docs, "ConfigMap")["data"]["Dockerfile"]
+    assert f"ARG BASE={registry}/{BASE_REPOSITORY}" in dockerfile
+    ImageBuild.model_validate(build)

@@ -341,3 +341,25 @@ async def test_a_pod_refused_by_a_terminating_namespace_is_not_reported_as_rejec
     await reconciler.reconcile(NS, NAME)
     assert status_of(emu) == {}
     assert warning_reasons(emu) == []
+
+
+async def test_a_pod_refused_for_a_missing_service_account_waits_for_it(
+        emu: FaultyEmulator, reconciler: Reconciler) -> None:
+    """A namespace applied together with its ImageBuild has no default ServiceAccount for a
+    moment, and the ServiceAccount admission plugin refuses pods meanwhile (its exact words
+    below, as kube-apiserver 1.20 says them): the build waits, it does not fail."""
+    emu.objects[IMAGEBUILDS, NS, NAME] = imagebuild()
+    emu.refuse(emu["post", PODS], 403, "Forbidden",
+               f'pods "{POD}" is forbidden: error looking up service account {NS}/default: '
+               'serviceaccount "default" not found')
+    await reconciler.reconcile(NS, NAME)
+    status = status_of(emu)
+    assert (status["phase"], status["reason"]) == ("Pending", "ReferenceNotFound")
+    assert status["message"] == (f"Waiting for ServiceAccount default in namespace {NS}; the "
+                                 "build starts when it exists.")
+    assert warning_reasons(emu) == ["ReferenceNotFound"]
+
+    await reconciler.reconcile(NS, NAME)  # the resync, once the account exists
+    status = status_of(emu)
+    assert (status["phase"], status["podName"]) == ("Building", POD)
+    assert pod_posts(emu) == 2

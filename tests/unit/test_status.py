@@ -174,6 +174,9 @@ def test_conditions_follow_kstatus() -> None:
     by_type = conditions(failed)
     assert by_type["Stalled"]["status"] == "True"
     assert by_type["Stalled"]["reason"] == "BuildFailed"
+    # kstatus clients (Helm 4, Flux) print the message only: it leads with the reason.
+    assert by_type["Stalled"]["message"] == "BuildFailed: boom"
+    assert failed["message"] == "boom"
     assert by_type["Reconciling"]["status"] == "False"
     # Ready stayed False: its transition time is kept, as metav1.Condition requires.
     assert by_type["Ready"]["lastTransitionTime"] == "2026-11-27T00:00:00Z"

@@ -18,6 +18,7 @@ from stagewright.api.v1alpha1 import (
     PLURAL,
     SHORT_NAMES,
     SINGULAR,
+    UNOBSERVED_STATUS,
     VERSION,
     ImageBuildSpec,
     ImageBuildStatus,
@@ -108,6 +109,8 @@ def imagebuild_crd() -> dict[str, Any]:
     status_schema = _without_defaults(model_schema(ImageBuildStatus))
     spec_schema["description"] = "What to build and where to push it."
     status_schema["description"] = "What the operator observed; written only by the operator."
+    # The one default in status: "not observed yet", so a new ImageBuild reads as in progress.
+    status_schema["default"] = UNOBSERVED_STATUS
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

@@ -9,6 +9,8 @@ from enum import StrEnum
 class Reason(StrEnum):
     """Why an ImageBuild is in its phase (status.reason and condition reasons)."""
 
+    #: The API server's default status: applied, not yet seen by the operator.
+    AWAITING_OPERATOR = "AwaitingOperator"
     BUILDING = "Building"
     QUEUED = "Queued"
     WAITING = "PodWaiting"

@@ -24,6 +24,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from stagewright.api.reasons import Reason
+
 GROUP = "stagewright.dev"
 VERSION = "v1alpha1"
 KIND = "ImageBuild"
@@ -517,6 +519,21 @@ class ImageBuildStatus(_Model):
     history: list[BuildRecord] | None = Field(
         default=None, max_length=5, description="The last 5 finished builds, newest first.",
     )
+
+
+#: The status the API server gives an ImageBuild the operator has not written yet (the CRD's
+#: default for ``status``, applied on create and on every read). kstatus, which Helm 4's
+#: ``--wait``, Flux's ``wait``/health checks and ``kubectl wait`` rely on, calls a custom
+#: resource with neither conditions nor ``observedGeneration`` Current: without this default a
+#: new ImageBuild looks finished until the operator's first write, a race every GitOps apply
+#: lost. ``observedGeneration: 0`` is behind every real generation, so kstatus says
+#: InProgress from the first moment, whether or not an operator is running.
+UNOBSERVED_STATUS: dict[str, Any] = {
+    "phase": "Pending",
+    "reason": Reason.AWAITING_OPERATOR.value,
+    "message": "Waiting for the Stagewright operator to start the build.",
+    "observedGeneration": 0,
+}
 
 
 class ImageBuild(_Model):

@@ -101,14 +101,29 @@ def _validate(document: dict[str, Any]) -> None:
                         + "\n".join(problems)) from None
 
 
-def placed(document: dict[str, Any], namespace: str) -> dict[str, Any]:
-    """The document in the command's namespace; a different namespace in it is an error."""
+def placed(document: dict[str, Any], namespace: str, *, explicit: bool) -> dict[str, Any]:
+    """The document in its namespace, by kubectl's rules.
+
+    An object's own namespace wins when ``-n`` was not given; one without a namespace takes
+    ``namespace`` (``-n``, or the context's). An explicit ``-n`` that differs from the file's
+    is refused, with kubectl's words. Cluster-scoped objects (a Namespace) ignore it when
+    applied.
+    """
     given = document["metadata"].get("namespace")
-    if given and given != namespace:
-        raise FileError(f"{document['kind']} {document['metadata']['name']} is in namespace "
-                        f"{given}, but the command targets {namespace} (drop -n, or the "
-                        "namespace in the file)")
-    return {**document, "metadata": {**document["metadata"], "namespace": namespace}}
+    if given and explicit and given != namespace:
+        raise FileError(f"the namespace from the provided object {given!r} does not match the "
+                        f"namespace {namespace!r}. You must pass '--namespace={given}' to "
+                        f"perform this operation ({document['kind']} "
+                        f"{document['metadata']['name']}).")
+    return {**document, "metadata": {**document["metadata"], "namespace": given or namespace}}
+
+
+def apply_order(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Namespaces first, then the other objects, then ImageBuilds (each in file order): what
+    a build reads (its namespace, ConfigMap context, Secrets) exists before it is asked for."""
+    def rank(document: dict[str, Any]) -> int:
+        return 0 if document["kind"] == "Namespace" else 2 if document["kind"] == KIND else 1
+    return sorted(documents, key=rank)
 
 
 def updated_body(existing: Mapping[str, Any], document: Mapping[str, Any]) -> dict[str, Any]:

@@ -47,12 +47,13 @@ def read_file(filename: str) -> list[dict[str, Any]]:
 def build(kube: Kube, documents: list[dict[str, Any]], *, follow: bool, rebuild: bool,
           options: FollowOptions) -> int:
     """``stagewright build -f FILE``: apply, then (with --follow) follow each build to its end."""
-    placed = [applying.placed(d, kube.namespace) for d in documents]
+    placed = applying.apply_order([
+        applying.placed(d, kube.namespace, explicit=kube.namespace_explicit) for d in documents])
     console = make_console()
     applied: list[tuple[Applied, dict[str, Any]]] = []
     for document in placed:
         if document["kind"] != KIND:
-            what = kube.apply_object(document, kube.namespace)
+            what = kube.apply_object(document, document["metadata"]["namespace"])
             console.print(f"{document['kind'].lower()}/{document['metadata']['name']} {what}",
                           markup=False)
     for document in placed:

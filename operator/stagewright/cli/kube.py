@@ -52,6 +52,9 @@ class Kube:
     def __init__(self, target: KubeTarget) -> None:
         self.api_client, default_namespace = _connect(target)
         self.namespace = target.namespace or default_namespace
+        #: ``-n`` was given: a file's object in another namespace is then an error (kubectl's
+        #: rule); without it, each object's own namespace wins.
+        self.namespace_explicit = target.namespace is not None
         self.core = client.CoreV1Api(self.api_client)
         self.custom = client.CustomObjectsApi(self.api_client)
         self._dynamic: dynamic.DynamicClient | None = None
@@ -124,6 +127,9 @@ class Kube:
             raise UnknownKindError(f"the cluster serves no {obj['kind']} in "
                                    f"{obj['apiVersion']}") from None
         target_namespace = namespace if resource.namespaced else None
+        if target_namespace is None:  # a cluster-scoped object (a Namespace) has none
+            obj = {**obj, "metadata": {k: v for k, v in obj["metadata"].items()
+                                       if k != "namespace"}}
         name = obj["metadata"]["name"]
         try:
             current = resource.get(name=name, namespace=target_namespace)

@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 import logging
+import re
 import time
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
@@ -212,7 +213,8 @@ class Reconciler:
     async def _step(self, build: ImageBuild, log: Logger, pod: dict[str, Any] | None) -> None:
         status = build.status
         key = build_key(build.generation, build.rebuild_token)
-        new_request = status.observed_generation is None or key != build_key(
+        # observedGeneration 0 is the API server's default: never handled (UNOBSERVED_STATUS).
+        new_request = not status.observed_generation or key != build_key(
             status.observed_generation, status.rebuild)
         waiting_to_launch = status.phase is Phase.PENDING and not status.pod_name
         if new_request or status.phase is None or waiting_to_launch:
@@ -225,8 +227,9 @@ class Reconciler:
         await self._follow(build, log, key, pod)
 
     async def _start_new_build(self, build: ImageBuild, log: Logger, key: str) -> None:
-        if build.status.observed_generation is not None:
-            # Never handled before: no pod of it can exist but the one this launch adopts.
+        if build.status.observed_generation:
+            # Handled before: pods of an earlier generation or rebuild request may run. (Never
+            # handled: no pod of it can exist but the one this launch adopts.)
             await self._clean_up_pods(build.namespace, build.name, build.uid, build.status, log,
                                       current=pod_name(build.name, key, 1))
         refused = self._disallowed_registries(build)
@@ -375,6 +378,15 @@ class Reconciler:
         elif exc.status == 403 and "being terminated" in exc.message:
             # The namespace is being deleted, this ImageBuild with it: nothing to build or say.
             log.info(f"Not retrying: namespace {build.namespace} is being deleted.")
+        elif exc.status == 403 and (account := _missing_service_account(exc.message)):
+            # The ServiceAccount admission plugin: a namespace created a moment ago has no
+            # default account until the controller-manager makes it (a file that creates the
+            # namespace and its ImageBuild together), or spec.serviceAccountName names one
+            # not made yet. Either way the build starts once it exists (the resync retries).
+            await self._write_if_changed(
+                build, log, phase=Phase.PENDING, reason=Reason.REFERENCE_NOT_FOUND,
+                message=f"Waiting for ServiceAccount {account} in namespace {build.namespace}; "
+                "the build starts when it exists.")
         elif exc.status == 403 and "exceeded quota" in exc.message:
             # A ResourceQuota: the build starts when capacity frees up (the resync retries).
             await self._write_if_changed(build, log, phase=Phase.PENDING,
@@ -702,6 +714,17 @@ class Reconciler:
         except ApiError as exc:
             _log.warning(f"Could not post the {reason} Event for "
                          f"{event['metadata']['namespace']}/{metadata.get('name')}: {exc}")
+
+
+#: The ServiceAccount admission plugin's refusal of a pod whose account does not exist (yet).
+_NO_SERVICE_ACCOUNT = re.compile(r'error looking up service account [^/\s]+/([^:\s]+): '
+                                 r'serviceaccount "[^"]*" not found')
+
+
+def _missing_service_account(message: str) -> str | None:
+    """The account a refused pod create waited for, or None for other refusals."""
+    found = _NO_SERVICE_ACCOUNT.search(message)
+    return found.group(1) if found else None
 
 
 def _short(digest: str) -> str:

@@ -1,0 +1,126 @@
+"""The machine-wide lock on the sandbox node, and who holds it.
+
+Only one sandbox node can run on a machine (one bridge, one set of kubelet paths). A second
+sandbox used to queue on the lock silently; now the holder writes who it is into the lock file
+(PID, what it is, since when, where its kubeconfig is), so a waiter can say what it waits for.
+A kept sandbox (``make sandbox``) does not end on its own: waiting for it would hang, so a
+newcomer is refused at once with the way to use or stop it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO
+
+LOCK_FILE = Path("/run/stagewright-sandbox-node.lock")
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds the node: written into the lock file by the holder."""
+
+    pid: int
+    #: What runs it, for people: ``make sandbox``, ``make test (pytest)``, ``make demo``.
+    purpose: str
+    since: str
+    #: True for ``make sandbox``: it stays up until stopped, so nobody should wait for it.
+    kept: bool = False
+    kubeconfig: str = ""
+
+    def describe(self) -> str:
+        """One line naming the holder."""
+        alive = _alive(self.pid)
+        return (f"{self.purpose} (PID {self.pid}, since {self.since}"
+                f"{'' if alive else ', no longer running: its lock is being released'})")
+
+
+class NodeBusyError(RuntimeError):
+    """The node is held by a kept sandbox; the message says how to use or stop it."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_holder(path: Path = LOCK_FILE) -> Holder | None:
+    """The current holder as its lock file says, or None (free, or an unreadable record)."""
+    try:
+        record = json.loads(path.read_text() or "null")
+        return Holder(**record) if isinstance(record, dict) else None
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+class HostLock:
+    """``with HostLock(purpose):`` holds the node; a busy node is waited for or refused."""
+
+    def __init__(self, purpose: str, *, kept: bool = False, kubeconfig: str = "",
+                 notify: Callable[[str], None] | None = None, path: Path = LOCK_FILE) -> None:
+        self.record = Holder(pid=os.getpid(), purpose=purpose,
+                             since=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+                             kept=kept, kubeconfig=kubeconfig)
+        self._notify = notify or (lambda _message: None)
+        self._path = path
+        self._file: IO[str] | None = None
+        #: How long the lock was waited for (another sandbox's node ran meanwhile).
+        self.waited_seconds = 0.0
+
+    def acquire(self) -> None:
+        """Take the lock: at once when free; after the holder stops when it is a transient
+        one (a test run, a demo), saying so; never behind a kept sandbox (NodeBusyError)."""
+        started = time.monotonic()
+        lock = self._path.open("a+")
+        try:
+            if not _try_lock(lock):
+                holder = read_holder(self._path)
+                if holder is not None and holder.kept and _alive(holder.pid):
+                    raise NodeBusyError(
+                        f"the sandbox node is held by {holder.describe()}: use it "
+                        f"(KUBECONFIG={holder.kubeconfig}, or `. .sandbox/env`), or stop it "
+                        "with `make sandbox-down` (or Ctrl-C where it runs)")
+                what = holder.describe() if holder is not None else "another process"
+                self._notify(f"The sandbox node is held by {what}; waiting for it to stop "
+                             "(one node per machine).")
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            lock.seek(0)
+            lock.truncate()
+            lock.write(json.dumps(asdict(self.record)))
+            lock.flush()
+        except BaseException:
+            lock.close()
+            raise
+        self._file = lock
+        self.waited_seconds = time.monotonic() - started
+
+    def release(self) -> None:
+        """Clear the record and let the next sandbox in (idempotent)."""
+        lock, self._file = self._file, None
+        if lock is None:
+            return
+        with contextlib.suppress(OSError):
+            lock.seek(0)
+            lock.truncate()
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+
+
+def _try_lock(lock: IO[str]) -> bool:
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
