@@ -12,9 +12,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from stagewright.api.v1alpha1 import Duration, ResourceRequirements
-
-_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+from stagewright.api.types import DNS_SUBDOMAIN, Duration
+from stagewright.api.v1alpha1 import ResourceRequirements
 
 #: The maintained Kaniko fork (upstream was archived on 2025-06-03). Pinned: a moving tag
 #: would make two builds of the same spec use different executors.
@@ -75,7 +74,7 @@ class Settings(BaseSettings):
     #: A ConfigMap of extra CA certificates (PEM) for registries with a private CA, present
     #: under this name in every build namespace (as trust-manager distributes a Bundle): build
     #: pods mount it and trust it in addition to the executor's own CAs. Unset: none.
-    ca_bundle_configmap: str | None = Field(default=None, pattern=_DNS_SUBDOMAIN)
+    ca_bundle_configmap: str | None = Field(default=None, pattern=DNS_SUBDOMAIN)
     #: The key of that ConfigMap holding the PEM certificates.
     ca_bundle_key: str = Field(default="ca.crt", pattern=r"^[-._a-zA-Z0-9]+$")
     #: The same certificates as a file in the operator's own pod, added to its default trust

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from stagewright.api.v1alpha1 import ImageBuild, ImageBuildSpec, parse_duration
+from stagewright.api.types import parse_duration
+from stagewright.api.v1alpha1 import ImageBuild, ImageBuildSpec
 
 
 def spec(**changes: Any) -> dict[str, Any]:

@@ -15,16 +15,21 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
     field_validator,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
 
 from stagewright.api.reasons import Reason
+from stagewright.api.types import (
+    ApiModel,
+    Duration,
+    LocalObjectReference,
+    ObjectName,
+    parse_duration,
+)
 
 GROUP = "stagewright.dev"
 VERSION = "v1alpha1"
@@ -50,13 +55,6 @@ def check_container_name(index: int) -> str:
 #: reads the right container without knowing how the pod was made.
 BUILDER_LABEL = f"{GROUP}/builder"
 
-_DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)")
-_DURATION_UNITS = {
-    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
-}
-#: A DNS-1123 subdomain: the names of Secrets, ConfigMaps and ServiceAccounts.
-_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 #: An image repository without tag or digest: optional registry host[:port], then path parts.
 _REPOSITORY = (
     r"^([a-zA-Z0-9]([a-zA-Z0-9.-]*[a-zA-Z0-9])?(:[0-9]+)?/)?"
@@ -73,8 +71,6 @@ _RELATIVE_PATH = rf"^{_SEGMENT}(/{_SEGMENT})*$"
 #: A ConfigMap key, as the API server validates it.
 _CONFIGMAP_KEY = r"^[-._a-zA-Z0-9]+$"
 
-Duration = Annotated[str, StringConstraints(pattern=_DURATION_PATTERN)]
-ObjectName = Annotated[str, StringConstraints(pattern=_DNS_SUBDOMAIN, max_length=253)]
 Quantity = Annotated[
     str | int,
     Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
@@ -105,22 +101,6 @@ def parse_quantity(value: str | int) -> int:
     return int(-(-scaled // 1))
 
 
-def parse_duration(value: str) -> timedelta:
-    """Parse a Go-style duration (``20m``, ``1h30m``), the format users know from kubectl."""
-    if not re.fullmatch(_DURATION_PATTERN, value):
-        raise ValueError(f"invalid duration {value!r}: use Go-style units such as 90s, 20m, 72h")
-    seconds = sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(value))
-    return timedelta(seconds=seconds)
-
-
-class _Model(BaseModel):
-    """Base: camelCase on the wire, unknown fields rejected (the CRD prunes them anyway)."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True,
-    )
-
-
 class Builder(StrEnum):
     """The tool that runs the build inside the pod."""
 
@@ -128,13 +108,7 @@ class Builder(StrEnum):
     BUILDAH = "buildah"
 
 
-class LocalObjectReference(_Model):
-    """A reference to an object in the ImageBuild's own namespace."""
-
-    name: ObjectName = Field(description="Name of the object, in the ImageBuild's namespace.")
-
-
-class GitSource(_Model):
+class GitSource(ApiModel):
     """A git repository cloned by the build pod."""
 
     url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s#]+$")] = Field(
@@ -152,7 +126,7 @@ class GitSource(_Model):
     )
 
 
-class ContextFile(_Model):
+class ContextFile(ApiModel):
     """One ConfigMap key placed as a file in the build context."""
 
     key: Annotated[str, StringConstraints(pattern=_CONFIGMAP_KEY, max_length=253)] = Field(
@@ -164,7 +138,7 @@ class ContextFile(_Model):
     )
 
 
-class ConfigMapSource(_Model):
+class ConfigMapSource(ApiModel):
     """A small build context kept in a ConfigMap.
 
     Each key becomes a regular file (never a symlink, so COPY copies its content), at the
@@ -189,7 +163,7 @@ class ConfigMapSource(_Model):
         return items
 
 
-class Source(_Model):
+class Source(ApiModel):
     """Where the build context comes from: exactly one of git, configMap or url."""
 
     model_config = ConfigDict(
@@ -220,7 +194,7 @@ class Source(_Model):
         return self
 
 
-class Output(_Model):
+class Output(ApiModel):
     """Where the built image is pushed."""
 
     image: Annotated[str, StringConstraints(pattern=_REPOSITORY, max_length=255)] = Field(
@@ -279,7 +253,7 @@ class Output(_Model):
         return "index.docker.io"
 
 
-class Cache(_Model):
+class Cache(ApiModel):
     """Kaniko's registry layer cache: RUN layers pushed to, and pulled from, a cache repo."""
 
     enabled: bool = Field(default=True, description="Use the registry layer cache.")
@@ -289,14 +263,14 @@ class Cache(_Model):
     ttl: Duration = Field(default="336h", description="How long cached layers stay valid.")
 
 
-class ResourceRequirements(_Model):
+class ResourceRequirements(ApiModel):
     """CPU and memory for the build container, as in a Pod."""
 
     requests: dict[str, Quantity] = Field(default_factory=dict, description="Minimum.")
     limits: dict[str, Quantity] = Field(default_factory=dict, description="Maximum.")
 
 
-class Toleration(_Model):
+class Toleration(ApiModel):
     """A Pod toleration, so builds can run on tainted build nodes."""
 
     key: str | None = None
@@ -306,7 +280,7 @@ class Toleration(_Model):
     toleration_seconds: int | None = None
 
 
-class ImageBuildSpec(_Model):
+class ImageBuildSpec(ApiModel):
     """What to build, and how. Never written by the operator."""
 
     source: Source = Field(description="The build context.")
@@ -410,7 +384,7 @@ class Phase(StrEnum):
     FAILED = "Failed"
 
 
-class Condition(_Model):
+class Condition(ApiModel):
     """A kstatus-compatible condition (as metav1.Condition)."""
 
     type: str
@@ -421,7 +395,7 @@ class Condition(_Model):
     message: str = ""
 
 
-class LayerStatus(_Model):
+class LayerStatus(ApiModel):
     """One of the image's largest layers: how big, and which instruction made it."""
 
     size: int = Field(description="Compressed bytes, as the registry serves the layer.")
@@ -434,7 +408,7 @@ class LayerStatus(_Model):
     )
 
 
-class CacheStatus(_Model):
+class CacheStatus(ApiModel):
     """Kaniko's registry layer cache in the last build, read from its log."""
 
     hits: int = Field(description="Cacheable steps served from the cache.")
@@ -442,7 +416,7 @@ class CacheStatus(_Model):
     summary: str = Field(description="hits/steps, for the Cache printer column.")
 
 
-class CheckStatus(_Model):
+class CheckStatus(ApiModel):
     """One check stage of the last build."""
 
     stage: str = Field(description="The stage built as a check.")
@@ -452,7 +426,7 @@ class CheckStatus(_Model):
     duration_seconds: int | None = Field(default=None, description="How long it took.")
 
 
-class BuildRecord(_Model):
+class BuildRecord(ApiModel):
     """One finished build, as status.history keeps it."""
 
     generation: int = Field(description="The spec generation built.")
@@ -466,7 +440,7 @@ class BuildRecord(_Model):
     cache_hits: int | None = Field(default=None, description="Cache hits, when read.")
 
 
-class ImageBuildStatus(_Model):
+class ImageBuildStatus(ApiModel):
     """What the operator observed; the only part of an ImageBuild it writes."""
 
     # Fields it does not know (written by a newer operator before a rollback) are ignored:
@@ -536,7 +510,7 @@ UNOBSERVED_STATUS: dict[str, Any] = {
 }
 
 
-class ImageBuild(_Model):
+class ImageBuild(ApiModel):
     """An ImageBuild as read from the API server (metadata kept loosely typed)."""
 
     model_config = ConfigDict(extra="ignore")

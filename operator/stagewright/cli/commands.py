@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stagewright.api.v1alpha1 import KIND, ImageBuild, parse_duration
+from stagewright.api.types import parse_duration
+from stagewright.api.v1alpha1 import KIND, ImageBuild
 from stagewright.cli import apply as applying
 from stagewright.cli.apply import Action, Applied, NotFoundError, Wanted
 from stagewright.cli.describe import describe

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import urllib3.exceptions
 
-from stagewright.api.v1alpha1 import parse_duration
+from stagewright.api.types import parse_duration
 from stagewright.cli import commands, offline
 from stagewright.cli.apply import FileError, NotFoundError
 from stagewright.cli.commands import FollowOptions

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from stagewright.api.types import parse_duration
 from stagewright.api.v1alpha1 import (
     API_VERSION,
     BUILDER_LABEL,
@@ -23,7 +24,6 @@ from stagewright.api.v1alpha1 import (
     ContextFile,
     ImageBuild,
     ImageBuildSpec,
-    parse_duration,
 )
 from stagewright.settings import Settings
 
