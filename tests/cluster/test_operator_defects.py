@@ -74,7 +74,8 @@ def test_a_failed_builds_message_is_readable_and_says_what_failed_first(
     assert "ls /no/such/dir" in message or "No such file or directory" in message
     stalled = {c["type"]: c for c in status["conditions"]}["Stalled"]
     assert "\x1b[" not in stalled["message"]
-    assert stalled["message"].splitlines()[0] == headline
+    # kstatus clients print Stalled's message alone: it leads with the reason.
+    assert stalled["message"].splitlines()[0] == f"BuildFailed: {headline}"
 
 
 def test_an_unschedulable_build_is_pending_with_the_schedulers_words(
