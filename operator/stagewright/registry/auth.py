@@ -126,7 +126,7 @@ class Authenticator:
                                                   authorization)
             if reply.status == 401:
                 raise rejected(target, reply)
-        if method != "GET" and reply.status in (200, 201, 202):
+        if method not in ("GET", "HEAD") and reply.status in (200, 201, 202):
             return reply
         raise_for_status(reply, target.ref, reference, lambda r: rejected(target, r))
         return reply

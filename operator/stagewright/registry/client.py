@@ -32,6 +32,7 @@ from stagewright.registry.manifests import (
     Descriptor,
     ImageManifest,
     Manifest,
+    announced_digest,
     check_config_size,
     image_manifest,
     image_size,
@@ -165,6 +166,27 @@ class RegistryClient:
                     f"registry {target.host} stored {given} under tag {tag}, not "
                     f"{manifest.digest}"
                 )
+
+    async def head_digest(
+        self,
+        reference: ImageReference,
+        *,
+        insecure: bool = False,
+        docker_config: Mapping[str, object] | None = None,
+    ) -> str:
+        """The digest of the manifest ``reference`` names, from one HEAD and never a GET.
+
+        For polling base images: a HEAD moves no manifest, and Docker Hub counts it as a
+        version check, not a pull. The digest is the registry's Docker-Content-Digest (the
+        same Accept header as ``resolve``, so an index's digest for an index); a registry
+        that sends none is an InvalidManifest. A 429 is RegistryRateLimited.
+        """
+        target = target_for(reference, insecure, docker_config)
+        path = f"/v2/{target.ref.repository}/manifests/{reference.reference}"
+        reply = await self._auth.authorized("HEAD", target, path, reference.reference,
+                                            limit=MAX_ERROR_BODY)  # a HEAD has no body
+        return announced_digest(target.ref, reference.reference,
+                                reply.headers.get("docker-content-digest"))
 
     async def _platforms(self, target: Target, index: Manifest,
                          details: bool) -> list[PlatformImage]:

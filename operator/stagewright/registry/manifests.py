@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,8 @@ MAX_CONFIG_BYTES = 4 * 1024 * 1024
 #: Children of an index fetched at most; more is not a build's output.
 MAX_INDEX_CHILDREN = 64
 _ATTESTATION_ANNOTATION = "vnd.docker.reference.type"
+#: The digests a registry may name (the algorithms parse_manifest can check).
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
 
 
 class _Lenient(BaseModel):
@@ -130,6 +133,23 @@ def _media_type(where: str, content_type: str | None, document: dict[str, Any]) 
             "image manifest, image index or manifest list"
         )
     return media_type
+
+
+def announced_digest(ref: ImageReference, reference: str, header: str | None) -> str:
+    """The digest a HEAD answer names (its Docker-Content-Digest), which no body confirms:
+    it must be there, well formed, and the one asked for when asked by digest."""
+    where = f"{ref.name}:{reference}" if ":" not in reference else f"{ref.name}@{reference}"
+    if not header:
+        raise InvalidManifest(
+            f"registry {ref.api_host} answered HEAD for {where} without a "
+            "Docker-Content-Digest header; its digest cannot be known without a GET"
+        )
+    if not _DIGEST.fullmatch(header):
+        raise InvalidManifest(f"registry {ref.api_host} named unsupported digest {header!r} "
+                              f"for {where}")
+    if reference.startswith("sha") and ":" in reference and header != reference:
+        raise InvalidManifest(f"registry {ref.api_host} named {header} when asked for {where}")
+    return header
 
 
 def image_manifest(ref: ImageReference, manifest: Manifest) -> ImageManifest:

@@ -14,12 +14,16 @@ life with the address guard as its resolver (registry.egress), a few percent.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import http
 import json
+import math
+import re
 import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -37,6 +41,7 @@ from stagewright.registry.errors import (
     ImageNotFound,
     RegistryError,
     RegistryNotAllowed,
+    RegistryRateLimited,
     RegistryTLSError,
     RegistryUnavailable,
 )
@@ -54,6 +59,8 @@ INSECURE_HINT = "set output.insecure: true on the ImageBuild"
 #: Redirects followed per request (go-containerregistry follows 10; blob stores need 1-2).
 _MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+#: Retry-After as a number of seconds (RFC 9110 says whole; a fraction is read too).
+_DELAY_SECONDS = re.compile(r"\d+(?:\.\d+)?")
 
 
 @dataclass
@@ -307,16 +314,33 @@ def raise_for_status(reply: Reply, ref: ImageReference, reference: str,
     if status == 403:
         raise refused(reply)
     if status == 429:
-        retry = reply.headers.get("retry-after")
-        raise RegistryUnavailable(
+        retry = parse_retry_after(reply.headers.get("retry-after"), datetime.now(UTC))
+        raise RegistryRateLimited(
             f"registry {host} is rate-limiting requests (429"
-            f"{f', retry after {retry} s' if retry else ''})"
+            f"{f', retry after {retry:g} s' if retry is not None else ''})",
+            retry_after=retry,
         )
     if status >= 500:
         raise RegistryUnavailable(f"registry {host} answered {status} ({detail})")
     raise RegistryError(
         f"registry {host} answered {status} for image {image} ({detail})"
     )
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """``Retry-After`` in seconds from ``now``: delay-seconds, or an HTTP-date (RFC 9110),
+    rounded up to whole seconds and never negative; None if absent or unreadable."""
+    value = (value or "").strip()
+    if _DELAY_SECONDS.fullmatch(value):
+        seconds = float(value)
+        return seconds if math.isfinite(seconds) else None  # "9" * 400 is no wait at all
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC by another name
+        when = when.replace(tzinfo=UTC)
+    return float(max(0, math.ceil((when - now).total_seconds())))
 
 
 def error_detail(reply: Reply) -> tuple[set[str], str]:
