@@ -13,6 +13,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from types import TracebackType
 
@@ -90,8 +91,12 @@ class LocalRegistry:
     def __init__(
         self, *, htpasswd: tuple[str, str] | None = None, tls: bool = False,
         address: str = "127.0.0.1", private_ca: bool = False, port: int = 0,
+        access_log: bool = False,
     ) -> None:
         self.htpasswd = htpasswd
+        #: Log every request to ``access_log_path`` (Apache combined format), for tests that
+        #: check which requests a client made; off otherwise (noise under a burst).
+        self.access_log = access_log
         #: ``private_ca``: TLS with a certificate signed by a CA of its own (``cert_path`` is
         #: then that CA, what clients must trust), instead of a self-signed one.
         self.private_ca = private_ca
@@ -122,6 +127,11 @@ class LocalRegistry:
         if self._dir is None:
             raise RuntimeError("the registry is not started")
         return self._dir
+
+    @property
+    def access_log_path(self) -> Path:
+        """The access log (the registry's stdout), with ``access_log=True``."""
+        return self.root / "access.log"
 
     @property
     def pid(self) -> int | None:
@@ -173,7 +183,7 @@ class LocalRegistry:
         }
         config: dict[str, object] = {
             "version": 0.1,
-            "log": {"level": "warn", "accesslog": {"disabled": True}},
+            "log": {"level": "warn", "accesslog": {"disabled": not self.access_log}},
             "storage": {"filesystem": {"rootdirectory": str(storage)}, "delete": {"enabled": True}},
             "http": http,
         }
@@ -195,11 +205,12 @@ class LocalRegistry:
     def _launch(self, config: Path, *, last_attempt: bool) -> bool:
         """Start the process and wait for ``GET /v2/``; False if the port was taken meanwhile."""
         stderr_path = self.root / "stderr.log"
-        with stderr_path.open("wb") as stderr:
+        with (stderr_path.open("wb") as stderr,
+              self.access_log_path.open("ab") if self.access_log else nullcontext() as stdout):
             self._process = subprocess.Popen(
                 [_BINARY, "serve", str(config)],
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
+                stdout=stdout or subprocess.DEVNULL,
                 stderr=stderr,
             )
         verify: ssl.SSLContext | bool = self.ssl_context() if self.tls else True

@@ -195,10 +195,10 @@ class AuthProxy:
     """Token service + authenticating reverse proxy for a plain-HTTP registry, on 127.0.0.1.
 
     ``/token`` issues a random token after checking Basic credentials (GET) or a refresh
-    token (OAuth2 POST); ``/v2/...`` answers 401 ``Bearer realm=...`` unless the request
-    carries a token it issued, then forwards to the registry. ``require_token=False`` makes
-    it a plain proxy; ``tamper`` rewrites 200 bodies (headers kept); ``hide_length`` drops
-    Content-Length so the body ends at connection close.
+    token (OAuth2 POST); ``/v2/...`` (GET or HEAD) answers 401 ``Bearer realm=...`` unless
+    the request carries a token it issued, then forwards to the registry.
+    ``require_token=False`` makes it a plain proxy; ``tamper`` rewrites 200 bodies (headers
+    kept); ``hide_length`` drops Content-Length so the body ends at connection close.
     """
 
     def __init__(
@@ -272,7 +272,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         if not self.proxy.hide_length:
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def do_POST(self) -> None:
         """OAuth2 refresh-token grant, as a registry's token service offers for identity tokens."""
@@ -293,6 +294,12 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         if self.path.startswith("/token"):
             self._token()
         elif self.path.startswith("/v2/"):
+            self._forward()
+        else:
+            self._answer(404)
+
+    def do_HEAD(self) -> None:
+        if self.path.startswith("/v2/"):
             self._forward()
         else:
             self._answer(404)
@@ -327,7 +334,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             return
         backend = http.client.HTTPConnection(proxy.backend.host, timeout=5)
         try:
-            backend.request("GET", self.path, headers={"Accept": self.headers["Accept"]})
+            backend.request(self.command, self.path,
+                            headers={"Accept": self.headers["Accept"]})
             reply = backend.getresponse()
             body = reply.read()
         finally:

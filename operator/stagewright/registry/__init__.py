@@ -12,6 +12,7 @@ from stagewright.registry.errors import (
     RegistryAuthError,
     RegistryError,
     RegistryNotAllowed,
+    RegistryRateLimited,
     RegistryTLSError,
     RegistryUnavailable,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "RegistryClient",
     "RegistryError",
     "RegistryNotAllowed",
+    "RegistryRateLimited",
     "RegistryTLSError",
     "RegistryUnavailable",
     "base_bytes",

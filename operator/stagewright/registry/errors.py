@@ -25,6 +25,19 @@ class RegistryUnavailable(RegistryError):  # noqa: N818 - name is the API
     temporary: ClassVar[bool] = True
 
 
+class RegistryRateLimited(RegistryUnavailable):
+    """The registry answered 429 Too Many Requests (Docker Hub's pull limit, for one).
+
+    Temporary, and a RegistryUnavailable as every 429 was before it had a class of its own.
+    ``retry_after``: the seconds the registry asked us to wait (its ``Retry-After``, as
+    seconds or an HTTP-date), or None if it did not say; a poller waits at least that long.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class RegistryTLSError(RegistryError):
     """The TLS handshake failed: an untrusted certificate, or a plain-HTTP registry.
 
