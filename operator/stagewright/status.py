@@ -62,6 +62,14 @@ def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def parse_iso(value: str | None) -> datetime | None:
+    """An RFC 3339 time as the API server writes it (``2026-11-30T07:37:09Z``), aware."""
+    if not value:
+        return None
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 @dataclass(frozen=True)
 class PodOutcome:
     """What a build pod says about its build."""

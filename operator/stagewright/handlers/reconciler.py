@@ -4,19 +4,19 @@ Every trigger (an ImageBuild event, a build pod event, the periodic resync) land
 each run re-reads the ImageBuild and its pods, so a lost event or an operator restart never
 loses or duplicates a build. State lives in ``status`` only: no finalizer, no annotations.
 A happy build costs three writes: create the pod, status Building, status Succeeded.
+What follows a build pod's successful end (the registry's confirmation, insight, the size
+budget, the tags) is the completion path's (``handlers.completion``); the write is still here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import logging
 import re
 import time
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, cast
 
 import kopf
@@ -30,20 +30,12 @@ from stagewright.api.v1alpha1 import (
     ImageBuildStatus,
     Phase,
 )
-from stagewright.build_log import BuildLog, parse_build_log
 from stagewright.handlers.build_queue import BuildQueue
+from stagewright.handlers.completion import Completion, Logger, Verdict
 from stagewright.handlers.kube_api import ApiError, KubeApi
 from stagewright.handlers.metrics import Metrics
-from stagewright.insight import SCRATCH, build_insight, over_budget_message, success_message
 from stagewright.queueing import Waiting, queued_message
-from stagewright.registry import (
-    ImageInfo,
-    ImageNotFound,
-    ImageReference,
-    InvalidManifest,
-    RegistryClient,
-    RegistryError,
-)
+from stagewright.registry import ImageReference, RegistryClient
 from stagewright.registry.egress import host_allowed
 from stagewright.resources.build_pod import build_pod
 from stagewright.resources.events import build_event
@@ -64,17 +56,14 @@ from stagewright.status import (
     classify_log,
     classify_pod,
     history_with,
-    human_size,
     now_iso,
+    parse_iso,
     status_patch,
 )
 
 #: How long past its deadline a pod that never started is given before the operator gives up
 #: on it (activeDeadlineSeconds only counts once a kubelet has started the pod).
 _DEADLINE_GRACE = timedelta(minutes=2)
-#: How long after the builder's exit a registry that does not (yet) serve the digest, or cannot be
-#: reached, is asked again before the operator records what it knows.
-_VERIFY_GRACE = timedelta(minutes=5)
 #: How much of a failed build's log is read when its termination message holds only a digest.
 _FAILURE_LOG_LINES = 400
 _FAILURE_LOG_BYTES = 64 * 1024
@@ -85,7 +74,6 @@ _NO_RESULT: dict[str, Any] = dict(
     checks=None,
 )
 
-Logger = logging.Logger | logging.LoggerAdapter[Any]
 _log = logging.getLogger("stagewright")
 
 
@@ -96,8 +84,9 @@ class Reconciler:
                  kopf_settings: kopf.OperatorSettings | None = None,
                  queue: BuildQueue | None = None, metrics: Metrics | None = None) -> None:
         self.api = api
-        self.registry = registry
         self.settings = settings
+        #: The path from a build pod's successful end to the build's final status.
+        self.completion = Completion(api, registry, settings)
         #: Admission under STAGEWRIGHT_MAX_RUNNING_BUILDS*; None starts every build at once.
         self.queue = queue
         self.metrics = metrics
@@ -420,7 +409,8 @@ class Reconciler:
         if not outcome.finished:
             await self._while_running(build, log, outcome)
         elif outcome.succeeded and outcome.digest:
-            await self._succeed(build, log, outcome.digest, outcome.finished_at, checks)
+            await self.completion.complete(build, log, outcome.digest, outcome.finished_at,
+                                           checks, record=partial(self._finish, build))
         elif outcome.infrastructure_failure and (status.attempt or 1) <= build.spec.retries:
             log.warning(f"Build pod {status.pod_name} failed ({outcome.reason}); retrying.")
             _, files = await self._references(build)
@@ -452,7 +442,7 @@ class Reconciler:
     async def _while_running(self, build: ImageBuild, log: Logger, outcome: PodOutcome) -> None:
         """Surface a pod that cannot start, and enforce the deadline if it never does."""
         status = build.status
-        started = _parse_time(status.start_time)
+        started = parse_iso(status.start_time)
         deadline = timedelta(seconds=deadline_seconds(build.spec, self.settings))
         if started and datetime.now(UTC) - started > deadline + _DEADLINE_GRACE:
             await self.api.delete_pod(build.namespace, status.pod_name or "")
@@ -466,172 +456,6 @@ class Reconciler:
         elif status.phase is Phase.PENDING:
             await self._write(build, phase=Phase.BUILDING, reason=Reason.BUILDING,
                               message=f"Building in pod {status.pod_name}.")
-
-    async def _succeed(self, build: ImageBuild, log: Logger, digest: str,
-                       finished_at: str | None, checks: list[dict[str, Any]] | None) -> None:
-        """Confirm the builder's digest at the registry and record the image's size.
-
-        The build log is read while the registry answers: the two do not depend on each
-        other, and under a burst one round trip fewer before the status write is what keeps
-        pod done -> status short. A log read still running when the registry says no is
-        cancelled; nobody waits for it.
-        """
-        facts = asyncio.ensure_future(self._read_build_log(build, log))
-        try:
-            await self._verify(build, log, digest, finished_at, checks, facts)
-        finally:
-            if not facts.done():
-                facts.cancel()
-            elif not facts.cancelled() and facts.exception() is not None:
-                log.debug(f"Build log read failed: {facts.exception()}")
-
-    async def _verify(self, build: ImageBuild, log: Logger, digest: str,
-                      finished_at: str | None, checks: list[dict[str, Any]] | None,
-                      facts_read: asyncio.Future[BuildLog | None]) -> None:
-        """The registry's answer decides the outcome; the log, awaited only on success,
-        adds the cache report and the base image's share."""
-        image = f"{build.spec.output.image}@{digest}"
-        finished = _parse_time(finished_at) or datetime.now(UTC)
-        patient = datetime.now(UTC) - finished < _VERIFY_GRACE
-        try:
-            info = await self._resolve(build, ImageReference.parse(image))
-        except (ImageNotFound, InvalidManifest) as exc:
-            if isinstance(exc, ImageNotFound) and patient:
-                raise  # a replicated registry may lag behind the push: the resync asks again
-            await self._write(build, phase=Phase.FAILED, reason=Reason.DIGEST_UNVERIFIED,
-                              message=f"{build.spec.builder.title()} reported {digest}, but "
-                              f"the registry does not serve it: {exc}", completion=True)
-            return
-        except RegistryError as exc:
-            if exc.temporary and patient:
-                raise  # the registry is down or busy: the resync tries again
-            if build.spec.output.max_size is not None:
-                await self._write(build, phase=Phase.FAILED, reason=Reason.DIGEST_UNVERIFIED,
-                                  message=f"The size budget could not be checked ({exc}); the "
-                                  "image was not given the output tags.", completion=True)
-                return
-            # The builder pushed (exit code 0) with access the operator lacks (a node's workload
-            # identity, a network policy): the build succeeded, its size is unknown.
-            log.warning(f"Could not check {digest} at the registry: {exc}")
-            await self._write(
-                build, phase=Phase.SUCCEEDED, reason=Reason.SUCCEEDED, completion=True,
-                message=f"Pushed; digest not checked at the registry ({exc}).",
-                image=image, digest=digest, short_digest=_short(digest),
-            )
-            return
-        facts = await facts_read
-        base_layers = await self._base_layers(build, facts.base_image if facts else None, log)
-        insight = build_insight(build.status, info, facts, base_layers,
-                                largest=self.settings.largest_layers,
-                                cache_enabled=build.spec.cache.enabled)
-        result = dict(digest=info.digest, short_digest=_short(info.digest), size=info.size,
-                      size_human=human_size(info.size), layers=info.layers, checks=checks,
-                      **insight)
-        budget = build.spec.output.max_size_bytes
-        if budget is not None and info.size > budget:
-            message = over_budget_message(info, budget, insight["largest_layers"])
-            log.warning(message)
-            await self._write(build, phase=Phase.FAILED, reason=Reason.SIZE_BUDGET_EXCEEDED,
-                              message=message, completion=True, **result)
-            return
-        if budget is not None and not await self._tag(build, log, info, patient):
-            return
-        log.info(f"Built {image} ({result['size_human']}, {info.layers} layers).")
-        await self._write(
-            build, phase=Phase.SUCCEEDED, reason=Reason.SUCCEEDED,
-            message=success_message(len(build.spec.output.tags), info, insight),
-            completion=True, image=f"{build.spec.output.image}@{info.digest}", **result,
-        )
-
-    async def _tag(self, build: ImageBuild, log: Logger, info: ImageInfo,
-                   patient: bool) -> bool:
-        """Give an image within its budget the output tags (Kaniko pushed a staging tag only).
-
-        False when that failed and the failure is recorded; a temporary registry failure is
-        raised while the operator is still patient, so the resync tags it later.
-        """
-        output = build.spec.output
-        try:
-            await self.registry.tag(ImageReference.parse(f"{output.image}@{info.digest}"),
-                                    list(output.tags), insecure=output.insecure,
-                                    docker_config=await self._docker_config(build))
-        except RegistryError as exc:
-            if exc.temporary and patient:
-                raise
-            log.warning(f"Could not tag {info.digest}: {exc}")
-            await self._write(build, phase=Phase.FAILED, reason=Reason.PUSH_FAILED,
-                              message=f"The image ({info.digest}) is within its size budget "
-                              f"but could not be given the output tags: {exc}",
-                              completion=True)
-            return False
-        return True
-
-    async def _resolve(self, build: ImageBuild, reference: ImageReference) -> ImageInfo:
-        docker_config = await self._docker_config(build)
-        return await self.registry.resolve(reference, insecure=build.spec.output.insecure,
-                                           docker_config=docker_config, details=True)
-
-    async def _read_build_log(self, build: ImageBuild, log: Logger) -> BuildLog | None:
-        """Kaniko's log of the finished build (bounded): the cache report and the base.
-
-        A log that cannot be read (a node gone, RBAC without pods/log) costs the report,
-        never the build.
-        """
-        name = build.status.pod_name
-        if not name:
-            return None
-        try:
-            text = await self.api.read_pod_log(build.namespace, name, build.spec.builder.value,
-                                               self.settings.build_log_limit_bytes)
-        except ApiError as exc:
-            log.warning(f"Could not read the log of pod {name} ({exc}); no cache report.")
-            return None
-        return None if text is None else parse_build_log(text.splitlines())
-
-    async def _base_layers(self, build: ImageBuild, base: str | None,
-                           log: Logger) -> list[list[str]]:
-        """The base image's layer digests, per platform; none when unknown or unreachable.
-
-        Read with the push Secret, and insecure only when the base is on the output's own
-        registry (as ``output.insecure`` means for the build pod).
-        """
-        if not base or base == SCRATCH:
-            return []
-        try:
-            reference = ImageReference.parse(base)
-            insecure = build.spec.output.insecure and reference.registry == (
-                ImageReference.parse(build.spec.output.image).registry)
-            info = await self.registry.resolve(reference, insecure=insecure,
-                                               docker_config=await self._docker_config(build))
-        except (RegistryError, ValueError) as exc:
-            log.info(f"Could not read base image {base} ({exc}); its share of the size is "
-                     "not reported.")
-            return []
-        if info.platforms:
-            return [[layer.digest for layer in p.layer_details] for p in info.platforms]
-        return [[layer.digest for layer in info.layer_details]]
-
-    async def _docker_config(self, build: ImageBuild) -> dict[str, Any] | None:
-        """The push Secret's dockerconfigjson, which also grants the operator read access."""
-        ref = build.spec.output.push_secret_ref
-        if ref is None:
-            return None
-        secret = await self.api.get_secret(build.namespace, ref.name)
-        if secret is None:
-            raise RegistryError(f"Secret {ref.name} was deleted after the push; the operator "
-                                "cannot check the pushed image")
-        encoded = (secret.get("data") or {}).get(".dockerconfigjson")
-        if not encoded:
-            raise RegistryError(f"Secret {ref.name} has no .dockerconfigjson key; the "
-                                "operator cannot check the pushed image")
-        try:
-            config = json.loads(base64.b64decode(encoded, validate=True))
-        except (binascii.Error, ValueError) as exc:
-            raise RegistryError(f"Secret {ref.name} holds no valid .dockerconfigjson "
-                                f"({exc})") from exc
-        if not isinstance(config, dict):
-            raise RegistryError(f"Secret {ref.name}: .dockerconfigjson is not a JSON object")
-        return config
 
     async def _reject(self, body: dict[str, Any], error: ValidationError, log: Logger) -> None:
         """An ImageBuild the API server accepted but the operator cannot build: say why."""
@@ -659,6 +483,11 @@ class Reconciler:
         if self.metrics is not None:
             self.metrics.build_finished(Phase.FAILED.value, Reason.INVALID_SPEC.value, None)
         await self._post_event(meta, Reason.INVALID_SPEC, message)
+
+    async def _finish(self, build: ImageBuild, verdict: Verdict) -> None:
+        """The completion path's one write: the build's end, as it decided it."""
+        await self._write(build, phase=verdict.phase, reason=verdict.reason,
+                          message=verdict.message, completion=True, **verdict.fields)
 
     async def _write_if_changed(self, build: ImageBuild, log: Logger, *, phase: Phase,
                                 reason: Reason, message: str, keep_pod: bool = False) -> None:
@@ -699,7 +528,7 @@ class Reconciler:
             self._reconciled_at.pop((build.namespace, build.name), None)
             self._leave_queue(build.namespace, build.name)  # if its pod's end went unseen
         if completion and self.metrics is not None:
-            started = _parse_time(build.status.start_time)
+            started = parse_iso(build.status.start_time)
             seconds = (datetime.now(UTC) - started).total_seconds() if started else None
             self.metrics.build_finished(phase.value, reason.value, seconds)
         if reason in WARNINGS:
@@ -725,19 +554,6 @@ def _missing_service_account(message: str) -> str | None:
     """The account a refused pod create waited for, or None for other refusals."""
     found = _NO_SERVICE_ACCOUNT.search(message)
     return found.group(1) if found else None
-
-
-def _short(digest: str) -> str:
-    """The first 12 hex digits, as the printer column shows them."""
-    return digest.split(":", 1)[1][:12]
-
-
-def _parse_time(value: str | None) -> datetime | None:
-    """An RFC 3339 time as the API server writes it (``2026-11-30T07:37:09Z``), aware."""
-    if not value:
-        return None
-    parsed = datetime.fromisoformat(value)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 __all__ = ["ApiError", "Reconciler"]
