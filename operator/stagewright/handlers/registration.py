@@ -47,11 +47,14 @@ from stagewright.handlers.informer import Informer
 from stagewright.handlers.kube_api import ApiError, KubeApi, load_configuration
 from stagewright.handlers.metrics import Metrics
 from stagewright.handlers.reconciler import Reconciler
+from stagewright.handlers.trigger_watch import TriggerWatch
+from stagewright.handlers.webhook_server import WebhookServer
 from stagewright.handlers.workqueue import WorkQueue
 from stagewright.queueing import Limits, Waiting
 from stagewright.registry import RegistryClient, RegistryError
 from stagewright.resources.pod_common import LABEL_MANAGED_BY, MANAGED_BY
 from stagewright.settings import Settings
+from stagewright.triggers.gitrefs import GitRefs
 
 _SETTLED = (Phase.SUCCEEDED.value, Phase.FAILED.value)
 _log = logging.getLogger("stagewright")
@@ -131,6 +134,7 @@ class Controller:
                  tracked: Tracked) -> None:
         self.api = api
         self.reconciler = reconciler
+        self.triggers = reconciler.triggers
         self.settings = settings
         self.tracked = tracked
         self.work: WorkQueue[Key, Trigger] = WorkQueue(self._process, settings.workers, merge)
@@ -198,6 +202,8 @@ class Controller:
         namespace, name = meta.get("namespace") or "", meta["name"]
         queue = self.reconciler.queue
         if kind == "DELETED":
+            if self.triggers is not None:
+                self.triggers.forget((namespace, name))
             self.tracked.note_imagebuild(namespace, name, {})
             self.reconciler.forget(namespace, name)  # its pods go with it (owner references)
             if queue is not None:
@@ -210,8 +216,14 @@ class Controller:
             namespace=namespace, name=name, status=status, meta=meta, annotations=annotations))
         if _settled(status, meta, annotations):
             # Finished: no read, no lock, no state. Thousands of finished builds cost nothing
-            # at start-up; a new generation or rebuild request arrives as another event.
+            # at start-up; a new generation or rebuild request arrives as another event. One
+            # with triggers is watched (a few hundred bytes), and queued when what its
+            # triggers saw differs from what it was built from.
+            if self.triggers is not None and self.triggers.track(body):
+                self.enqueue((namespace, name), Trigger(body=body))
             return
+        if self.triggers is not None:
+            self.triggers.track(body)  # building: its changes wait for the build's end
         if _building(status, meta, annotations):
             # Our own "Building" write: the pod's events (and the resync) carry it on from here.
             return
@@ -312,10 +324,21 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     metrics.watch_queue(queue.waiting, tracked.running_builds)
     if operator_settings.metrics_port is not None:
         metrics.serve(operator_settings.metrics_port, operator_settings.metrics_address)
+    git = await clients.enter_async_context(
+        GitRefs(timeout=operator_settings.git_timeout_seconds,
+                ca_bundle=operator_settings.ca_bundle_file))
+    triggers = TriggerWatch(api, registry, git, operator_settings,
+                            wake=lambda key: holder[0].enqueue(key))  # noqa: PLW0108 - late
+    clients.push_async_callback(triggers.stop)
     reconciler = Reconciler(api, registry, operator_settings, kopf_settings=settings,
-                            queue=queue, metrics=metrics)
+                            queue=queue, metrics=metrics, triggers=triggers)
     memo.controller = controller = Controller(api, reconciler, operator_settings, tracked)
     holder.append(controller)
+    if operator_settings.webhook_port is not None:
+        webhooks = WebhookServer(api, triggers, operator_settings.webhook_address,
+                                 operator_settings.webhook_port)
+        await webhooks.start()
+        clients.push_async_callback(webhooks.stop)
     await controller.start()
 
 
