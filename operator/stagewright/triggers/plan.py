@@ -73,8 +73,8 @@ class Start:
             "causes": [c.model_dump(mode="json", by_alias=True, exclude_none=True)
                        for c in self.causes],
             "inputs": _explicit(self.inputs.model_dump(mode="json", by_alias=True,
-                                                       exclude_none=True)
-                                if self.inputs else {}),
+                                                       exclude_none=True))
+                      if self.inputs else None,
         }
         if self.window is not None:
             fields["triggers"] = self.window.model_dump(mode="json", by_alias=True,
