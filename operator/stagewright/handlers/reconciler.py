@@ -23,7 +23,7 @@ import kopf
 from pydantic import ValidationError
 
 from stagewright.api.reasons import WARNINGS, Reason
-from stagewright.api.triggers import BuildInputs
+from stagewright.api.triggers import BuildInputs, TriggerStatus
 from stagewright.api.v1alpha1 import (
     BuildRecord,
     ContextFile,
@@ -249,9 +249,12 @@ class Reconciler:
             return Start(causes)
         resolved = await self.triggers.resolve_source(build)
         bases = status.inputs.base_images if status.inputs else None
+        # The webhook's path goes out with the build's first write, not in a write of its own.
+        hook = TriggerStatus(webhook_path=webhook_path(build.uid)) if (
+            build.spec.triggers.webhook is not None) else None
         return Start(causes, inputs=BuildInputs(
             commit=resolved.commit if resolved else None, ref=resolved.ref if resolved else None,
-            base_images=bases))
+            base_images=bases), window=hook)
 
     async def _on_triggers(self, build: ImageBuild, log: Logger) -> None:
         """A finished ImageBuild with triggers: build what changed, or keep the triggers'

@@ -62,7 +62,8 @@ class Start:
     #: adopts it, never a second one. None for a spec change or a rebuild request.
     trigger: str | None = None
     inputs: BuildInputs | None = None
-    #: The hourly count of triggered builds, this one included (triggered builds only).
+    #: status.triggers to merge in: a triggered build's hourly count (this one included), or
+    #: the webhook's path with a requested build's first write.
     window: TriggerStatus | None = None
 
     def status_fields(self) -> dict[str, Any]:
