@@ -219,6 +219,11 @@ class Output(ApiModel):
     labels: dict[str, str] = Field(
         default_factory=dict, description="OCI labels added to the image config.",
     )
+    reproducible: bool = Field(
+        default=False,
+        description="Leave build times out of the image (Kaniko's --reproducible), so the "
+        "same inputs give the same digest, and the same signature and provenance apply.",
+    )
     max_size: Quantity | None = Field(
         default=None,
         description="Size budget (a quantity such as 200Mi): compressed bytes, config + "
@@ -374,7 +379,8 @@ class ImageBuildSpec(ApiModel):
                                  + "; ".join(problems))
             unsupported = [name for name, used in (
                 ("spec.checks", bool(self.checks)),
-                ("spec.output.maxSize", self.output.max_size is not None)) if used]
+                ("spec.output.maxSize", self.output.max_size is not None),
+                ("spec.output.reproducible", self.output.reproducible)) if used]
             if unsupported:
                 # Check stages and the staging-tag budget are built on Kaniko's flags.
                 raise ValueError(f"builder buildah does not support {', '.join(unsupported)} "

@@ -145,7 +145,10 @@ def attestation_artifact(envelope: bytes, predicate_type: str, key: SigningKey,
     ours = {PREDICATE_ANNOTATION: predicate_type, KEY_ANNOTATION: key.key_id}
     kept = [layer for layer in existing_layers(current)
             if {k: (layer.get("annotations") or {}).get(k) for k in ours} != ours]
-    return _artifact(kept, [Layer(envelope, DSSE_ENVELOPE, ours)], changed=True)
+    # cosign reads every layer of a signature image the same way and wants the signature
+    # annotation on each; an attestation's signature is inside its envelope, so it is empty.
+    annotations = {SIGNATURE_ANNOTATION: "", **ours}
+    return _artifact(kept, [Layer(envelope, DSSE_ENVELOPE, annotations)], changed=True)
 
 
 def _artifact(kept: list[dict[str, Any]], new: list[Layer], *, changed: bool) -> Artifact:
