@@ -69,6 +69,10 @@ fi
 
 log "kubernetes binaries: $(hack/build-kubernetes.sh)"
 log "helm and kubectl: $(hack/install-tools.sh)"
+# cosign verifies what the operator signs, in the cluster tier (and in docs/signing.md).
+if [[ $OPERATOR_IMAGE == true ]]; then
+  log "cosign: $(hack/install-cosign.sh)"
+fi
 
 if [[ -n "$IMAGE_PID" ]]; then
   if ! wait "$IMAGE_PID"; then

@@ -8,6 +8,7 @@ Flux's health checks and Argo CD read an ImageBuild without custom code.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -360,22 +361,38 @@ def _dump(conditions: list[Condition]) -> list[dict[str, Any]]:
     return [c.model_dump(mode="json", by_alias=True, exclude_defaults=True) for c in conditions]
 
 
+@dataclass(frozen=True)
+class ConditionUpdate:
+    """A condition beyond kstatus's set by a transition (Signed, Attested)."""
+
+    type: str
+    status: str
+    reason: str
+    message: str
+
+
 def status_patch(previous: ImageBuildStatus, *, phase: Phase, reason: Reason, message: str,
-                 generation: int, now: str | None = None, **fields: Any) -> dict[str, Any]:
+                 generation: int, now: str | None = None,
+                 conditions: Sequence[ConditionUpdate] = (), **fields: Any) -> dict[str, Any]:
     """The status to merge-patch for one transition, conditions included.
 
     ``fields`` are further ImageBuildStatus fields by their Python names; a field given as
     None is removed (JSON merge patch), so a new build clears the last one's digest.
+    ``conditions`` set conditions of other types; the rest are carried over as they are.
     """
     now = now or now_iso()
-    conditions = conditions_for(phase, reason, message, generation, previous.conditions, now)
-    conditions += [c for c in previous.conditions if c.type not in KSTATUS_CONDITIONS]
+    updated = {c.type: _condition(previous.conditions, c.type, c.status, c.reason, c.message,
+                                  generation, now) for c in conditions}
+    kept = [updated.pop(c.type, c) for c in previous.conditions
+            if c.type not in KSTATUS_CONDITIONS]
+    conditions_now = [*conditions_for(phase, reason, message, generation, previous.conditions,
+                                      now), *kept, *updated.values()]
     patch: dict[str, Any] = {
         "phase": phase.value,
         "reason": reason.value,
         "message": message,
         "observedGeneration": generation,
-        "conditions": _dump(conditions),
+        "conditions": _dump(conditions_now),
     }
     aliases = ImageBuildStatus.model_fields
     for name, value in fields.items():
@@ -430,3 +447,14 @@ def trigger_status_patch(previous: ImageBuildStatus, *, generation: int,
         patch["conditions"] = _dump([*others, _condition(
             previous.conditions, TRIGGERS_HEALTHY, wanted, reason, message, generation, now)])
     return patch or None
+
+
+def builder_image(pod: dict[str, Any]) -> str | None:
+    """The builder image as the kubelet ran it, by digest where the runtime says
+    (``name@sha256:...``): the builder in a build's provenance."""
+    builder = pod_builder(pod).value
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == builder and status.get("imageID"):
+            image_id = str(status["imageID"])
+            return image_id.split("://", 1)[1] if "://" in image_id else image_id
+    return None

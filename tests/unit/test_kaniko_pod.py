@@ -10,8 +10,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from pydantic import ValidationError
 
-from stagewright.api.v1alpha1 import ConfigMapSource, ImageBuild
+from stagewright.api.v1alpha1 import ConfigMapSource, ImageBuild, ImageBuildSpec
 from stagewright.resources.build_pod import build_pod
 from stagewright.resources.kaniko_pod import kaniko_args, kaniko_context
 from stagewright.resources.pod_common import (
@@ -243,3 +244,14 @@ def test_a_size_budget_pushes_only_to_the_staging_tag() -> None:
     assert destinations == [f"--destination=registry.example.com/acme/web:{staging_tag('web')}"]
     assert staging_tag("web") not in build.spec.output.tags
     assert len(staging_tag("x" * 300)) <= 128
+
+
+def test_a_reproducible_build_leaves_build_times_out_and_buildah_refuses_it() -> None:
+    spec = ImageBuildSpec.model_validate({
+        "source": {"configMap": {"name": "ctx"}},
+        "output": {"image": "registry.example.com/acme/web", "reproducible": True}})
+    assert "--reproducible" in kaniko_args(spec)
+    assert "--reproducible" not in kaniko_args(spec.model_copy(update={
+        "output": spec.output.model_copy(update={"reproducible": False})}))
+    with pytest.raises(ValidationError, match=r"spec\.output\.reproducible"):
+        ImageBuildSpec.model_validate({**spec.model_dump(by_alias=True), "builder": "buildah"})

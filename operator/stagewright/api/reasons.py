@@ -33,6 +33,13 @@ class Reason(StrEnum):
     CHECK_FAILED = "CheckFailed"
     #: A trigger started a build (a Normal Event, not a phase).
     TRIGGERED = "Triggered"
+    #: Signing (conditions Signed and Attested; a build's reason when spec.signing.required).
+    SIGNED = "Signed"
+    ATTESTED = "Attested"
+    SIGNING_KEY_NOT_FOUND = "SigningKeyNotFound"
+    SIGNING_KEY_INVALID = "SigningKeyInvalid"
+    SIGNING_KEY_UNSUPPORTED = "SigningKeyUnsupported"
+    SIGNATURE_PUSH_FAILED = "SignaturePushFailed"
 
 
 #: Failures of the infrastructure, not of the build: retried up to spec.retries times.
@@ -46,4 +53,6 @@ WARNINGS = frozenset({
     Reason.REGISTRY_NOT_ALLOWED,
     Reason.PUSH_FAILED, Reason.OUT_OF_MEMORY, Reason.TIMEOUT, Reason.EVICTED, Reason.POD_LOST,
     Reason.DIGEST_UNVERIFIED, Reason.SIZE_BUDGET_EXCEEDED, Reason.CHECK_FAILED,
+    Reason.SIGNING_KEY_NOT_FOUND, Reason.SIGNING_KEY_INVALID, Reason.SIGNING_KEY_UNSUPPORTED,
+    Reason.SIGNATURE_PUSH_FAILED,
 })

@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from stagewright.api.reasons import Reason
+from stagewright.api.signing import Signing, SigningStatus
 from stagewright.api.triggers import BuildCause, BuildInputs, Triggers, TriggerStatus
 from stagewright.api.types import (
     ApiModel,
@@ -218,6 +219,11 @@ class Output(ApiModel):
     labels: dict[str, str] = Field(
         default_factory=dict, description="OCI labels added to the image config.",
     )
+    reproducible: bool = Field(
+        default=False,
+        description="Leave build times out of the image (Kaniko's --reproducible), so the "
+        "same inputs give the same digest, and the same signature and provenance apply.",
+    )
     max_size: Quantity | None = Field(
         default=None,
         description="Size budget (a quantity such as 200Mi): compressed bytes, config + "
@@ -331,6 +337,11 @@ class ImageBuildSpec(ApiModel):
         description="ServiceAccount of the build pod, for cloud workload identity. Its API "
         "token is never mounted.",
     )
+    signing: Signing | None = Field(
+        default=None,
+        description="Sign the pushed image with cosign's format and attest its SLSA v1 "
+        "provenance, with a key from a Secret the build pods never see.",
+    )
     triggers: Triggers | None = Field(
         default=None,
         description="Rebuild on a new commit of the git branch or tag, a re-pushed base image, "
@@ -368,7 +379,8 @@ class ImageBuildSpec(ApiModel):
                                  + "; ".join(problems))
             unsupported = [name for name, used in (
                 ("spec.checks", bool(self.checks)),
-                ("spec.output.maxSize", self.output.max_size is not None)) if used]
+                ("spec.output.maxSize", self.output.max_size is not None),
+                ("spec.output.reproducible", self.output.reproducible)) if used]
             if unsupported:
                 # Check stages and the staging-tag budget are built on Kaniko's flags.
                 raise ValueError(f"builder buildah does not support {', '.join(unsupported)} "
@@ -458,6 +470,9 @@ class BuildRecord(ApiModel):
     causes: list[BuildCause] | None = Field(
         default=None, max_length=40, description="Why it ran (Spec, Rebuild, Commit, BaseImage).",
     )
+    signed_by: str | None = Field(
+        default=None, description="The key ID that signed its image, if it was signed.",
+    )
 
 
 class ImageBuildStatus(ApiModel):
@@ -525,6 +540,10 @@ class ImageBuildStatus(ApiModel):
     )
     history: list[BuildRecord] | None = Field(
         default=None, max_length=5, description="The last 5 finished builds, newest first.",
+    )
+    signing: SigningStatus | None = Field(
+        default=None, description="The last build's signature and attestation, and the key "
+        "that made them; conditions Signed and Attested say whether they succeeded.",
     )
     triggers: TriggerStatus | None = Field(
         default=None, description="The triggers' own state: the webhook path and the hourly "

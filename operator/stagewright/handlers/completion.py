@@ -28,12 +28,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from stagewright.api.reasons import Reason
-from stagewright.api.triggers import BuildInputs
+from stagewright.api.triggers import BuildInputs, ImageDigest
 from stagewright.api.v1alpha1 import ImageBuild, Phase
 from stagewright.build_log import BuildLog, parse_build_log
 from stagewright.dockerfile import base_images
 from stagewright.handlers.kube_api import ApiError, KubeApi
 from stagewright.handlers.push_secret import docker_config
+from stagewright.handlers.signer import Signer, operator_version
 from stagewright.handlers.trigger_watch import TriggerWatch
 from stagewright.insight import SCRATCH, build_insight, over_budget_message, success_message
 from stagewright.registry import (
@@ -46,7 +47,8 @@ from stagewright.registry import (
 )
 from stagewright.resources.pod_common import dockerfile_key
 from stagewright.settings import Settings
-from stagewright.status import human_size, parse_iso
+from stagewright.signing.provenance import BuildFacts
+from stagewright.status import ConditionUpdate, human_size, parse_iso
 
 #: How long after the builder's exit a registry that does not (yet) serve the digest, or cannot be
 #: reached, is asked again before the operator records what it knows.
@@ -68,6 +70,11 @@ class Verdict:
     reason: Reason
     message: str
     fields: dict[str, Any] = field(default_factory=dict)
+    #: Conditions beyond kstatus's the write sets (Signed, Attested).
+    conditions: list[ConditionUpdate] = field(default_factory=list)
+    #: Something a person should hear of though the build succeeded (signing failed, not
+    #: required): a Warning Event with this reason and message.
+    warning: tuple[Reason, str] | None = None
 
 
 #: The reconciler's status write, called once with the verdict.
@@ -142,10 +149,12 @@ class Completion:
         self.settings = settings
         #: Resolves the base images' digests for builds with a base-image trigger.
         self.triggers = triggers
+        #: Signs confirmed images of ImageBuilds with spec.signing.
+        self.signer = Signer(api, registry)
 
     async def complete(self, build: ImageBuild, log: Logger, digest: str,
                        finished_at: str | None, checks: list[dict[str, Any]] | None,
-                       record: Record) -> None:
+                       record: Record, builder_image: str | None = None) -> None:
         """Confirm the builder's digest at the registry and record the image's size.
 
         The build log is read while the registry answers: the two do not depend on each
@@ -155,7 +164,8 @@ class Completion:
         """
         facts = asyncio.ensure_future(self._read_build_log(build, log))
         try:
-            await self._verify(build, log, digest, finished_at, checks, facts, record)
+            await self._verify(build, log, digest, finished_at, checks, facts,
+                               _Recorder(record, builder_image))
         finally:
             if not facts.done():
                 facts.cancel()
@@ -164,9 +174,10 @@ class Completion:
 
     async def _verify(self, build: ImageBuild, log: Logger, digest: str,
                       finished_at: str | None, checks: list[dict[str, Any]] | None,
-                      facts_read: asyncio.Future[BuildLog | None], record: Record) -> None:
+                      facts_read: asyncio.Future[BuildLog | None], recorder: _Recorder) -> None:
         """The registry's answer decides the outcome; the log, awaited only on success,
         adds the cache report and the base image's share."""
+        record = recorder.record
         image = f"{build.spec.output.image}@{digest}"
         patient = is_patient(finished_at, datetime.now(UTC))
         try:
@@ -198,13 +209,46 @@ class Completion:
         inputs = await self._inputs_used(build, facts, log)
         if inputs is not None:
             result["inputs"] = inputs
+        verdict = built(build, info, insight, result)
+        if build.spec.signing is not None:
+            verdict = await self._signed(build, log, verdict, inputs, recorder.builder_image,
+                                         finished_at)
         log.info(f"Built {image} ({result['size_human']}, {info.layers} layers).")
-        await record(built(build, info, insight, result))
+        await record(verdict)
+
+    async def _signed(self, build: ImageBuild, log: Logger, verdict: Verdict,
+                      inputs: dict[str, Any] | None, builder_image: str | None,
+                      finished_at: str | None) -> Verdict:
+        """The verdict with the image signed and attested (or why not): only now, with the
+        digest confirmed at the registry, tagged and within its budget."""
+        signing = build.spec.signing
+        assert signing is not None
+        used = BuildInputs.model_validate(inputs or {})
+        facts = BuildFacts(
+            digest=str(verdict.fields["digest"]), commit=used.commit, ref=used.ref,
+            base_images=[(i.image, i.digest) for i in used.base_images or []],
+            builder_image=builder_image, pod=build.status.pod_name,
+            started=build.status.start_time, finished=finished_at,
+            operator_version=operator_version())
+        signed = await self.signer.sign(build, facts)
+        fields = {**verdict.fields, "signing": signed.status}
+        if signed.failure is None:
+            return Verdict(verdict.phase, verdict.reason, verdict.message, fields,
+                           signed.conditions)
+        reason, message = signed.failure
+        log.warning(f"Signing failed ({reason}): {message}")
+        if signing.required:
+            return Verdict(Phase.FAILED, reason, f"{message} The image was pushed and "
+                           "tagged, but spec.signing.required is set.", fields,
+                           signed.conditions)
+        return Verdict(verdict.phase, verdict.reason, verdict.message, fields,
+                       signed.conditions, warning=signed.failure)
 
     async def _inputs_used(self, build: ImageBuild, facts: BuildLog | None,
                            log: Logger) -> dict[str, Any] | None:
         """status.inputs with the base images the build used and their digests, for a build
-        the base-image trigger watches (None for others: nothing is looked up).
+        the base-image trigger watches or that is signed (its provenance names them); None
+        for others: nothing is looked up.
 
         The images: the Dockerfile's FROM closure of the target when it is in a ConfigMap
         (``COPY --from=image`` included), else the external bases of the stages the builder
@@ -212,16 +256,36 @@ class Completion:
         read as the build ends, so a base re-pushed during the build is seen as a change.
         """
         triggers = build.spec.triggers
-        if self.triggers is None or triggers is None or triggers.base_images is None:
+        watched = triggers is not None and triggers.base_images is not None
+        if not watched and build.spec.signing is None:
             return None
         images = await self._dockerfile_bases(build)
         if images is None:
             images = list(facts.external_bases) if facts else []
-        digests = await self.triggers.base_digests(build, images)
+        digests = await self._base_digests(build, images)
         used = (build.status.inputs or BuildInputs()).model_copy(
             update={"base_images": digests or None})
         log.info(f"Base images: {', '.join(f'{d.image}@{d.digest}' for d in digests) or 'none'}.")
         return used.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    async def _base_digests(self, build: ImageBuild, images: list[str]) -> list[ImageDigest]:
+        """Each image's digest: through the trigger watch's shared polls when there is one,
+        else one HEAD each (an image that cannot be read gets no digest, not a failure)."""
+        if self.triggers is not None:
+            return await self.triggers.base_digests(build, images)
+        config = await docker_config(self.api, build)
+        output = build.spec.output
+        digests = []
+        for image in images:
+            try:
+                reference = ImageReference.parse(image)
+                insecure = output.insecure and reference.registry == output.registry
+                digest: str | None = await self.registry.head_digest(
+                    reference, insecure=insecure, docker_config=config)
+            except (RegistryError, ValueError):
+                digest = None
+            digests.append(ImageDigest(image=image, digest=digest))
+        return digests
 
     async def _dockerfile_bases(self, build: ImageBuild) -> list[str] | None:
         """The target's FROM images from a ConfigMap context's Dockerfile; None when the
@@ -304,6 +368,14 @@ class Completion:
         if info.platforms:
             return [[layer.digest for layer in p.layer_details] for p in info.platforms]
         return [[layer.digest for layer in info.layer_details]]
+
+
+@dataclass(frozen=True)
+class _Recorder:
+    """The reconciler's write, and what the pod said that the write does not carry."""
+
+    record: Record
+    builder_image: str | None
 
 
 def _short(digest: str) -> str:

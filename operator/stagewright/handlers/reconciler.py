@@ -54,6 +54,7 @@ from stagewright.settings import Settings
 from stagewright.status import (
     PodOutcome,
     build_terminated,
+    builder_image,
     check_results,
     classify_log,
     classify_pod,
@@ -487,7 +488,8 @@ class Reconciler:
             await self._while_running(build, log, outcome)
         elif outcome.succeeded and outcome.digest:
             await self.completion.complete(build, log, outcome.digest, outcome.finished_at,
-                                           checks, record=partial(self._finish, build))
+                                           checks, record=partial(self._finish, build),
+                                           builder_image=builder_image(pod) if pod else None)
         elif outcome.infrastructure_failure and (status.attempt or 1) <= build.spec.retries:
             log.warning(f"Build pod {status.pod_name} failed ({outcome.reason}); retrying.")
             _, files = await self._references(build)
@@ -564,7 +566,10 @@ class Reconciler:
     async def _finish(self, build: ImageBuild, verdict: Verdict) -> None:
         """The completion path's one write: the build's end, as it decided it."""
         await self._write(build, phase=verdict.phase, reason=verdict.reason,
-                          message=verdict.message, completion=True, **verdict.fields)
+                          message=verdict.message, completion=True,
+                          conditions=verdict.conditions, **verdict.fields)
+        if verdict.warning is not None:
+            await self._post_event(build.metadata, *verdict.warning)
 
     async def _write_if_changed(self, build: ImageBuild, log: Logger, *, phase: Phase,
                                 reason: Reason, message: str, keep_pod: bool = False,
@@ -603,7 +608,8 @@ class Reconciler:
                 generation=build.generation, rebuild=build.rebuild_token, phase=phase,
                 reason=reason.value, digest=fields.get("digest"), size=fields.get("size"),
                 start_time=build.status.start_time, completion_time=fields["completion_time"],
-                cache_hits=(fields.get("cache") or {}).get("hits"), causes=causes))
+                cache_hits=(fields.get("cache") or {}).get("hits"), causes=causes,
+                signed_by=(fields.get("signing") or {}).get("keyId")))
         patch = status_patch(build.status, phase=phase, reason=reason, message=message,
                              generation=build.generation, rebuild=build.rebuild_token, **fields)
         updated = await self.api.patch_imagebuild_status(build.namespace, build.name, patch)

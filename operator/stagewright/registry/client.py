@@ -10,6 +10,7 @@ registries (registry.transport); what a manifest means is registry.manifests.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ssl
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -19,7 +20,7 @@ from typing import Any, Self
 
 from stagewright.registry.auth import Authenticator, Target, target_for
 from stagewright.registry.egress import Resolver, system_resolver
-from stagewright.registry.errors import InvalidManifest, RegistryError
+from stagewright.registry.errors import ImageNotFound, InvalidManifest, RegistryError
 from stagewright.registry.layers import pair_layers
 from stagewright.registry.manifests import (
     DOCKER_MANIFEST,
@@ -43,7 +44,7 @@ from stagewright.registry.manifests import (
 )
 from stagewright.registry.models import ImageInfo, Layer, PlatformImage
 from stagewright.registry.reference import ImageReference
-from stagewright.registry.transport import MAX_ERROR_BODY, Transport
+from stagewright.registry.transport import MAX_ERROR_BODY, Transport, upload_path
 
 # The media types and the manifest limit were defined here before the split; tests and tools
 # import them from this module.
@@ -166,6 +167,71 @@ class RegistryClient:
                     f"registry {target.host} stored {given} under tag {tag}, not "
                     f"{manifest.digest}"
                 )
+
+    async def manifest(
+        self,
+        reference: ImageReference,
+        *,
+        insecure: bool = False,
+        docker_config: Mapping[str, object] | None = None,
+    ) -> Manifest | None:
+        """A manifest as stored (its exact bytes, media type and digest), or None when the
+        registry has none under ``reference``: what a signature or attestation is added to."""
+        target = target_for(reference, insecure, docker_config)
+        try:
+            return await self._manifest(target, reference.reference)
+        except ImageNotFound:
+            return None
+
+    async def push_blob(
+        self,
+        repository: ImageReference,
+        data: bytes,
+        *,
+        insecure: bool = False,
+        docker_config: Mapping[str, object] | None = None,
+    ) -> str:
+        """Upload ``data`` as a blob of ``repository`` (one monolithic upload, skipped when
+        the registry has it already); returns its digest."""
+        target = target_for(repository, insecure, docker_config)
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        blob = f"/v2/{target.ref.repository}/blobs/{digest}"
+        try:
+            await self._auth.authorized("HEAD", target, blob, digest, limit=MAX_ERROR_BODY)
+            return digest
+        except ImageNotFound:
+            pass
+        started = await self._auth.authorized(
+            "POST", target, f"/v2/{target.ref.repository}/blobs/uploads/", digest,
+            limit=MAX_ERROR_BODY)
+        await self._auth.authorized(
+            "PUT", target, upload_path(started.headers.get("location"), digest), digest,
+            limit=MAX_ERROR_BODY, content=data,
+            extra_headers={"Content-Type": "application/octet-stream"})
+        return digest
+
+    async def push_manifest(
+        self,
+        repository: ImageReference,
+        tag: str,
+        body: bytes,
+        media_type: str,
+        *,
+        insecure: bool = False,
+        docker_config: Mapping[str, object] | None = None,
+    ) -> str:
+        """PUT a manifest under ``tag``; its digest, checked against what the registry says
+        it stored."""
+        target = target_for(repository, insecure, docker_config)
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        reply = await self._auth.authorized(
+            "PUT", target, f"/v2/{target.ref.repository}/manifests/{tag}", tag,
+            limit=MAX_ERROR_BODY, content=body, extra_headers={"Content-Type": media_type})
+        given = reply.headers.get("docker-content-digest")
+        if given and given != digest:
+            raise InvalidManifest(f"registry {target.host} stored {given} under tag {tag}, "
+                                  f"not {digest}")
+        return digest
 
     async def head_digest(
         self,

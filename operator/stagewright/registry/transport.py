@@ -401,3 +401,14 @@ def _connect_error(host: str, exc: aiohttp.ClientConnectorError) -> RegistryErro
             f"registry serves plain HTTP, {INSECURE_HINT}"
         )
     return RegistryUnavailable(f"cannot connect to registry {host}: {exc or 'connect error'}")
+
+
+def upload_path(location: str | None, digest: str) -> str:
+    """Where to PUT an upload's bytes: the path and query of the ``Location`` a POST to
+    ``/blobs/uploads/`` answered (absolute or relative, with its own state in the query),
+    plus the digest the registry checks them against."""
+    if not location:
+        raise RegistryError("the registry started a blob upload without a Location")
+    url = URL(location, encoded=True)
+    separator = "&" if url.raw_query_string else "?"
+    return f"{url.raw_path_qs}{separator}digest={digest.replace(':', '%3A')}"

@@ -75,6 +75,9 @@ def kaniko_args(spec: ImageBuildSpec, staging: str | None = None) -> list[str]:
         args += ["--cache=true", f"--cache-repo={spec.cache_repo}", f"--cache-ttl={spec.cache.ttl}"]
     else:
         args.append("--cache=false")
+    if spec.output.reproducible:
+        # No build times in the image: the same inputs give the same digest.
+        args.append("--reproducible")
     if spec.output.insecure:
         # Per-registry flags: plain HTTP or self-signed for this registry only (push, cache,
         # base images), nothing else weakened.
