@@ -109,8 +109,8 @@ def test_a_relist_drops_what_was_deleted_unseen(controller: Controller) -> None:
     controller.imagebuild_event("ADDED", imagebuild("kept"))
     controller.pod_event("ADDED", pod("kept", "Running"))
     controller.pod_event("ADDED", pod("gone", "Running"))
-    controller._imagebuilds_listed({(NS, "kept")})
-    controller._pods_listed({(NS, "kept-1-1")})
+    controller._imagebuilds_listed("", {(NS, "kept")})
+    controller._pods_listed("", {(NS, "kept-1-1")})
     assert set(controller.tracked.unsettled) == {(NS, "kept")}
     assert set(controller.tracked.running_pods) == {(NS, "kept-1-1")}
 

@@ -36,7 +36,7 @@ class _Gone(Exception):  # noqa: N818 - control flow: the resourceVersion expire
 
 
 class Informer:
-    """Lists then watches ``path`` (a collection URL), optionally label-selected."""
+    """Lists then watches ``path`` (a collection URL), optionally label- and field-selected."""
 
     #: Watch requests last this long on the server (plus up to as much again, at random, so
     #: informers started together do not reconnect together).
@@ -47,13 +47,14 @@ class Informer:
     min_delay, max_delay = 0.5, 5.0
 
     def __init__(self, api: KubeApi, path: str, on_event: OnEvent, *,
-                 label_selector: str = "", on_relist: OnRelist | None = None,
-                 kind: str = "") -> None:
+                 label_selector: str = "", field_selector: str = "",
+                 on_relist: OnRelist | None = None, kind: str = "") -> None:
         self._api = api
         self.path = path
         self._on_event = on_event
         self._on_relist = on_relist
         self._selector = label_selector
+        self._fields = field_selector
         self._kind = kind
         #: The version the next watch resumes from; None: list first.
         self.resource_version: str | None = None
@@ -61,7 +62,10 @@ class Informer:
         self.synced = asyncio.Event()
 
     def _params(self) -> dict[str, str]:
-        return {"labelSelector": self._selector} if self._selector else {}
+        params = {"labelSelector": self._selector} if self._selector else {}
+        if self._fields:
+            params["fieldSelector"] = self._fields
+        return params
 
     async def list(self) -> bool:
         """List every object (as ``ADDED``) and note the version to watch from.

@@ -26,8 +26,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -43,15 +46,19 @@ from stagewright.api.v1alpha1 import (
     Phase,
 )
 from stagewright.handlers.build_queue import BuildQueue
+from stagewright.handlers.election import Election, Fence, Timing, replica_identity
 from stagewright.handlers.informer import Informer
 from stagewright.handlers.kube_api import ApiError, KubeApi, load_configuration
 from stagewright.handlers.metrics import Metrics
+from stagewright.handlers.probes import Readiness
 from stagewright.handlers.reconciler import Reconciler
 from stagewright.handlers.workqueue import WorkQueue
 from stagewright.queueing import Limits, Waiting
 from stagewright.registry import RegistryClient, RegistryError
+from stagewright.resources.events import build_event
 from stagewright.resources.pod_common import LABEL_MANAGED_BY, MANAGED_BY
 from stagewright.settings import Settings
+from stagewright.status import now_iso
 
 _SETTLED = (Phase.SUCCEEDED.value, Phase.FAILED.value)
 _log = logging.getLogger("stagewright")
@@ -133,17 +140,19 @@ class Controller:
         self.reconciler = reconciler
         self.settings = settings
         self.tracked = tracked
+        self.scope = settings.scope
         self.work: WorkQueue[Key, Trigger] = WorkQueue(self._process, settings.workers, merge)
         self.informers: list[Informer] = []
-        for namespace in settings.namespaces or [""]:
+        for namespace, fields in self.scope.watches():
             where = f"/namespaces/{namespace}" if namespace else ""
             self.informers.append(Informer(
                 api, f"/apis/{GROUP}/{VERSION}{where}/{PLURAL}", self.imagebuild_event,
-                on_relist=self._imagebuilds_listed, kind=KIND))
+                field_selector=fields, on_relist=partial(self._imagebuilds_listed, namespace),
+                kind=KIND))
             self.informers.append(Informer(
                 api, f"/api/v1{where}/pods", self.pod_event,
-                label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}",
-                on_relist=self._pods_listed, kind="Pod"))
+                label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}", field_selector=fields,
+                on_relist=partial(self._pods_listed, namespace), kind="Pod"))
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -196,6 +205,8 @@ class Controller:
         """Any change to an ImageBuild (and each one listed): note it, queue its next step."""
         meta = body["metadata"]
         namespace, name = meta.get("namespace") or "", meta["name"]
+        if not self.scope.covers(namespace):
+            return  # another shard's (a pattern the API server cannot select)
         queue = self.reconciler.queue
         if kind == "DELETED":
             self.tracked.note_imagebuild(namespace, name, {})
@@ -226,7 +237,7 @@ class Controller:
         meta = pod["metadata"]
         namespace, name = meta.get("namespace") or "", str(meta.get("name"))
         owner = _owner(meta)
-        if not namespace:
+        if not namespace or not self.scope.covers(namespace):
             return
         status = pod.get("status") or {}
         if not owner:
@@ -246,24 +257,24 @@ class Controller:
         if (namespace, owner) in self.tracked.unsettled:  # an old pod of a finished build: no
             self.enqueue((namespace, owner), Trigger(pod=None if kind == "DELETED" else pod))
 
-    def _imagebuilds_listed(self, seen: set[Key]) -> None:
-        """After a relist: unfinished builds not listed were deleted while unwatched."""
-        for key in [k for k in self.tracked.unsettled if k not in seen and self._scoped(k)]:
+    def _imagebuilds_listed(self, namespace: str, seen: set[Key]) -> None:
+        """After a relist (of ``namespace``, or "" for all): unfinished builds not listed
+        were deleted while unwatched."""
+        for key in [k for k in self.tracked.unsettled
+                    if k not in seen and _listed_by(namespace, k)]:
             self.imagebuild_event("DELETED", {"metadata": {"namespace": key[0],
                                                            "name": key[1]}})
 
-    def _pods_listed(self, seen: set[Key]) -> None:
-        """After a relist: running pods not listed were deleted while unwatched."""
-        for key in [k for k in self.tracked.running_pods if k not in seen and self._scoped(k)]:
+    def _pods_listed(self, namespace: str, seen: set[Key]) -> None:
+        """After a relist (of ``namespace``, or "" for all): running pods not listed were
+        deleted while unwatched."""
+        for key in [k for k in self.tracked.running_pods
+                    if k not in seen and _listed_by(namespace, k)]:
             owner = self.tracked.running_pods.pop(key)
             if self.reconciler.queue is not None:
                 self.reconciler.queue.release(*owner)
             if owner in self.tracked.unsettled:
                 self.enqueue(owner)
-
-    def _scoped(self, key: Key) -> bool:
-        """Whether one informer's list covers ``key`` (all namespaces, or the key's own)."""
-        return not self.settings.namespaces or key[0] in self.settings.namespaces
 
     async def _stop_orphan(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
@@ -288,46 +299,186 @@ class Controller:
                     self.enqueue((namespace, name))
 
 
+class Operator:
+    """What runs while this replica acts: a fresh term (tracked state, build queue,
+    reconciler, controller) each time it starts leading, so a new leader starts from a full
+    list, as a restarted operator does. The clients and metrics outlive terms."""
+
+    def __init__(self, api: KubeApi, registry: RegistryClient, settings: Settings,
+                 kopf_settings: kopf.OperatorSettings, metrics: Metrics) -> None:
+        self.api = api
+        self.registry = registry
+        self.settings = settings
+        self.kopf_settings = kopf_settings
+        self.metrics = metrics
+        self.controller: Controller | None = None
+        #: Set while a term's controller has listed and runs.
+        self.acting = asyncio.Event()
+        metrics.watch_queue(self._waiting, self._running)
+
+    def _waiting(self) -> list[tuple[str, str]]:
+        controller = self.controller
+        queue = controller.reconciler.queue if controller is not None else None
+        return list(queue.waiting()) if queue is not None else []
+
+    def _running(self) -> list[tuple[str, str]]:
+        controller = self.controller
+        return controller.tracked.running_builds() if controller is not None else []
+
+    async def lead(self) -> None:
+        """Start a term: create its state, list, then watch and reconcile."""
+        settings = self.settings
+        tracked = Tracked()
+        holder: list[Controller] = []
+        queue = BuildQueue(Limits(settings.max_running_builds,
+                                  settings.max_running_builds_per_namespace),
+                           running_pods=tracked.running_builds,
+                           wake=lambda namespace, name: holder[0].enqueue((namespace, name)))
+        reconciler = Reconciler(self.api, self.registry, settings,
+                                kopf_settings=self.kopf_settings, queue=queue,
+                                metrics=self.metrics)
+        controller = Controller(self.api, reconciler, settings, tracked)
+        holder.append(controller)
+        self.controller = controller
+        self.metrics.set_leader(True)
+        try:
+            await controller.start()
+        except BaseException:
+            await self.step_down()
+            raise
+        self.acting.set()
+
+    async def step_down(self) -> None:
+        """End the term: stop watching and reconciling (its writes are fenced already)."""
+        self.acting.clear()
+        self.metrics.set_leader(False)
+        controller, self.controller = self.controller, None
+        if controller is not None:
+            await controller.stop()
+
+
+def lease_namespace(settings: Settings) -> str:
+    """The Lease's namespace: the setting, else the pod's own (its ServiceAccount's)."""
+    if settings.lease_namespace:
+        return settings.lease_namespace
+    with contextlib.suppress(OSError):
+        return _SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+    raise kopf.PermanentError("leader election needs STAGEWRIGHT_LEASE_NAMESPACE outside a pod")
+
+
+#: Where a pod finds its own namespace.
+_SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def leader_address() -> str | None:
+    """``POD_IP:port`` of the webhook server, where a standby forwards deliveries; None
+    outside a pod or without a webhook port."""
+    pod_ip, port = os.environ.get("POD_IP"), os.environ.get("STAGEWRIGHT_WEBHOOK_PORT")
+    if not pod_ip or not port:
+        return None
+    return f"[{pod_ip}]:{port}" if ":" in pod_ip else f"{pod_ip}:{port}"
+
+
+def _election(api: KubeApi, fence: Fence, operator: Operator, identity: str) -> Election:
+    settings = operator.settings
+    namespace = lease_namespace(settings)
+    election: Election
+
+    async def started() -> None:
+        _log.info(f"Leading: this replica ({identity}) holds Lease {namespace}/"
+                  f"{settings.lease_name} and starts acting.")
+        await _post_leader_event(api, election)
+        await operator.lead()
+
+    def changed(before: str, after: str) -> None:
+        _log.info(f"Lease {namespace}/{settings.lease_name}: {after} leads now"
+                  f"{f' (was {before})' if before else ''}.")
+
+    election = Election(
+        api, fence, namespace=namespace, name=settings.lease_name, identity=identity,
+        timing=Timing(settings.lease_duration_seconds, settings.renew_deadline_seconds,
+                      settings.retry_period_seconds),
+        address=leader_address(), on_started=started, on_stopped=operator.step_down,
+        on_leader_changed=changed)
+    return election
+
+
+async def _post_leader_event(api: KubeApi, election: Election) -> None:
+    """A Normal Event on the Lease, as client-go's elector posts: who leads from now on."""
+    meta = dict((election.lease() or {}).get("metadata") or {})
+    meta.setdefault("name", election.name)
+    meta.setdefault("namespace", election.namespace)
+    event = build_event(meta, reason="LeaderElection", event_type="Normal", now=now_iso(),
+                        message=f"{election.identity} became leader",
+                        api_version="coordination.k8s.io/v1", kind="Lease")
+    try:
+        await api.create_event(event)
+    except ApiError as exc:
+        _log.warning(f"Could not post the LeaderElection Event: {exc}")
+
+
 @kopf.on.startup(id="start")
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    """Create the clients, the reconciler and the controller; list, then watch."""
+    """Create the clients; then act at once, or stand for leadership and act once leading."""
     configure(settings)
     operator_settings: Settings = memo.get("settings") or Settings()
+    identity: str = memo.get("identity") or replica_identity()
     metrics = Metrics()
+    fence = Fence() if operator_settings.leader_election else None
     memo.clients = clients = contextlib.AsyncExitStack()
     api = await clients.enter_async_context(
-        KubeApi(load_configuration(), observer=metrics.api_request))
+        KubeApi(load_configuration(), observer=metrics.api_request, fence=fence))
     # One registry client for the operator's life: its bearer tokens are reused across builds.
     registry = await clients.enter_async_context(
         RegistryClient(timeout=operator_settings.registry_timeout_seconds,
                        observer=metrics.registry_request,
                        ca_bundle=operator_settings.ca_bundle_file,
                        allow=operator_settings.registry_allow))
-    tracked = Tracked()
-    holder: list[Controller] = []
-    queue = BuildQueue(Limits(operator_settings.max_running_builds,
-                              operator_settings.max_running_builds_per_namespace),
-                       running_pods=tracked.running_builds,
-                       wake=lambda namespace, name: holder[0].enqueue((namespace, name)))
-    metrics.watch_queue(queue.waiting, tracked.running_builds)
     if operator_settings.metrics_port is not None:
         metrics.serve(operator_settings.metrics_port, operator_settings.metrics_address)
-    reconciler = Reconciler(api, registry, operator_settings, kopf_settings=settings,
-                            queue=queue, metrics=metrics)
-    memo.controller = controller = Controller(api, reconciler, operator_settings, tracked)
-    holder.append(controller)
-    await controller.start()
+    memo.operator = operator = Operator(api, registry, operator_settings, settings, metrics)
+    election = None
+    if fence is not None:
+        memo.election = election = _election(api, fence, operator, identity)
+        memo.election_task = asyncio.create_task(election.run(), name="stagewright-election")
+    if operator_settings.readiness_endpoint:
+        memo.readiness = await clients.enter_async_context(
+            Readiness(operator_settings.readiness_endpoint, partial(_role, operator, election)))
+    if election is None:
+        await operator.lead()
+
+
+def _role(operator: Operator, election: Election | None) -> str | None:
+    """What /readyz says: ``leader``, ``standby``, or None while neither can be said yet."""
+    if election is None:
+        return "leader" if operator.acting.is_set() else None
+    if election.is_leader():
+        return "leader"
+    return "standby" if election.tried.is_set() else None
 
 
 @kopf.on.cleanup(id="stop")
 async def stop(memo: kopf.Memo, **_: Any) -> None:
-    """Stop the controller and close connections."""
-    controller: Controller | None = memo.get("controller")
-    if controller is not None:
-        await controller.stop()
+    """Stop acting, give the Lease up, and close connections."""
+    election: Election | None = memo.get("election")
+    task: asyncio.Task[None] | None = memo.get("election_task")
+    if task is not None:
+        task.cancel()  # no more renewals; leading stops (fence closed, term ended)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    operator: Operator | None = memo.get("operator")
+    if operator is not None:
+        await operator.step_down()
+    if election is not None:
+        await election.release()
     clients: contextlib.AsyncExitStack | None = memo.get("clients")
     if clients is not None:
         await clients.aclose()
+
+
+def _listed_by(namespace: str, key: Key) -> bool:
+    """Whether a list of ``namespace`` ("" for all) covers ``key``."""
+    return not namespace or key[0] == namespace
 
 
 def _settled(status: Mapping[str, Any], meta: Mapping[str, Any],
