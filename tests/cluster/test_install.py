@@ -188,7 +188,11 @@ def _overlay(directory: Path, sandbox: Sandbox, operator_image: OperatorImage) -
             "spec": {"template": {"spec": {"containers": [{"name": "operator", "env": [
                 {"name": "STAGEWRIGHT_KANIKO_IMAGE", "value": sandbox.images.kaniko},
                 {"name": "STAGEWRIGHT_RESYNC_SECONDS", "value": "5"},
-            ]}]}}}})}],
+            ]}]}}}})},
+            # Kubernetes 1.20 serves no policy/v1 (manifests/base/kustomization.yaml says so).
+            {"patch": yaml.safe_dump({
+                "$patch": "delete", "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                "metadata": {"name": KUSTOMIZE_OPERATOR, "namespace": OPERATOR_NAMESPACE}})}],
     }))
     return directory
 

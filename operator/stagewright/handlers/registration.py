@@ -547,4 +547,11 @@ async def _reconcile(reconciler: Reconciler, namespace: str, name: str, *,
         await reconciler.reconcile(namespace, name, body=body, pod=pod)
     except (ApiError, RegistryError) as exc:
         log = _log.warning if exc.temporary else _log.error
-        log(f"Reconciling {namespace}/{name} failed, will retry: {exc}")
+        log(f"Reconciling failed, will retry: {exc}", extra=object_ref(namespace, name))
+
+
+def object_ref(namespace: str, name: str) -> dict[str, Any]:
+    """``extra`` for a log line about an ImageBuild: kopf's formatters prefix the text with
+    [namespace/name] and put it in a JSON line's ``object``, as for kopf's object loggers."""
+    return {"k8s_ref": {"apiVersion": API_VERSION, "kind": KIND, "namespace": namespace,
+                        "name": name}}
