@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -145,25 +146,31 @@ class Controller:
         self.informers: list[Informer] = []
         for namespace, fields in self.scope.watches():
             where = f"/namespaces/{namespace}" if namespace else ""
+            # What a list brings is low priority in the work queue; watch events come first.
             self.informers.append(Informer(
                 api, f"/apis/{GROUP}/{VERSION}{where}/{PLURAL}", self.imagebuild_event,
                 field_selector=fields, on_relist=partial(self._imagebuilds_listed, namespace),
-                kind=KIND))
+                kind=KIND, on_listed=partial(self.imagebuild_event, low=True)))
             self.informers.append(Informer(
                 api, f"/api/v1{where}/pods", self.pod_event,
                 label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}", field_selector=fields,
-                on_relist=partial(self._pods_listed, namespace), kind="Pod"))
+                on_relist=partial(self._pods_listed, namespace), kind="Pod",
+                on_listed=partial(self.pod_event, low=True)))
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """List everything (ImageBuilds first, so pods find their owners tracked), then
         start the workers and the watches. An ImageBuild resource not served yet (its CRD
         is not installed) is waited for by its informer, without holding up the start."""
+        started = time.monotonic()
         for informer in self.informers:
             try:
                 await informer.list()
             except ApiError as exc:  # its watch loop lists again, with back-off
                 _log.warning(f"Listing {informer.path} failed ({exc}); retrying.")
+        _log.info(f"Listed {len(self.tracked.unsettled)} unfinished ImageBuilds and "
+                  f"{len(self.tracked.running_pods)} running build pods in "
+                  f"{time.monotonic() - started:.2f} s; acting.")
         queue = self.reconciler.queue
         if queue is not None:
             # After a restart, queued builds start in their old order, not in event order;
@@ -188,21 +195,23 @@ class Controller:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def enqueue(self, key: Key, trigger: Trigger | None = None) -> None:
-        """Reconcile ``key`` soon. An event that arrives while the key is being reconciled
-        may predate the reconcile's own write, so its body is dropped (read afresh)."""
+    def enqueue(self, key: Key, trigger: Trigger | None = None, *, low: bool = False) -> None:
+        """Reconcile ``key`` soon (``low``: after every watch event waiting). An event that
+        arrives while the key is being reconciled may predate the reconcile's own write, so
+        its body is dropped (read afresh)."""
         trigger = trigger or Trigger()
         if self.work.active(key):
             trigger.body = None
-        self.work.add(key, trigger)
+        self.work.add(key, trigger, low=low)
 
     async def _process(self, key: Key, trigger: Trigger) -> None:
         await _reconcile(self.reconciler, *key, body=trigger.body, pod=trigger.pod)
 
     # Events
 
-    def imagebuild_event(self, kind: str, body: dict[str, Any]) -> None:
-        """Any change to an ImageBuild (and each one listed): note it, queue its next step."""
+    def imagebuild_event(self, kind: str, body: dict[str, Any], *, low: bool = False) -> None:
+        """Any change to an ImageBuild (and each one listed, ``low``): note it, queue its next
+        step."""
         meta = body["metadata"]
         namespace, name = meta.get("namespace") or "", meta["name"]
         if not self.scope.covers(namespace):
@@ -229,11 +238,11 @@ class Controller:
         if _queued(status, meta, annotations) and queue is not None and queue.holds(
                 namespace, name):
             return  # our own "Queued" write: the queue wakes it when a slot frees
-        self.enqueue((namespace, name), Trigger(body=body))
+        self.enqueue((namespace, name), Trigger(body=body), low=low)
 
-    def pod_event(self, kind: str, pod: dict[str, Any]) -> None:
-        """A build pod changed: free its slot once it ended, and queue its ImageBuild (or
-        stop the pod if none owns it)."""
+    def pod_event(self, kind: str, pod: dict[str, Any], *, low: bool = False) -> None:
+        """A build pod changed (or was listed, ``low``): free its slot once it ended, and
+        queue its ImageBuild (or stop the pod if none owns it)."""
         meta = pod["metadata"]
         namespace, name = meta.get("namespace") or "", str(meta.get("name"))
         owner = _owner(meta)
@@ -255,7 +264,8 @@ class Controller:
         if _pristine(status):
             return  # the reconcile that created it recorded it; nothing new to read
         if (namespace, owner) in self.tracked.unsettled:  # an old pod of a finished build: no
-            self.enqueue((namespace, owner), Trigger(pod=None if kind == "DELETED" else pod))
+            self.enqueue((namespace, owner), Trigger(pod=None if kind == "DELETED" else pod),
+                         low=low)
 
     def _imagebuilds_listed(self, namespace: str, seen: set[Key]) -> None:
         """After a relist (of ``namespace``, or "" for all): unfinished builds not listed
@@ -296,7 +306,7 @@ class Controller:
                     continue  # in line: nothing to check until the queue wakes it
                 if (namespace, name) not in self.work:
                     reconciler.unwritten(namespace, name)  # the truth, as the server has it
-                    self.enqueue((namespace, name))
+                    self.enqueue((namespace, name), low=True)
 
 
 class Operator:
