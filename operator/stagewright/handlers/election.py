@@ -288,12 +288,17 @@ class Election:
         leading the moment the fence runs out. Until cancelled."""
         try:
             while True:
-                if self._leading:
-                    await self._renew()
-                else:
+                try:
+                    if self._leading:
+                        await self._renew()
+                        continue
                     await self._try_to_acquire()
-                    self.tried.set()
-                    await asyncio.sleep(self.timing.retry_period)
+                except Exception:  # a Lease this code cannot read must not end the loop
+                    _log.exception(f"Leader election on Lease {self.namespace}/{self.name} "
+                                   "failed; trying again.")
+                    await self._stop_leading("leader election failed")
+                self.tried.set()
+                await asyncio.sleep(self.timing.retry_period)
         finally:
             if self._leading:
                 await self._stop_leading(_STOPPING)
