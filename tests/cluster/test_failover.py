@@ -234,7 +234,8 @@ def test_two_shards_build_only_their_own_namespaces(
         sandbox: Sandbox, namespace: str, replicas: Callable[..., Replica]) -> None:
     """A shard by name, and a catch-all of the test's namespaces except that one (a pattern
     and an exclusion): each builds only its own, each on its own Lease."""
-    own, rest = f"{namespace[:50]}-a", f"{namespace[:50]}-b"
+    prefix = namespace[:40].rstrip("-")
+    own, rest = f"{prefix}-a", f"{prefix}-b"
     for extra in (own, rest):
         sandbox.admin.apply([{"apiVersion": "v1", "kind": "Namespace",
                               "metadata": {"name": extra}}])
@@ -242,7 +243,7 @@ def test_two_shards_build_only_their_own_namespaces(
     try:
         shard_a = replicas("shard-a", lease="shard-a", STAGEWRIGHT_NAMESPACES=own)
         shard_b = replicas("shard-b", lease="shard-b",
-                           STAGEWRIGHT_NAMESPACES=f"{namespace[:50]}-*,!{own}")
+                           STAGEWRIGHT_NAMESPACES=f"{prefix}-*,!{own}")
         wait_until(lambda: shard_a.role() == shard_b.role() == "leader", 30, "both leading")
         for target in (own, rest):
             sandbox.admin.apply([context(target, QUICK_DOCKERFILE),

@@ -166,7 +166,7 @@ class KubeApi:
             connector = aiohttp.TCPConnector(ssl=self._ssl, limit=limit)
             session = self._pools[pool] = aiohttp.ClientSession(
                 connector=connector, timeout=timeout, headers={"User-Agent": USER_AGENT},
-                trace_configs=[self._fence_trace()])
+                trace_configs=[self._fence_trace()] if self.fence is not None else None)
         return session
 
     def _fence_trace(self) -> aiohttp.TraceConfig:
