@@ -19,6 +19,13 @@ memory with a long history (benchmarks/README.md). The controller-runtime way re
 kopf therefore writes nothing of its own to the cluster: no finalizer, no progress or diff-base
 annotations, no per-pod bookkeeping. All state is in ImageBuild status, written by the
 reconciler.
+
+With leader election (``STAGEWRIGHT_LEADER_ELECTION``; ``handlers/election.py``) the
+start-up handler only creates the clients and stands for the Lease: the replica acts (an
+:class:`Operator` term: tracked state, build queue, reconciler and controller, all new, from a
+full list) only while it leads, and ends the term the moment it stops leading. kopf's own
+peering stays off: it only pauses kopf's watchers, which serve nothing here, and judges a
+peer's death by comparing clocks across nodes.
 """
 
 from __future__ import annotations
