@@ -229,6 +229,22 @@ class Fence:
             raise NotLeaderError
 
 
+class Standalone:
+    """What answers ``is_leader`` and ``leader_address`` without leader election: this one
+    replica always leads, at its own address."""
+
+    def __init__(self, address: str | None) -> None:
+        self.address = address
+
+    def is_leader(self) -> bool:
+        """Always: nobody else acts."""
+        return True
+
+    def leader_address(self) -> str | None:
+        """This replica's own address, if known."""
+        return self.address
+
+
 #: Told when this replica starts or stops leading.
 Callback = Callable[[], Coroutine[Any, Any, None]]
 

@@ -25,7 +25,9 @@ start-up handler only creates the clients and stands for the Lease: the replica 
 :class:`Operator` term: tracked state, build queue, reconciler and controller, all new, from a
 full list) only while it leads, and ends the term the moment it stops leading. kopf's own
 peering stays off: it only pauses kopf's watchers, which serve nothing here, and judges a
-peer's death by comparing clocks across nodes.
+peer's death by comparing clocks across nodes. Whoever needs to know who leads (the webhook
+server, to forward a delivery that landed on a standby) finds ``memo.leadership``: the
+:class:`~stagewright.handlers.election.Election`, or a ``Standalone`` that always leads.
 """
 
 from __future__ import annotations
@@ -54,7 +56,13 @@ from stagewright.api.v1alpha1 import (
     Phase,
 )
 from stagewright.handlers.build_queue import BuildQueue
-from stagewright.handlers.election import Election, Fence, Timing, replica_identity
+from stagewright.handlers.election import (
+    Election,
+    Fence,
+    Standalone,
+    Timing,
+    replica_identity,
+)
 from stagewright.handlers.informer import Informer
 from stagewright.handlers.kube_api import ApiError, KubeApi, load_configuration
 from stagewright.handlers.metrics import Metrics
@@ -455,8 +463,10 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         metrics.serve(operator_settings.metrics_port, operator_settings.metrics_address)
     memo.operator = operator = Operator(api, registry, operator_settings, settings, metrics)
     election = None
+    # What the webhook server asks (is_leader, leader_address), with or without election.
+    memo.leadership = Standalone(leader_address())
     if fence is not None:
-        memo.election = election = _election(api, fence, operator, identity)
+        memo.leadership = memo.election = election = _election(api, fence, operator, identity)
         memo.election_task = asyncio.create_task(election.run(), name="stagewright-election")
     if operator_settings.readiness_endpoint:
         memo.readiness = await clients.enter_async_context(
