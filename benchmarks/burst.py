@@ -67,13 +67,13 @@ def rss_kib(pid: int, field_name: str = "VmRSS") -> int:
     raise RuntimeError(f"no {field_name} for pid {pid}")
 
 
-def push_image(registry: LocalRegistry) -> str:
+def push_image(registry: LocalRegistry, repository: str = REPOSITORY) -> str:
     """Push a one-layer image to the registry; its manifest digest is what builds report."""
-    verify = registry.ssl_context()
+    verify = registry.ssl_context() if registry.tls else True
     with httpx.Client(base_url=registry.url, verify=verify, trust_env=False) as client:
         def blob(data: bytes) -> dict[str, Any]:
             digest = "sha256:" + hashlib.sha256(data).hexdigest()
-            start = client.post(f"/v2/{REPOSITORY}/blobs/uploads/")
+            start = client.post(f"/v2/{repository}/blobs/uploads/")
             start.raise_for_status()
             location = start.headers["location"]  # keeps its own query (upload state)
             separator = "&" if "?" in location else "?"
@@ -88,7 +88,7 @@ def push_image(registry: LocalRegistry) -> str:
             "schemaVersion": 2,
             "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
             "config": config, "layers": [layer]}).encode()
-        client.put(f"/v2/{REPOSITORY}/manifests/latest", content=manifest, headers={
+        client.put(f"/v2/{repository}/manifests/latest", content=manifest, headers={
             "Content-Type": "application/vnd.docker.distribution.manifest.v2+json",
         }).raise_for_status()
     return "sha256:" + hashlib.sha256(manifest).hexdigest()

@@ -138,6 +138,8 @@ class OperatorProcess:
         #: What the interpreter runs with ``run`` appended (a profiler may wrap the module).
         self.launcher = launcher
         self._process: subprocess.Popen[bytes] | None = None
+        #: The trigger webhook endpoint, on 127.0.0.1 (one port for the process's restarts).
+        self.webhook_port = free_port()
 
     def __enter__(self) -> Self:
         self.start()
@@ -159,6 +161,10 @@ class OperatorProcess:
             "KUBECONFIG": str(self.control_plane.operator.kubeconfig),
             "STAGEWRIGHT_RESYNC_SECONDS": "2",
             "STAGEWRIGHT_LIVENESS_ENDPOINT": health,
+            # Triggers may poll every second here (tests, `make sandbox`); a cluster's 1m
+            # minimum keeps tenants from hammering a git host or registry.
+            "STAGEWRIGHT_TRIGGER_MIN_POLL_INTERVAL": "1s",
+            "STAGEWRIGHT_WEBHOOK_PORT": str(self.webhook_port),
             **self.env,
         }
         log = self.log_file.open("ab")

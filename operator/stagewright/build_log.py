@@ -63,6 +63,9 @@ class BuildLog:
     #: The external image the last stage built (the target) starts from, following
     #: ``FROM <earlier stage>`` back to the first external image; None when not logged.
     base_image: str | None
+    #: Every external image a built stage started from (``FROM image``, not an earlier
+    #: stage, not scratch), in build order: the base images the build used.
+    external_bases: tuple[str, ...] = ()
 
 
 def kaniko_line(raw: str) -> tuple[str, str] | None:
@@ -112,7 +115,11 @@ def parse_build_log(lines: Iterable[str]) -> BuildLog:
         stages = [current]
     hits = sum(stage.hit_count for stage in stages)
     misses = sum(max(stage.misses, int(stage.checked_miss)) for stage in stages)
-    return BuildLog(cache=CacheReport(hits=hits, misses=misses), base_image=_base_of(stages))
+    external = dict.fromkeys(stage.base for stage in stages
+                             if stage.index >= 0 and stage.base_index < 0 and stage.base
+                             and stage.base.lower() != "scratch")
+    return BuildLog(cache=CacheReport(hits=hits, misses=misses), base_image=_base_of(stages),
+                    external_bases=tuple(external))
 
 
 def _base_of(stages: list[_Stage]) -> str | None:

@@ -84,6 +84,19 @@ class Settings(BaseSettings):
     #: for the registry look-ups (the chart mounts the ConfigMap there).
     ca_bundle_file: Path | None = None
 
+    #: The shortest poll interval a trigger may ask for (a shorter spec.triggers.*.pollInterval
+    #: is raised to it): bounds the load a tenant can put on a git host or a registry.
+    trigger_min_poll_interval: Duration = "1m"
+    #: Base-image look-ups (HEADs) per minute per registry, across every ImageBuild: a public
+    #: registry's quota is shared by the whole cluster. A 429 pauses that registry.
+    trigger_registry_budget: int = Field(default=60, ge=1, le=6000)
+    #: Per-request timeout for git ref look-ups (the source trigger).
+    git_timeout_seconds: float = Field(default=10.0, gt=0)
+    #: Port of the trigger webhook endpoint (POST /hooks/<hash>); unset: no webhook server.
+    webhook_port: int | None = Field(default=None, ge=1, le=65535)
+    #: Address the webhook endpoint binds: 0.0.0.0 in a pod (the chart sets it), else local.
+    webhook_address: str = "127.0.0.1"
+
     #: Run for leadership of a Lease, so that of several replicas only one acts (the others
     #: wait as standbys, watching and writing nothing). The chart turns it on.
     leader_election: bool = False

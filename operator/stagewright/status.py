@@ -348,6 +348,18 @@ def conditions_for(phase: Phase, reason: Reason, message: str, generation: int,
     ]
 
 
+#: The conditions every status write sets (kstatus's); others, such as TriggersHealthy, are
+#: carried over as they are.
+KSTATUS_CONDITIONS = ("Ready", "Reconciling", "Stalled")
+#: Whether the triggers' look-ups work (True/False with the error); written only on change.
+TRIGGERS_HEALTHY = "TriggersHealthy"
+
+
+def _dump(conditions: list[Condition]) -> list[dict[str, Any]]:
+    # Empty messages are left out: the API server's merge patch turns "" in a list into null.
+    return [c.model_dump(mode="json", by_alias=True, exclude_defaults=True) for c in conditions]
+
+
 def status_patch(previous: ImageBuildStatus, *, phase: Phase, reason: Reason, message: str,
                  generation: int, now: str | None = None, **fields: Any) -> dict[str, Any]:
     """The status to merge-patch for one transition, conditions included.
@@ -357,14 +369,13 @@ def status_patch(previous: ImageBuildStatus, *, phase: Phase, reason: Reason, me
     """
     now = now or now_iso()
     conditions = conditions_for(phase, reason, message, generation, previous.conditions, now)
+    conditions += [c for c in previous.conditions if c.type not in KSTATUS_CONDITIONS]
     patch: dict[str, Any] = {
         "phase": phase.value,
         "reason": reason.value,
         "message": message,
         "observedGeneration": generation,
-        # Empty messages are left out: the API server's merge patch turns "" in a list into null.
-        "conditions": [c.model_dump(mode="json", by_alias=True, exclude_defaults=True)
-                       for c in conditions],
+        "conditions": _dump(conditions),
     }
     aliases = ImageBuildStatus.model_fields
     for name, value in fields.items():
@@ -396,3 +407,26 @@ def signed_size(delta: int) -> str:
     if delta == 0:
         return "±0B"
     return ("+" if delta > 0 else "-") + human_size(abs(delta))
+
+
+def trigger_status_patch(previous: ImageBuildStatus, *, generation: int,
+                         webhook_path: str | None, healthy: bool, reason: str, message: str,
+                         now: str) -> dict[str, Any] | None:
+    """The patch that shows the triggers' webhook path and health, or None when status
+    already does: a poll that finds nothing new costs no write.
+
+    ``TriggersHealthy`` is written when a look-up starts or stops failing; an ImageBuild
+    whose look-ups always worked never gets one (no write for good news nobody waits for).
+    """
+    patch: dict[str, Any] = {}
+    shown = previous.triggers.webhook_path if previous.triggers else None
+    if webhook_path != shown:
+        patch["triggers"] = {"webhookPath": webhook_path}
+    old = next((c for c in previous.conditions if c.type == TRIGGERS_HEALTHY), None)
+    wanted = "True" if healthy else "False"
+    if (old is None and not healthy) or (old is not None and (
+            old.status, old.reason, old.message) != (wanted, reason, message)):
+        others = [c for c in previous.conditions if c.type != TRIGGERS_HEALTHY]
+        patch["conditions"] = _dump([*others, _condition(
+            previous.conditions, TRIGGERS_HEALTHY, wanted, reason, message, generation, now)])
+    return patch or None

@@ -152,8 +152,9 @@ def test_get_describe_and_logs_read_the_cluster_as_kubectl_would(
     assert got.returncode == 0, got.stderr
     header, row = got.stdout.splitlines()
     assert header.split() == ["NAME", "PHASE", "REASON", "TARGET", "SIZE", "DIGEST", "CACHE",
-                              "AGE"]
+                              "CAUSE", "AGE"]
     assert row.split()[:3] == ["site", "Succeeded", "Succeeded"]
+    assert row.split()[-2] == "Spec"  # a new ImageBuild's first build
     assert digest.split(":")[1][:12] in row.split()
     everywhere = cli(sandbox, "get", "-A")
     assert any(line.split()[:2] == [namespace, "site"] for line in everywhere.stdout.splitlines())

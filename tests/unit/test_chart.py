@@ -200,7 +200,8 @@ def test_default_env_gives_the_operator_its_own_defaults(
     optional = {"STAGEWRIGHT_NAMESPACES", "STAGEWRIGHT_CA_BUNDLE_CONFIGMAP",
                 "STAGEWRIGHT_CA_BUNDLE_FILE", "STAGEWRIGHT_MAX_RUNNING_BUILDS",
                 "STAGEWRIGHT_MAX_RUNNING_BUILDS_PER_NAMESPACE",
-                "STAGEWRIGHT_REGISTRY_ALLOW"}
+                "STAGEWRIGHT_REGISTRY_ALLOW", "STAGEWRIGHT_WEBHOOK_PORT",
+                "STAGEWRIGHT_WEBHOOK_ADDRESS"}
     # The pod's own name and IP (downward API): its identity and address in the Lease.
     assert set(env) == field_envs - optional | {"POD_NAME", "POD_IP"}
     assert env["STAGEWRIGHT_LEASE_NAMESPACE"] == "fieldRef:metadata.namespace"
@@ -427,3 +428,22 @@ def test_notes_tell_how_to_follow_a_build() -> None:
     assert "--for=condition=Ready ib/" in notes
     # The rendered manifests printed by a dry run are the same objects helm template gives.
     assert load_documents(result.stdout.split("NOTES:", 1)[0].split("MANIFEST:", 1)[1])
+
+
+def test_the_webhook_endpoint_is_off_by_default_and_served_when_enabled(
+        default: list[Obj]) -> None:
+    assert not [o for o in default if o["kind"] == "Service"
+                and o["metadata"]["name"].endswith("-webhooks")]
+    assert "STAGEWRIGHT_WEBHOOK_PORT" not in _env(default)
+    objs = helm_template("triggers.webhook.enabled=true", "triggers.webhook.port=9443")
+    service = next(o for o in objs if o["kind"] == "Service"
+                   and o["metadata"]["name"].endswith("-webhooks"))
+    assert service["spec"]["ports"] == [{"name": "webhooks", "port": 9443,
+                                         "targetPort": "webhooks", "protocol": "TCP"}]
+    assert service["spec"]["selector"] == one(objs, "Deployment")["spec"]["selector"][
+        "matchLabels"]
+    env = _env(objs)
+    assert (env["STAGEWRIGHT_WEBHOOK_PORT"], env["STAGEWRIGHT_WEBHOOK_ADDRESS"]) == (
+        "9443", "0.0.0.0")
+    assert {"name": "webhooks", "containerPort": 9443, "protocol": "TCP"} in _container(
+        objs)["ports"]

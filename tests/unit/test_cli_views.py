@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -126,8 +127,8 @@ def test_get_rows_match_the_columns_with_and_without_all_namespaces() -> None:
     builds = [imagebuild({**SUCCEEDED, **INSIGHT}, target="runtime"), imagebuild()]
     rows = get_rows(builds, all_namespaces=False, now=NOW)
     assert rows[0] == ["web", "Succeeded", "Succeeded", "runtime", "12.3MiB (-1.0KiB)",
-                       "abababababab", "3 hits, 1 miss", "5m0s"]
-    assert rows[1] == ["web", "-", "-", "-", "-", "-", "-", "5m0s"]
+                       "abababababab", "3 hits, 1 miss", "-", "5m0s"]
+    assert rows[1] == ["web", "-", "-", "-", "-", "-", "-", "-", "5m0s"]
     wide = get_rows(builds, all_namespaces=True, now=NOW)
     assert get_columns(all_namespaces=True)[0] == "NAMESPACE"
     assert all(len(row) == len(get_columns(all_namespaces=True)) for row in wide)
@@ -195,3 +196,33 @@ def test_a_terminal_gets_the_live_progress_line() -> None:
     assert "\x1b[" in text
     assert "web Building" in text
     assert "stage build · step 2/3 RUN make · cache 1 hit, 0 misses" in text
+
+
+TRIGGERED = {"causes": [{"type": "Commit", "old": "a" * 40, "new": "b" * 40}],
+             "inputs": {"commit": "b" * 40, "ref": "refs/heads/main",
+                        "baseImages": [{"image": "python:3.12-slim",
+                                        "digest": "sha256:" + "c" * 64}]},
+             "triggers": {"webhookPath": "/hooks/" + "d" * 40},
+             "conditions": [{"type": "TriggersHealthy", "status": "False",
+                             "reason": "BaseImageUnreachable",
+                             "message": "base image python:3.12-slim: 401 Unauthorized",
+                             "lastTransitionTime": "2026-11-30T01:56:14Z"}],
+             "history": [{"generation": 1, "phase": "Succeeded", "reason": "Succeeded",
+                          "causes": [{"type": "Commit"}]}]}
+
+
+def test_get_describe_and_the_table_say_why_a_build_ran_and_what_triggers_saw() -> None:
+    build = imagebuild({**SUCCEEDED, **TRIGGERED})
+    build["spec"]["triggers"] = {"source": {"pollInterval": "2m"},
+                                 "baseImages": {"exclude": ["internal/*"]},
+                                 "webhook": {"secretRef": {"name": "hook"}}}
+    assert get_rows([build], all_namespaces=False, now=NOW)[0][7] == "Commit"
+    rows = dict(status_rows(build))
+    assert rows["Cause"] == f"new commit {'b' * 12} (was {'a' * 12})"
+    assert rows["Built from"] == f"commit {'b' * 40} (refs/heads/main)"
+    text = describe(build, [], [], NOW)
+    assert re.search(r"^  Source: +the git ref, every 2m$", text, re.M)
+    assert re.search(r"^  Base images: +every 15m, except internal/\*$", text, re.M)
+    assert re.search(rf"^  Webhook: +/hooks/{'d' * 40}$", text, re.M)
+    assert re.search(r"^  Failing: +base image python:3.12-slim: 401 Unauthorized$", text, re.M)
+    assert re.search(r"^  Succeeded +Succeeded +gen 1 +Commit", text, re.M)

@@ -351,3 +351,28 @@ def test_sandbox_quickstart_sample_names_the_kept_sandboxs_registry_and_base() -
     dockerfile = one(docs, "ConfigMap")["data"]["Dockerfile"]
     assert f"ARG BASE={registry}/{BASE_REPOSITORY}" in dockerfile
     ImageBuild.model_validate(build)
+
+
+def test_the_webhooks_component_opens_the_endpoint_behind_a_service(tmp_path: Path) -> None:
+    """Off in the plain install; an overlay with the component serves it (kustomize renders
+    components only from a kustomization that names them)."""
+    assert not [o for o in kustomize(MANIFESTS) if o["kind"] == "Service"]
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    for name in ("manifests", "crds"):
+        (tmp_path / name).symlink_to(MANIFESTS.parent / name)
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": ["../manifests"], "components": ["../manifests/components/webhooks"]}))
+    objs = kustomize(overlay)
+    service = one(objs, "Service")
+    deployment = one(objs, "Deployment")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert (env["STAGEWRIGHT_WEBHOOK_PORT"], env["STAGEWRIGHT_WEBHOOK_ADDRESS"]) == (
+        "8081", "0.0.0.0")
+    assert {"name": "webhooks", "containerPort": 8081, "protocol": "TCP"} in container["ports"]
+    for obj in objs:
+        if obj["kind"] != "CustomResourceDefinition":
+            validate(obj)

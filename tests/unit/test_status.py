@@ -8,7 +8,13 @@ import pytest
 
 from stagewright.api.reasons import Reason
 from stagewright.api.v1alpha1 import ImageBuildStatus, Phase
-from stagewright.status import classify_log, classify_pod, human_size, status_patch
+from stagewright.status import (
+    classify_log,
+    classify_pod,
+    human_size,
+    status_patch,
+    trigger_status_patch,
+)
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -292,3 +298,39 @@ def test_a_termination_message_of_usage_text_only_asks_for_the_log() -> None:
     outcome = classify_pod(pod("Failed", terminated(1, tail)))
     assert outcome.log_needed
     assert outcome.reason is Reason.BUILD_FAILED
+
+
+def test_trigger_health_and_the_webhook_path_are_written_only_when_they_change() -> None:
+    now = "2026-12-07T12:00:00Z"
+    fresh = ImageBuildStatus()
+    # Healthy with nothing to show: no write at all (a quiet poll costs nothing).
+    assert trigger_status_patch(fresh, generation=1, webhook_path=None, healthy=True,
+                                reason="Watching", message="ok", now=now) is None
+    shown = trigger_status_patch(fresh, generation=1, webhook_path="/hooks/abc",
+                                 healthy=True, reason="Watching", message="ok", now=now)
+    assert shown == {"triggers": {"webhookPath": "/hooks/abc"}}
+    failing = trigger_status_patch(fresh, generation=1, webhook_path=None, healthy=False,
+                                   reason="SourceUnreachable", message="git: 503", now=now)
+    assert failing is not None
+    [condition] = failing["conditions"]
+    assert (condition["type"], condition["status"], condition["reason"]) == (
+        "TriggersHealthy", "False", "SourceUnreachable")
+    stored = ImageBuildStatus.model_validate(failing)
+    assert trigger_status_patch(stored, generation=1, webhook_path=None, healthy=False,
+                                reason="SourceUnreachable", message="git: 503", now=now) is None
+    healed = trigger_status_patch(stored, generation=1, webhook_path=None, healthy=True,
+                                  reason="Watching", message="ok", now=now)
+    assert healed is not None
+    assert healed["conditions"][0]["status"] == "True"
+
+
+def test_a_build_write_keeps_conditions_it_does_not_own() -> None:
+    """A merge patch replaces the whole list: TriggersHealthy must survive every transition."""
+    previous = ImageBuildStatus.model_validate({"conditions": [{
+        "type": "TriggersHealthy", "status": "False", "reason": "SourceUnreachable",
+        "message": "git: 503", "lastTransitionTime": "2026-12-07T11:00:00Z"}]})
+    patch = status_patch(previous, phase=Phase.BUILDING, reason=Reason.BUILDING, message="b",
+                         generation=1)
+    assert [c["type"] for c in patch["conditions"]] == [
+        "Ready", "Reconciling", "Stalled", "TriggersHealthy"]
+    assert patch["conditions"][3]["lastTransitionTime"] == "2026-12-07T11:00:00Z"

@@ -31,6 +31,8 @@ class Reason(StrEnum):
     DIGEST_UNVERIFIED = "DigestUnverified"
     SIZE_BUDGET_EXCEEDED = "SizeBudgetExceeded"
     CHECK_FAILED = "CheckFailed"
+    #: A trigger started a build (a Normal Event, not a phase).
+    TRIGGERED = "Triggered"
 
 
 #: Failures of the infrastructure, not of the build: retried up to spec.retries times.

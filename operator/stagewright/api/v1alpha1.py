@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from stagewright.api.reasons import Reason
+from stagewright.api.triggers import BuildCause, BuildInputs, Triggers, TriggerStatus
 from stagewright.api.types import (
     ApiModel,
     Duration,
@@ -330,6 +331,11 @@ class ImageBuildSpec(ApiModel):
         description="ServiceAccount of the build pod, for cloud workload identity. Its API "
         "token is never mounted.",
     )
+    triggers: Triggers | None = Field(
+        default=None,
+        description="Rebuild on a new commit of the git branch or tag, a re-pushed base image, "
+        "or a verified webhook (which only asks for an early check); all off by default.",
+    )
 
     @field_validator("build_args")
     @classmethod
@@ -367,6 +373,17 @@ class ImageBuildSpec(ApiModel):
                 # Check stages and the staging-tag budget are built on Kaniko's flags.
                 raise ValueError(f"builder buildah does not support {', '.join(unsupported)} "
                                  "yet; use builder kaniko")
+        return self
+
+    @model_validator(mode="after")
+    def _triggers_fit_the_source(self) -> ImageBuildSpec:
+        triggers = self.triggers
+        if triggers is not None and self.source.git is None:
+            needs_git = [name for name, used in (("triggers.source", triggers.source),
+                                                 ("triggers.webhook", triggers.webhook)) if used]
+            if needs_git:
+                raise ValueError(f"{' and '.join(needs_git)} watch a git repository: set "
+                                 "source.git, or use triggers.baseImages only")
         return self
 
     @property
@@ -438,6 +455,9 @@ class BuildRecord(ApiModel):
     start_time: str | None = Field(default=None, description="When it started.")
     completion_time: str | None = Field(default=None, description="When it ended.")
     cache_hits: int | None = Field(default=None, description="Cache hits, when read.")
+    causes: list[BuildCause] | None = Field(
+        default=None, max_length=40, description="Why it ran (Spec, Rebuild, Commit, BaseImage).",
+    )
 
 
 class ImageBuildStatus(ApiModel):
@@ -453,6 +473,19 @@ class ImageBuildStatus(ApiModel):
     observed_generation: int | None = Field(default=None, description="Generation built.")
     rebuild: str | None = Field(
         default=None, description="The stagewright.dev/rebuild value this build answers.",
+    )
+    trigger: str | None = Field(
+        default=None, description="The triggered build this is (a token of what changed); "
+        "unset for builds of a spec change or a rebuild request.",
+    )
+    causes: list[BuildCause] | None = Field(
+        default=None, max_length=40,
+        description="Why the current or last build ran: Spec, Rebuild, Commit or BaseImage, "
+        "each with its old and new value.",
+    )
+    inputs: BuildInputs | None = Field(
+        default=None, description="What the current or last build was built from (the "
+        "commit, each base image's digest): what the triggers compare against.",
     )
     conditions: list[Condition] = Field(
         default_factory=list, description="Ready, Reconciling and Stalled (kstatus).",
@@ -492,6 +525,10 @@ class ImageBuildStatus(ApiModel):
     )
     history: list[BuildRecord] | None = Field(
         default=None, max_length=5, description="The last 5 finished builds, newest first.",
+    )
+    triggers: TriggerStatus | None = Field(
+        default=None, description="The triggers' own state: the webhook path and the hourly "
+        "count of triggered builds.",
     )
 
 

@@ -28,7 +28,7 @@ from stagewright.cli.tables import (
     key_value_table,
     status_rows,
 )
-from stagewright.resources.pod_common import LABEL_ATTEMPT, build_key, pod_name
+from stagewright.resources.pod_common import LABEL_ATTEMPT, build_key, dockerfile_key, pod_name
 
 
 @dataclass(frozen=True)
@@ -80,11 +80,9 @@ def _stages(kube: Kube, build_doc: dict[str, Any],
     """The Dockerfile's stages (for step counts) when the context is a ConfigMap: from the
     file being applied, else from the cluster; none for other sources."""
     spec = ImageBuild.model_validate(build_doc).spec
-    source = spec.source.config_map
-    if source is None:
+    source, key = spec.source.config_map, dockerfile_key(spec)
+    if source is None or key is None:
         return []
-    path = "/".join(p for p in (spec.source.context_dir, spec.dockerfile) if p)
-    key = next((item.key for item in source.items or [] if item.path == path), path)
     data = next((d.get("data") or {} for d in documents or []
                  if d["kind"] == "ConfigMap" and d["metadata"]["name"] == source.name), None)
     if data is None:

@@ -34,6 +34,7 @@ def describe(build: Mapping[str, Any], pods: Sequence[Mapping[str, Any]],
         _section("Source", _source_lines(build.get("spec") or {})),
         _section("Message", str(status.get("message") or "").splitlines()),
         _section("Conditions", _condition_lines(status, now)),
+        _section("Triggers", _trigger_lines(build.get("spec") or {}, status)),
         _section("Checks", check_lines(status)),
         _section("Largest layers", largest_layers(status)),
         _section("History", _history_lines(status)),
@@ -92,6 +93,30 @@ def _condition_lines(status: Mapping[str, Any], now: datetime) -> list[str]:
     return lines
 
 
+def _trigger_lines(spec: Mapping[str, Any], status: Mapping[str, Any]) -> list[str]:
+    """What the triggers watch, and whether their look-ups work."""
+    triggers = spec.get("triggers")
+    if not isinstance(triggers, Mapping):
+        return []
+    lines = []
+    if isinstance(source := triggers.get("source"), Mapping):
+        lines.append(f"Source:\tthe git ref, every {source.get('pollInterval') or '5m'}")
+    if isinstance(bases := triggers.get("baseImages"), Mapping):
+        excluded = ", ".join(bases.get("exclude") or [])
+        lines.append(f"Base images:\tevery {bases.get('pollInterval') or '15m'}"
+                     + (f", except {excluded}" if excluded else ""))
+    if triggers.get("webhook"):
+        path = (status.get("triggers") or {}).get("webhookPath") or "(not shown yet)"
+        lines.append(f"Webhook:\t{path}")
+    lines.append(f"Debounce:\t{triggers.get('debounce') or '30s'}, at most "
+                 f"{triggers.get('maxBuildsPerHour') or 6} triggered builds an hour")
+    health = next((c for c in status.get("conditions") or []
+                   if c.get("type") == "TriggersHealthy" and c.get("status") == "False"), None)
+    if health is not None:
+        lines.append(f"Failing:\t{health.get('message') or health.get('reason')}")
+    return lines
+
+
 def _history_lines(status: Mapping[str, Any]) -> list[str]:
     history = status.get("history")
     if not isinstance(history, Sequence) or isinstance(history, str):
@@ -103,9 +128,10 @@ def _history_lines(status: Mapping[str, Any]) -> list[str]:
             continue
         when = entry.get("completionTime") or entry.get("startTime") or ""
         digest = str(entry.get("digest") or "")
+        causes = [str(c.get("type")) for c in entry.get("causes") or [] if isinstance(c, Mapping)]
         parts = [str(entry.get("phase") or "?"), str(entry.get("reason") or ""),
                  f"gen {entry['generation']}" if entry.get("generation") else "",
-                 size_text(entry) or "", digest[:19], str(when)]
+                 "+".join(causes), size_text(entry) or "", digest[:19], str(when)]
         lines.append("  ".join(part for part in parts if part))
     return lines
 

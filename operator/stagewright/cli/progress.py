@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from stagewright.build_log import CACHE_HIT, CACHE_MISS, STAGE, kaniko_line
+from stagewright.dockerfile import instructions
 
 _PUSHING = re.compile(r"^Pushing image to (?P<ref>\S+)")
 #: Kaniko announces a layer for the cache repo before pushing it as an image of its own.
@@ -136,7 +137,7 @@ def dockerfile_stages(text: str) -> list[Stage]:
     """Each stage of a Dockerfile with the number of instructions Kaniko will log for it."""
     stages: list[Stage] = []
     base, name, steps = "", None, 0
-    for instruction in _instructions(text):
+    for instruction in instructions(text):
         keyword, _, rest = instruction.partition(" ")
         keyword = keyword.upper()
         if keyword == "FROM":
@@ -151,26 +152,6 @@ def dockerfile_stages(text: str) -> list[Stage]:
     if base:
         stages.append(Stage(base, name, steps))
     return stages
-
-
-def _instructions(text: str) -> list[str]:
-    """Logical instructions: comments dropped, backslash continuations joined."""
-    result: list[str] = []
-    current = ""
-    for line in text.splitlines():
-        stripped = line.strip()
-        if not current and (not stripped or stripped.startswith("#")):
-            continue
-        if stripped.endswith("\\"):
-            current += stripped[:-1] + " "
-            continue
-        if stripped.startswith("#"):
-            continue
-        result.append((current + stripped).strip())
-        current = ""
-    if current.strip():
-        result.append(current.strip())
-    return result
 
 
 def _shorten(text: str, limit: int) -> str:

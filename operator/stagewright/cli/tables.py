@@ -11,9 +11,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
 from rich.table import Table
 
+from stagewright.api.triggers import BuildCause
 from stagewright.status import human_size
+from stagewright.triggers.plan import describe_causes
 
 #: Status keys a newer operator may use for the largest layers, first match wins.
 LARGEST_LAYER_KEYS = ("layersTop", "largestLayers", "topLayers")
@@ -94,6 +97,40 @@ def check_lines(status: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def cause_text(causes: Any) -> str | None:
+    """Why a build ran, for people (``new commit a1b2… (was 0f9e…)``), from status.causes or
+    a history entry's; None when absent or in a shape this CLI does not know."""
+    if not isinstance(causes, Sequence) or isinstance(causes, str) or not causes:
+        return None
+    try:
+        return describe_causes([BuildCause.model_validate(cause) for cause in causes])
+    except ValidationError:
+        return None
+
+
+def cause_type(status: Mapping[str, Any]) -> str | None:
+    """The first cause's type (Spec, Rebuild, Commit, BaseImage), for the CAUSE column."""
+    causes = status.get("causes")
+    if isinstance(causes, Sequence) and causes and isinstance(causes[0], Mapping):
+        return str(causes[0].get("type") or "") or None
+    return None
+
+
+def input_lines(status: Mapping[str, Any]) -> list[str]:
+    """What the build was built from: ``commit a1b2… (refs/heads/main)``, each base image."""
+    inputs = status.get("inputs")
+    if not isinstance(inputs, Mapping):
+        return []
+    lines = []
+    if inputs.get("commit"):
+        lines.append(f"commit {inputs['commit']}"
+                     + (f" ({inputs['ref']})" if inputs.get("ref") else ""))
+    for image in inputs.get("baseImages") or []:
+        if isinstance(image, Mapping):
+            lines.append(f"{image.get('image')}@{image.get('digest') or '(digest unknown)'}")
+    return lines
+
+
 def status_rows(build: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The end-of-build table: what a person (or a CI log reader) wants to know."""
     status = status_of(build)
@@ -112,8 +149,10 @@ def status_rows(build: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("Cache", cache_text(status)),
         ("Duration", duration_text(status)),
         ("Attempt", str(status["attempt"]) if (status.get("attempt") or 1) > 1 else None),
+        ("Cause", cause_text(status.get("causes"))),
     ]
     rows += [(label, value) for label, value in optional if value]
+    rows += _listed("Built from", input_lines(status))
     rows += _listed("Largest layers", largest_layers(status))
     rows += _listed("Checks", check_lines(status))
     if phase == "Failed" and status.get("message"):
@@ -158,7 +197,7 @@ def age_text(seconds: float) -> str:
 
 def get_columns(*, all_namespaces: bool) -> list[str]:
     """The header of ``stagewright get`` (NAMESPACE first with -A, as kubectl does)."""
-    columns = ["NAME", "PHASE", "REASON", "TARGET", "SIZE", "DIGEST", "CACHE", "AGE"]
+    columns = ["NAME", "PHASE", "REASON", "TARGET", "SIZE", "DIGEST", "CACHE", "CAUSE", "AGE"]
     return ["NAMESPACE", *columns] if all_namespaces else columns
 
 
@@ -178,6 +217,7 @@ def get_rows(builds: Iterable[Mapping[str, Any]], *, all_namespaces: bool,
             size_text(status) or NONE,
             status.get("shortDigest") or _short(status.get("digest")) or NONE,
             cache_text(status) or NONE,
+            cause_type(status) or NONE,
             age_text((now - created).total_seconds()) if created else NONE,
         ]
         rows.append([build["metadata"].get("namespace", ""), *row] if all_namespaces else row)

@@ -28,10 +28,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from stagewright.api.reasons import Reason
+from stagewright.api.triggers import BuildInputs
 from stagewright.api.v1alpha1 import ImageBuild, Phase
 from stagewright.build_log import BuildLog, parse_build_log
+from stagewright.dockerfile import base_images
 from stagewright.handlers.kube_api import ApiError, KubeApi
 from stagewright.handlers.push_secret import docker_config
+from stagewright.handlers.trigger_watch import TriggerWatch
 from stagewright.insight import SCRATCH, build_insight, over_budget_message, success_message
 from stagewright.registry import (
     ImageInfo,
@@ -41,6 +44,7 @@ from stagewright.registry import (
     RegistryClient,
     RegistryError,
 )
+from stagewright.resources.pod_common import dockerfile_key
 from stagewright.settings import Settings
 from stagewright.status import human_size, parse_iso
 
@@ -131,10 +135,13 @@ def built(build: ImageBuild, info: ImageInfo, insight: dict[str, Any],
 class Completion:
     """Confirms a successful build's image at the registry and says how the build ends."""
 
-    def __init__(self, api: KubeApi, registry: RegistryClient, settings: Settings) -> None:
+    def __init__(self, api: KubeApi, registry: RegistryClient, settings: Settings,
+                 triggers: TriggerWatch | None = None) -> None:
         self.api = api
         self.registry = registry
         self.settings = settings
+        #: Resolves the base images' digests for builds with a base-image trigger.
+        self.triggers = triggers
 
     async def complete(self, build: ImageBuild, log: Logger, digest: str,
                        finished_at: str | None, checks: list[dict[str, Any]] | None,
@@ -188,8 +195,49 @@ class Completion:
             return
         if budget is not None and not await self._tag(build, log, info, patient, record):
             return
+        inputs = await self._inputs_used(build, facts, log)
+        if inputs is not None:
+            result["inputs"] = inputs
         log.info(f"Built {image} ({result['size_human']}, {info.layers} layers).")
         await record(built(build, info, insight, result))
+
+    async def _inputs_used(self, build: ImageBuild, facts: BuildLog | None,
+                           log: Logger) -> dict[str, Any] | None:
+        """status.inputs with the base images the build used and their digests, for a build
+        the base-image trigger watches (None for others: nothing is looked up).
+
+        The images: the Dockerfile's FROM closure of the target when it is in a ConfigMap
+        (``COPY --from=image`` included), else the external bases of the stages the builder
+        logged building. Their digests: the shared polls' (a HEAD if none looked lately),
+        read as the build ends, so a base re-pushed during the build is seen as a change.
+        """
+        triggers = build.spec.triggers
+        if self.triggers is None or triggers is None or triggers.base_images is None:
+            return None
+        images = await self._dockerfile_bases(build)
+        if images is None:
+            images = list(facts.external_bases) if facts else []
+        digests = await self.triggers.base_digests(build, images)
+        used = (build.status.inputs or BuildInputs()).model_copy(
+            update={"base_images": digests or None})
+        log.info(f"Base images: {', '.join(f'{d.image}@{d.digest}' for d in digests) or 'none'}.")
+        return used.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    async def _dockerfile_bases(self, build: ImageBuild) -> list[str] | None:
+        """The target's FROM images from a ConfigMap context's Dockerfile; None when the
+        Dockerfile is not in the cluster (git, url) or cannot be read."""
+        key = dockerfile_key(build.spec)
+        source = build.spec.source.config_map
+        if key is None or source is None:
+            return None
+        try:
+            config_map = await self.api.get_configmap(build.namespace, source.name)
+        except ApiError:
+            return None
+        text = ((config_map or {}).get("data") or {}).get(key)
+        if not isinstance(text, str):
+            return None
+        return base_images(text, build.spec.build_args, build.spec.target)
 
     async def _tag(self, build: ImageBuild, log: Logger, info: ImageInfo, patient: bool,
                    record: Record) -> bool:

@@ -20,21 +20,25 @@ from stagewright.registry import RegistryError
 async def docker_config(api: KubeApi, build: ImageBuild) -> dict[str, Any] | None:
     """The push Secret's dockerconfigjson, which also grants the operator read access."""
     ref = build.spec.output.push_secret_ref
-    if ref is None:
-        return None
-    secret = await api.get_secret(build.namespace, ref.name)
+    return None if ref is None else await secret_docker_config(api, build.namespace, ref.name)
+
+
+async def secret_docker_config(api: KubeApi, namespace: str, name: str) -> dict[str, Any]:
+    """A ``kubernetes.io/dockerconfigjson`` Secret's parsed config; RegistryError if it is
+    missing or unreadable."""
+    secret = await api.get_secret(namespace, name)
     if secret is None:
-        raise RegistryError(f"Secret {ref.name} was deleted after the push; the operator "
+        raise RegistryError(f"Secret {name} was deleted after the push; the operator "
                             "cannot check the pushed image")
     encoded = (secret.get("data") or {}).get(".dockerconfigjson")
     if not encoded:
-        raise RegistryError(f"Secret {ref.name} has no .dockerconfigjson key; the "
+        raise RegistryError(f"Secret {name} has no .dockerconfigjson key; the "
                             "operator cannot check the pushed image")
     try:
         config = json.loads(base64.b64decode(encoded, validate=True))
     except (binascii.Error, ValueError) as exc:
-        raise RegistryError(f"Secret {ref.name} holds no valid .dockerconfigjson "
+        raise RegistryError(f"Secret {name} holds no valid .dockerconfigjson "
                             f"({exc})") from exc
     if not isinstance(config, dict):
-        raise RegistryError(f"Secret {ref.name}: .dockerconfigjson is not a JSON object")
+        raise RegistryError(f"Secret {name}: .dockerconfigjson is not a JSON object")
     return config

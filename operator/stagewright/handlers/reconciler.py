@@ -23,6 +23,7 @@ import kopf
 from pydantic import ValidationError
 
 from stagewright.api.reasons import WARNINGS, Reason
+from stagewright.api.triggers import BuildInputs, TriggerStatus
 from stagewright.api.v1alpha1 import (
     BuildRecord,
     ContextFile,
@@ -34,6 +35,7 @@ from stagewright.handlers.build_queue import BuildQueue
 from stagewright.handlers.completion import Completion, Logger, Verdict
 from stagewright.handlers.kube_api import ApiError, KubeApi
 from stagewright.handlers.metrics import Metrics
+from stagewright.handlers.trigger_watch import TriggerWatch
 from stagewright.queueing import Waiting, queued_message
 from stagewright.registry import ImageReference, RegistryClient
 from stagewright.registry.egress import host_allowed
@@ -59,7 +61,10 @@ from stagewright.status import (
     now_iso,
     parse_iso,
     status_patch,
+    trigger_status_patch,
 )
+from stagewright.triggers.plan import Start, describe_causes, requested, started
+from stagewright.triggers.webhook import webhook_path
 
 #: How long past its deadline a pod that never started is given before the operator gives up
 #: on it (activeDeadlineSeconds only counts once a kubelet has started the pod).
@@ -82,11 +87,15 @@ class Reconciler:
 
     def __init__(self, api: KubeApi, registry: RegistryClient, settings: Settings,
                  kopf_settings: kopf.OperatorSettings | None = None,
-                 queue: BuildQueue | None = None, metrics: Metrics | None = None) -> None:
+                 queue: BuildQueue | None = None, metrics: Metrics | None = None,
+                 triggers: TriggerWatch | None = None) -> None:
         self.api = api
         self.settings = settings
+        #: What ImageBuilds' triggers watch (git refs, base images) and what they saw; None
+        #: runs no triggers (an ImageBuild's spec.triggers is then ignored).
+        self.triggers = triggers
         #: The path from a build pod's successful end to the build's final status.
-        self.completion = Completion(api, registry, settings)
+        self.completion = Completion(api, registry, settings, triggers)
         #: Admission under STAGEWRIGHT_MAX_RUNNING_BUILDS*; None starts every build at once.
         self.queue = queue
         self.metrics = metrics
@@ -201,21 +210,78 @@ class Reconciler:
 
     async def _step(self, build: ImageBuild, log: Logger, pod: dict[str, Any] | None) -> None:
         status = build.status
-        key = build_key(build.generation, build.rebuild_token)
         # observedGeneration 0 is the API server's default: never handled (UNOBSERVED_STATUS).
-        new_request = not status.observed_generation or key != build_key(
-            status.observed_generation, status.rebuild)
-        waiting_to_launch = status.phase is Phase.PENDING and not status.pod_name
-        if new_request or status.phase is None or waiting_to_launch:
-            await self._start_new_build(build, log, key)
+        new_request = not status.observed_generation or build_key(
+            build.generation, build.rebuild_token) != build_key(status.observed_generation,
+                                                                 status.rebuild)
+        # The build being followed: the request's, and the trigger's token when one started it.
+        key = build_key(build.generation, build.rebuild_token,
+                        None if new_request else status.trigger)
+        if new_request:
+            await self._start_new_build(build, log, build_key(
+                build.generation, build.rebuild_token), await self._requested(build))
+            return
+        if status.phase is None or (status.phase is Phase.PENDING and not status.pod_name):
+            # Waiting to launch (queued, or for a reference): the start its status records.
+            await self._start_new_build(build, log, key, started(
+                status, build.generation, build.rebuild_token))
             return
         if status.phase in (Phase.SUCCEEDED, Phase.FAILED):
             self._reconciled_at.pop((build.namespace, build.name), None)
             self._leave_queue(build.namespace, build.name)
-            return  # a finished build is never repeated; a new generation or rebuild is
+            # A finished build is never repeated; a new generation, a rebuild request or a
+            # trigger's change starts another.
+            if self.triggers is not None and build.spec.triggers is not None:
+                await self._on_triggers(build, log)
+            return
         await self._follow(build, log, key, pod)
 
-    async def _start_new_build(self, build: ImageBuild, log: Logger, key: str) -> None:
+    async def _requested(self, build: ImageBuild) -> Start:
+        """A build a person asked for (spec change, rebuild request): why, and from what.
+
+        With the source trigger on, the branch is resolved now and that commit is built, so
+        status says which commit a branch build built, and later moves compare against it.
+        """
+        status = build.status
+        causes = requested(status.observed_generation, status.rebuild, build.generation,
+                           build.rebuild_token)
+        if self.triggers is None or build.spec.triggers is None:
+            return Start(causes)
+        resolved = await self.triggers.resolve_source(build)
+        bases = status.inputs.base_images if status.inputs else None
+        # The webhook's path goes out with the build's first write, not in a write of its own.
+        hook = TriggerStatus(webhook_path=webhook_path(build.uid)) if (
+            build.spec.triggers.webhook is not None) else None
+        return Start(causes, inputs=BuildInputs(
+            commit=resolved.commit if resolved else None, ref=resolved.ref if resolved else None,
+            base_images=bases), window=hook)
+
+    async def _on_triggers(self, build: ImageBuild, log: Logger) -> None:
+        """A finished ImageBuild with triggers: build what changed, or keep the triggers'
+        health and webhook path in status (each written only when it changes)."""
+        assert self.triggers is not None
+        assert build.spec.triggers is not None
+        start = self.triggers.decide(build)
+        if start is not None:
+            summary = describe_causes(start.causes)
+            log.info(f"Triggered: {summary}.")
+            await self._post_event(build.metadata, Reason.TRIGGERED, f"Building: {summary}.",
+                                   kind="Normal")
+            await self._start_new_build(
+                build, log, build_key(build.generation, build.rebuild_token, start.trigger),
+                start)
+            return
+        health = self.triggers.health((build.namespace, build.name))
+        hook = webhook_path(build.uid) if build.spec.triggers.webhook is not None else None
+        patch = trigger_status_patch(build.status, generation=build.generation,
+                                     webhook_path=hook, healthy=health.ok,
+                                     reason=health.reason, message=health.message,
+                                     now=now_iso())
+        if patch is not None:
+            await self.api.patch_imagebuild_status(build.namespace, build.name, patch)
+
+    async def _start_new_build(self, build: ImageBuild, log: Logger, key: str,
+                               start: Start) -> None:
         if build.status.observed_generation:
             # Handled before: pods of an earlier generation or rebuild request may run. (Never
             # handled: no pod of it can exist but the one this launch adopts.)
@@ -227,7 +293,7 @@ class Reconciler:
                 build, phase=Phase.FAILED, reason=Reason.REGISTRY_NOT_ALLOWED, completion=True,
                 message=f"{refused} is not among the registries this operator may use "
                 f"({', '.join(self.settings.registry_allow)}); ask your cluster admin, or "
-                "push to an allowed registry.", pod_name=None, **_NO_RESULT)
+                "push to an allowed registry.", pod_name=None, start=start, **_NO_RESULT)
             return
         missing, files = await self._references(build)
         if missing:
@@ -236,38 +302,41 @@ class Reconciler:
             await self._write_if_changed(
                 build, log, phase=Phase.PENDING, reason=Reason.REFERENCE_NOT_FOUND,
                 message=f"Waiting for {', '.join(missing)} in namespace {build.namespace}; "
-                "the build starts when it exists.")
+                "the build starts when it exists.", start=start)
             return
         if self.queue is None:
-            await self._launch(build, log, key, attempt=1, note="", files=files)
+            await self._launch(build, log, key, attempt=1, note="", files=files, start=start)
             return
         place = self.queue.request(Waiting(str(build.metadata.get("creationTimestamp") or ""),
                                            build.namespace, build.name))
         if place is not None:
-            await self._write_queued(build, log, place)
+            await self._write_queued(build, log, place, start)
             return
         launched = False
         try:
-            launched = await self._launch(build, log, key, attempt=1, note="", files=files)
+            launched = await self._launch(build, log, key, attempt=1, note="", files=files,
+                                          start=start)
         finally:
             if not launched:  # the slot goes to the next in line
                 self.queue.release(build.namespace, build.name)
 
-    async def _write_queued(self, build: ImageBuild, log: Logger, place: int) -> None:
+    async def _write_queued(self, build: ImageBuild, log: Logger, place: int,
+                            start: Start) -> None:
         """Pending/Queued with the place in line, written once per build request.
 
         The place is not rewritten as the line moves: that would cost a write per queued
         build per start. The build starts the moment a slot frees, without a write until then.
         """
         status = build.status
-        if (status.phase, status.reason, status.observed_generation, status.rebuild) == (
-                Phase.PENDING, Reason.QUEUED, build.generation, build.rebuild_token):
+        if (status.phase, status.reason, status.observed_generation, status.rebuild,
+                status.trigger) == (Phase.PENDING, Reason.QUEUED, build.generation,
+                                    build.rebuild_token, start.trigger):
             return
         message = queued_message(place, build.namespace)
         log.info(f"Queued: {message}.")
         await self._write(build, phase=Phase.PENDING, reason=Reason.QUEUED, message=message,
                           pod_name=None, attempt=None, start_time=None, completion_time=None,
-                          **_NO_RESULT)
+                          start=start, **_NO_RESULT)
 
     def _disallowed_registries(self, build: ImageBuild) -> str | None:
         """The output or cache registry outside STAGEWRIGHT_REGISTRY_ALLOW, described."""
@@ -330,14 +399,20 @@ class Reconciler:
                          "changed while it was building.")
 
     async def _launch(self, build: ImageBuild, log: Logger, key: str, *, attempt: int,
-                      note: str, files: list[ContextFile]) -> bool:
-        """Create (or adopt) the build pod and record it; False when no pod runs for it."""
-        pod = build_pod(build, self.settings, key=key, attempt=attempt, files=files)
+                      note: str, files: list[ContextFile], start: Start | None = None) -> bool:
+        """Create (or adopt) the build pod and record it; False when no pod runs for it.
+
+        ``start``: the build's first attempt (its causes and inputs are written with it); a
+        retry builds from the inputs its first attempt recorded.
+        """
+        inputs = start.inputs if start is not None else build.status.inputs
+        pod = build_pod(build, self.settings, key=key, attempt=attempt, files=files,
+                        commit=inputs.commit if inputs else None)
         name = pod["metadata"]["name"]
         try:
             created, new = await self.api.create_pod(pod)
         except ApiError as exc:
-            await self._pod_refused(build, log, exc)
+            await self._pod_refused(build, log, exc, start)
             return False
         owners = created["metadata"].get("ownerReferences") or []
         if build.uid and not any(o.get("uid") == build.uid for o in owners):
@@ -353,11 +428,12 @@ class Reconciler:
         await self._write(
             build, phase=Phase.BUILDING, reason=Reason.RETRYING if note else Reason.BUILDING,
             message=message, pod_name=name, attempt=attempt, start_time=now_iso(),
-            completion_time=None, **_NO_RESULT,
+            completion_time=None, start=start, **_NO_RESULT,
         )
         return True
 
-    async def _pod_refused(self, build: ImageBuild, log: Logger, exc: ApiError) -> None:
+    async def _pod_refused(self, build: ImageBuild, log: Logger, exc: ApiError,
+                           start: Start | None) -> None:
         """The API server would not create the build pod: say why in status, or retry."""
         if exc.status in (400, 422):
             # The spec passed the CRD schema but makes an invalid Pod (e.g. a bad quantity).
@@ -375,11 +451,12 @@ class Reconciler:
             await self._write_if_changed(
                 build, log, phase=Phase.PENDING, reason=Reason.REFERENCE_NOT_FOUND,
                 message=f"Waiting for ServiceAccount {account} in namespace {build.namespace}; "
-                "the build starts when it exists.")
+                "the build starts when it exists.", start=start)
         elif exc.status == 403 and "exceeded quota" in exc.message:
             # A ResourceQuota: the build starts when capacity frees up (the resync retries).
             await self._write_if_changed(build, log, phase=Phase.PENDING,
-                                         reason=Reason.POD_REJECTED, message=exc.message)
+                                         reason=Reason.POD_REJECTED, message=exc.message,
+                                         start=start)
         elif exc.status == 403:
             # Pod Security admission, a policy webhook, or the operator's own RBAC.
             log.error(f"The build pod was refused: {exc.message}")
@@ -490,31 +567,43 @@ class Reconciler:
                           message=verdict.message, completion=True, **verdict.fields)
 
     async def _write_if_changed(self, build: ImageBuild, log: Logger, *, phase: Phase,
-                                reason: Reason, message: str, keep_pod: bool = False) -> None:
+                                reason: Reason, message: str, keep_pod: bool = False,
+                                start: Start | None = None) -> None:
         """A waiting state, written once: the resync re-checks it without re-writing it.
 
         Unless the wait is for this build's pod (``keep_pod``), there is no pod, attempt or
         result to show, so the last build's are cleared.
         """
         status = build.status
+        trigger = start.trigger if start is not None else status.trigger
         if (status.phase, status.reason, status.message, status.observed_generation,
-                status.rebuild) == (phase, reason, message, build.generation, build.rebuild_token):
+                status.rebuild, status.trigger) == (phase, reason, message, build.generation,
+                                                    build.rebuild_token, trigger):
             return
         log.warning(message)
         fields: dict[str, Any] = {} if keep_pod else dict(
             pod_name=None, attempt=None, start_time=None, completion_time=None, **_NO_RESULT)
-        await self._write(build, phase=phase, reason=reason, message=message, **fields)
+        await self._write(build, phase=phase, reason=reason, message=message, start=start,
+                          **fields)
 
     async def _write(self, build: ImageBuild, *, phase: Phase, reason: Reason, message: str,
-                     completion: bool = False, **fields: Any) -> None:
-        """One status patch for one transition of the current generation and rebuild."""
+                     completion: bool = False, start: Start | None = None,
+                     **fields: Any) -> None:
+        """One status patch for one transition of the current generation and rebuild.
+
+        ``start``: the transition starts a build (or waits to): its causes and inputs, and a
+        trigger's token and hourly count, go in the same patch.
+        """
+        if start is not None:
+            fields.update(start.status_fields())
         if completion:
             fields["completion_time"] = now_iso()
+            causes = start.causes if start is not None else build.status.causes
             fields["history"] = history_with(build.status, BuildRecord(
                 generation=build.generation, rebuild=build.rebuild_token, phase=phase,
                 reason=reason.value, digest=fields.get("digest"), size=fields.get("size"),
                 start_time=build.status.start_time, completion_time=fields["completion_time"],
-                cache_hits=(fields.get("cache") or {}).get("hits")))
+                cache_hits=(fields.get("cache") or {}).get("hits"), causes=causes))
         patch = status_patch(build.status, phase=phase, reason=reason, message=message,
                              generation=build.generation, rebuild=build.rebuild_token, **fields)
         updated = await self.api.patch_imagebuild_status(build.namespace, build.name, patch)
@@ -534,10 +623,12 @@ class Reconciler:
         if reason in WARNINGS:
             await self._post_event(build.metadata, reason, message)
 
-    async def _post_event(self, metadata: dict[str, Any], reason: Reason, message: str) -> None:
-        """Tell a person through a Warning Event; a refused Event never stops a build."""
+    async def _post_event(self, metadata: dict[str, Any], reason: Reason, message: str,
+                          kind: str = "Warning") -> None:
+        """Tell a person through an Event (Warning by default); a refused Event never stops
+        a build."""
         event = build_event({"namespace": "default", **metadata}, reason=reason.value,
-                            message=message, now=now_iso())
+                            message=message, now=now_iso(), event_type=kind)
         try:
             await self.api.create_event(event)
         except ApiError as exc:

@@ -68,6 +68,8 @@ from stagewright.handlers.kube_api import ApiError, KubeApi, load_configuration
 from stagewright.handlers.metrics import Metrics
 from stagewright.handlers.probes import Readiness
 from stagewright.handlers.reconciler import Reconciler
+from stagewright.handlers.trigger_watch import TriggerWatch
+from stagewright.handlers.webhook_server import WebhookServer
 from stagewright.handlers.workqueue import WorkQueue
 from stagewright.queueing import Limits, Waiting
 from stagewright.registry import RegistryClient, RegistryError
@@ -75,6 +77,7 @@ from stagewright.resources.events import build_event
 from stagewright.resources.pod_common import LABEL_MANAGED_BY, MANAGED_BY
 from stagewright.settings import Settings
 from stagewright.status import now_iso
+from stagewright.triggers.gitrefs import GitRefs
 
 _SETTLED = (Phase.SUCCEEDED.value, Phase.FAILED.value)
 _log = logging.getLogger("stagewright")
@@ -154,6 +157,7 @@ class Controller:
                  tracked: Tracked) -> None:
         self.api = api
         self.reconciler = reconciler
+        self.triggers = reconciler.triggers
         self.settings = settings
         self.tracked = tracked
         self.scope = settings.scope
@@ -233,6 +237,8 @@ class Controller:
             return  # another shard's (a pattern the API server cannot select)
         queue = self.reconciler.queue
         if kind == "DELETED":
+            if self.triggers is not None:
+                self.triggers.forget((namespace, name))
             self.tracked.note_imagebuild(namespace, name, {})
             self.reconciler.forget(namespace, name)  # its pods go with it (owner references)
             if queue is not None:
@@ -245,8 +251,14 @@ class Controller:
             namespace=namespace, name=name, status=status, meta=meta, annotations=annotations))
         if _settled(status, meta, annotations):
             # Finished: no read, no lock, no state. Thousands of finished builds cost nothing
-            # at start-up; a new generation or rebuild request arrives as another event.
+            # at start-up; a new generation or rebuild request arrives as another event. One
+            # with triggers is watched (a few hundred bytes), and queued when what its
+            # triggers saw differs from what it was built from.
+            if self.triggers is not None and self.triggers.track(body):
+                self.enqueue((namespace, name), Trigger(body=body), low=low)
             return
+        if self.triggers is not None:
+            self.triggers.track(body)  # building: its changes wait for the build's end
         if _building(status, meta, annotations):
             # Our own "Building" write: the pod's events (and the resync) carry it on from here.
             return
@@ -330,12 +342,15 @@ class Operator:
     list, as a restarted operator does. The clients and metrics outlive terms."""
 
     def __init__(self, api: KubeApi, registry: RegistryClient, settings: Settings,
-                 kopf_settings: kopf.OperatorSettings, metrics: Metrics) -> None:
+                 kopf_settings: kopf.OperatorSettings, metrics: Metrics,
+                 triggers: TriggerWatch | None = None) -> None:
         self.api = api
         self.registry = registry
         self.settings = settings
         self.kopf_settings = kopf_settings
         self.metrics = metrics
+        #: Polls for ImageBuilds' triggers: fed by a term's events, emptied at its end.
+        self.triggers = triggers
         self.controller: Controller | None = None
         #: Set while a term's controller has listed and runs.
         self.acting = asyncio.Event()
@@ -350,6 +365,11 @@ class Operator:
         controller = self.controller
         return controller.tracked.running_builds() if controller is not None else []
 
+    def enqueue(self, key: Key) -> None:
+        """Reconcile ``key`` soon, if this replica acts (a trigger's wake-up)."""
+        if self.controller is not None:
+            self.controller.enqueue(key)
+
     async def lead(self) -> None:
         """Start a term: create its state, list, then watch and reconcile."""
         settings = self.settings
@@ -361,7 +381,7 @@ class Operator:
                            wake=lambda namespace, name: holder[0].enqueue((namespace, name)))
         reconciler = Reconciler(self.api, self.registry, settings,
                                 kopf_settings=self.kopf_settings, queue=queue,
-                                metrics=self.metrics)
+                                metrics=self.metrics, triggers=self.triggers)
         controller = Controller(self.api, reconciler, settings, tracked)
         holder.append(controller)
         self.controller = controller
@@ -380,6 +400,8 @@ class Operator:
         controller, self.controller = self.controller, None
         if controller is not None:
             await controller.stop()
+        if self.triggers is not None:
+            await self.triggers.stop()  # no polls on a standby; the next term re-tracks
 
 
 def lease_namespace(settings: Settings) -> str:
@@ -395,11 +417,11 @@ def lease_namespace(settings: Settings) -> str:
 _SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
-def leader_address() -> str | None:
+def leader_address(settings: Settings) -> str | None:
     """``POD_IP:port`` of the webhook server, where a standby forwards deliveries; None
     outside a pod or without a webhook port."""
-    pod_ip, port = os.environ.get("POD_IP"), os.environ.get("STAGEWRIGHT_WEBHOOK_PORT")
-    if not pod_ip or not port:
+    pod_ip, port = os.environ.get("POD_IP"), settings.webhook_port
+    if not pod_ip or port is None:
         return None
     return f"[{pod_ip}]:{port}" if ":" in pod_ip else f"{pod_ip}:{port}"
 
@@ -423,7 +445,7 @@ def _election(api: KubeApi, fence: Fence, operator: Operator, identity: str) -> 
         api, fence, namespace=namespace, name=settings.lease_name, identity=identity,
         timing=Timing(settings.lease_duration_seconds, settings.renew_deadline_seconds,
                       settings.retry_period_seconds),
-        address=leader_address(), on_started=started, on_stopped=operator.step_down,
+        address=leader_address(settings), on_started=started, on_stopped=operator.step_down,
         on_leader_changed=changed)
     return election
 
@@ -461,18 +483,53 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
                        allow=operator_settings.registry_allow))
     if operator_settings.metrics_port is not None:
         metrics.serve(operator_settings.metrics_port, operator_settings.metrics_address)
-    memo.operator = operator = Operator(api, registry, operator_settings, settings, metrics)
+    # Trigger polls (git refs, base images) run only while this replica leads: the leader's
+    # list tracks the ImageBuilds with triggers, and each term's end forgets them.
+    git = await clients.enter_async_context(
+        GitRefs(timeout=operator_settings.git_timeout_seconds,
+                ca_bundle=operator_settings.ca_bundle_file))
+    operator_holder: list[Operator] = []
+    triggers = TriggerWatch(api, registry, git, operator_settings,
+                            wake=lambda key: operator_holder[0].enqueue(key))  # noqa: PLW0108 - late
+    clients.push_async_callback(triggers.stop)
+    memo.operator = operator = Operator(api, registry, operator_settings, settings, metrics,
+                                        triggers=triggers)
+    operator_holder.append(operator)
     election = None
     # What the webhook server asks (is_leader, leader_address), with or without election.
-    memo.leadership = Standalone(leader_address())
+    memo.leadership = Standalone(leader_address(operator_settings))
     if fence is not None:
         memo.leadership = memo.election = election = _election(api, fence, operator, identity)
         memo.election_task = asyncio.create_task(election.run(), name="stagewright-election")
     if operator_settings.readiness_endpoint:
         memo.readiness = await clients.enter_async_context(
             Readiness(operator_settings.readiness_endpoint, partial(_role, operator, election)))
+    if operator_settings.webhook_port is not None:
+        webhooks = WebhookServer(api, triggers, operator_settings.webhook_address,
+                                 operator_settings.webhook_port,
+                                 leader=Acting(memo.leadership, operator))
+        await webhooks.start()
+        clients.push_async_callback(webhooks.stop)
     if election is None:
         await operator.lead()
+
+
+@dataclass
+class Acting:
+    """Who may take a webhook delivery: the leader once its term has listed (before that its
+    trigger watch knows no webhook path yet; a delivery then is refused with 503, to be
+    redelivered, rather than 404)."""
+
+    leadership: Election | Standalone
+    operator: Operator
+
+    def is_leader(self) -> bool:
+        """Leading, and acting."""
+        return self.leadership.is_leader() and self.operator.acting.is_set()
+
+    def leader_address(self) -> str | None:
+        """Where the leader's webhook endpoint is, from the Lease."""
+        return self.leadership.leader_address()
 
 
 def _role(operator: Operator, election: Election | None) -> str | None:

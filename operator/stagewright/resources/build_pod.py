@@ -20,12 +20,24 @@ _CONTAINERS: dict[Builder, _ContainerBuilder] = {
 
 
 def build_pod(build: ImageBuild, settings: Settings, *, key: str, attempt: int,
-              files: Sequence[ContextFile] = ()) -> dict[str, Any]:
+              files: Sequence[ContextFile] = (), commit: str | None = None) -> dict[str, Any]:
     """The Pod for one attempt of one build of ``build``, run by ``spec.builder``.
 
     ``files`` are the ConfigMap context's files (``pod_common.context_files``), unused for
-    other sources.
+    other sources. ``commit``: the git commit to build instead of ``source.git.revision``
+    (the one the source trigger resolved, so the commit seen is the commit built).
     """
-    staging = staging_tag(build.name) if build.spec.output.max_size is not None else None
-    parts = _CONTAINERS[build.spec.builder](build.spec, settings, files, staging)
+    spec = pinned(build.spec, commit)
+    staging = staging_tag(build.name) if spec.output.max_size is not None else None
+    parts = _CONTAINERS[spec.builder](spec, settings, files, staging)
     return assemble_pod(build, settings, key=key, attempt=attempt, parts=parts)
+
+
+def pinned(spec: ImageBuildSpec, commit: str | None) -> ImageBuildSpec:
+    """``spec`` with its git source at ``commit`` (unchanged without one, or for other
+    sources): builders take a commit as they take any other revision."""
+    git = spec.source.git
+    if commit is None or git is None:
+        return spec
+    source = spec.source.model_copy(update={"git": git.model_copy(update={"revision": commit})})
+    return spec.model_copy(update={"source": source})

@@ -54,11 +54,13 @@ class BuilderParts:
     init_containers: list[dict[str, Any]] = field(default_factory=list)
 
 
-def build_key(generation: int, rebuild: str | None) -> str:
-    """Identify one requested build: a spec generation plus the rebuild annotation's value."""
-    if not rebuild:
-        return str(generation)
-    return f"{generation}-{hashlib.sha256(rebuild.encode()).hexdigest()[:6]}"
+def build_key(generation: int, rebuild: str | None, trigger: str | None = None) -> str:
+    """Identify one requested build: a spec generation plus the rebuild annotation's value,
+    plus the trigger's token for a build a trigger started (what changed to what)."""
+    key = str(generation)
+    if rebuild:
+        key += f"-{hashlib.sha256(rebuild.encode()).hexdigest()[:6]}"
+    return f"{key}-{trigger}" if trigger else key
 
 
 def pod_name(build_name: str, key: str, attempt: int) -> str:
@@ -102,6 +104,16 @@ def context_files(source: ConfigMapSource, keys: Iterable[str]) -> list[ContextF
     if source.items is not None:
         return list(source.items)
     return [ContextFile(key=key, path=key) for key in sorted(set(keys))]
+
+
+def dockerfile_key(spec: ImageBuildSpec) -> str | None:
+    """The ConfigMap key holding the Dockerfile of a ConfigMap context (None for others):
+    the item placed at ``contextDir/dockerfile``, else the key of that name."""
+    source = spec.source.config_map
+    if source is None:
+        return None
+    path = "/".join(p for p in (spec.source.context_dir, spec.dockerfile) if p)
+    return next((item.key for item in source.items or [] if item.path == path), path)
 
 
 def missing_context_keys(source: ConfigMapSource, keys: Iterable[str]) -> list[str]:
