@@ -11,12 +11,17 @@ ImageBuild.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import os
 import re
 import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,8 +29,10 @@ from tests.cluster.builds import context, imagebuild, pods, wait_phase
 
 from sandbox.cluster import OperatorProcess
 from sandbox.controlplane import OPERATOR_NAMESPACE
+from sandbox.gitserver import GitServer
+from sandbox.node import GATEWAY
 from sandbox.processes import free_port
-from sandbox.stack import Sandbox
+from sandbox.stack import IMAGEBUILD_API, Sandbox
 
 pytestmark = pytest.mark.cluster
 
@@ -57,7 +64,9 @@ class Replica:
             "STAGEWRIGHT_LEADER_ELECTION": "true", "STAGEWRIGHT_LEASE_NAME": lease,
             "STAGEWRIGHT_LEASE_NAMESPACE": OPERATOR_NAMESPACE,
             "STAGEWRIGHT_READINESS_ENDPOINT": self.readiness, "POD_NAME": name,
-            "POD_IP": "10.244.0.200", "STAGEWRIGHT_WEBHOOK_PORT": "9443", **TIMING, **env})
+            # Host processes: the leader's webhook endpoint is on 127.0.0.1 (a free port).
+            "POD_IP": "127.0.0.1", **TIMING, **env})
+        self.webhook = f"http://127.0.0.1:{self.process.webhook_port}"
 
     def role(self) -> str:
         """What /readyz says ("" while it does not answer 200)."""
@@ -104,7 +113,7 @@ def replicas(sandbox: Sandbox, tmp_path: Path) -> Iterator[Callable[..., Replica
             replica.process.stop(kill=True)
             # What each did (pytest shows it when the test failed).
             print(f"--- {replica.name}\n{replica.log()[-3000:]}")
-        for lease in ("failover", "handover", "frozen"):
+        for lease in ("failover", "handover", "frozen", "webhooks"):
             sandbox.admin.delete(*LEASES, lease, OPERATOR_NAMESPACE)
         sandbox.operator.start()
 
@@ -138,7 +147,7 @@ def test_ten_builds_survive_a_killed_leader_and_the_standby_builds_the_next(
     assert lease is not None
     # Where a standby forwards webhook deliveries: the leader's POD_IP and webhook port.
     assert lease["metadata"]["annotations"]["stagewright.dev/leader-address"] == (
-        "10.244.0.200:9443")
+        f"127.0.0.1:{leader.process.webhook_port}")
     sandbox.admin.apply([context(namespace, SLOW_DOCKERFILE)])
     names = [f"b{index}" for index in range(10)]
     sandbox.admin.apply([imagebuild(sandbox, namespace, name, resources=SMALL)
@@ -264,3 +273,70 @@ def test_two_shards_build_only_their_own_namespaces(
             sandbox.admin.delete(*LEASES, extra, OPERATOR_NAMESPACE)
         for lease in ("shard-a", "shard-b"):
             sandbox.admin.delete(*LEASES, lease, OPERATOR_NAMESPACE)
+
+
+WEBHOOK_SECRET = "webhook-secret-for-failover"
+GIT_USER = ("builder", "s3cret-token")
+
+
+def _secret(namespace: str, name: str, kind: str, values: dict[str, str]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "type": kind,
+            "metadata": {"name": name, "namespace": namespace},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}}
+
+
+def test_a_webhook_delivered_to_the_standby_is_one_check_by_the_leader(
+        sandbox: Sandbox, namespace: str, replicas: Callable[..., Replica],
+        tmp_path: Path) -> None:
+    """The standby forwards a delivery verbatim to the address on the Lease; the leader
+    checks once and builds the new commit once; the same delivery again, through the standby,
+    is the leader's replay."""
+    first = replicas("replica-g", lease="webhooks")
+    second = replicas("replica-h", lease="webhooks")
+    leader, standby = leader_and_standby(sandbox, first, second, "webhooks")
+    sandbox.admin.apply([
+        _secret(namespace, "git-creds", "kubernetes.io/basic-auth",
+                {"username": GIT_USER[0], "password": GIT_USER[1]}),
+        _secret(namespace, "hook", "Opaque", {"token": WEBHOOK_SECRET})])
+    (tmp_path / "git").mkdir()
+    with GitServer(tmp_path / "git", address=GATEWAY, user=GIT_USER[0],
+                   password=GIT_USER[1]) as git:
+        one = git.create_repository("app", {"Dockerfile": QUICK_DOCKERFILE})
+        build = imagebuild(sandbox, namespace, "app", cache={"enabled": False},
+                           resources=SMALL)
+        build["spec"]["source"] = {"git": {"url": f"{git.url}/app.git", "revision": "main",
+                                           "secretRef": {"name": "git-creds"}}}
+        build["spec"]["triggers"] = {"webhook": {"secretRef": {"name": "hook"}},
+                                     "debounce": "2s"}
+        sandbox.admin.apply([build])
+
+        def built(commit: str) -> Callable[[dict[str, Any]], bool]:
+            return lambda obj: ((obj.get("status") or {}).get("phase") == "Succeeded"
+                                and ((obj["status"].get("inputs") or {}).get("commit")
+                                     == commit))
+
+        sandbox.admin.wait_for(IMAGEBUILD_API, "ImageBuild", "app", namespace, built(one),
+                               180, f"built {one[:12]}")
+        path = sandbox.admin.wait_for(
+            IMAGEBUILD_API, "ImageBuild", "app", namespace,
+            lambda o: bool(((o.get("status") or {}).get("triggers") or {}).get(
+                "webhookPath")), 30, "showing its webhook path")["status"]["triggers"][
+            "webhookPath"]
+        two = git.commit("app", {"marker.txt": "two\n"})
+        payload = json.dumps({"ref": "refs/heads/main"}).encode()
+        headers = {"Content-Type": "application/json", "X-GitHub-Delivery": "f-1",
+                   "X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256=" + hmac.new(
+                       WEBHOOK_SECRET.encode(), payload, hashlib.sha256).hexdigest()}
+        answer = httpx.post(standby.webhook + path, content=payload, headers=headers,
+                            timeout=15)
+        assert answer.status_code == 202, answer.text  # the leader's answer, passed back
+        sandbox.admin.wait_for(IMAGEBUILD_API, "ImageBuild", "app", namespace, built(two),
+                               180, f"built {two[:12]}")
+        again = httpx.post(standby.webhook + path, content=payload, headers=headers,
+                           timeout=15)
+        assert (again.status_code, again.json()) == (200, {"status": "already received"})
+        time.sleep(4)  # a doubled check would start a third build within the debounce
+    pods_now = pods(sandbox, namespace, "app")
+    assert len(pods_now) == 2, [p["metadata"]["name"] for p in pods_now]
+    assert "Created pod" not in standby.log()
+    assert "Webhook delivery f-1" in leader.log()
