@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.cluster.builds import context, imagebuild, pods, wait_phase
+from tests.cluster.builds import SLOW_DOCKERFILE, context, imagebuild, pods, wait_phase
 
 from sandbox.cluster import OperatorProcess
 from sandbox.controlplane import OPERATOR_NAMESPACE
@@ -36,13 +36,6 @@ from sandbox.stack import IMAGEBUILD_API, Sandbox
 
 pytestmark = pytest.mark.cluster
 
-#: Each build runs a few seconds, so a failover happens while they run.
-SLOW_DOCKERFILE = """\
-ARG BASE
-FROM ${BASE}
-ARG STEP=one
-RUN echo "step ${STEP}" && sleep 8
-"""
 QUICK_DOCKERFILE = "ARG BASE\nFROM ${BASE}\nRUN echo built > /built\n"
 #: Small requests, so ten builds fit on the one node at once.
 SMALL = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}}
