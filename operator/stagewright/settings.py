@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     renew_deadline_seconds: float = Field(default=10.0, gt=0)
     #: How often the leader renews and a standby tries to take the Lease.
     retry_period_seconds: float = Field(default=2.0, gt=0)
-    #: Plain-HTTP readiness endpoint, e.g. http://0.0.0.0:8081/readyz: 200 with ``leader``
+    #: Plain-HTTP readiness endpoint, e.g. http://0.0.0.0:8082/readyz: 200 with ``leader``
     #: or ``standby`` once the replica can act or stand by; unset disables it.
     readiness_endpoint: str | None = None
     #: Log lines as ``text`` (for a terminal) or ``json`` (one object a line, for a log

@@ -290,7 +290,7 @@ def test_helm_two_replicas_one_leads_and_builds_go_on_when_its_pod_is_deleted(
                 for pod in sandbox.admin.list("v1", "Pod", HELM_NAMESPACE)}
         assert len(pods) == 2
         for name, pod in pods.items():  # the pod network is the host's bridge
-            answer = httpx.get(f"http://{pod['status']['podIP']}:8081/readyz", timeout=5)
+            answer = httpx.get(f"http://{pod['status']['podIP']}:8082/readyz", timeout=5)
             assert answer.status_code == 200
             assert answer.text.strip() == (
                 "leader" if name == leader["metadata"]["name"] else "standby")

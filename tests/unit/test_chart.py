@@ -214,7 +214,7 @@ def test_default_env_gives_the_operator_its_own_defaults(
               "metrics_address": "127.0.0.1", "leader_election": False,
               "lease_name": "stagewright"}
     assert rendered.liveness_endpoint == "http://0.0.0.0:8080/healthz"
-    assert rendered.readiness_endpoint == "http://0.0.0.0:8081/readyz"
+    assert rendered.readiness_endpoint == "http://0.0.0.0:8082/readyz"
     assert (rendered.metrics_port, rendered.metrics_address) == (9090, "0.0.0.0")
     assert (rendered.leader_election, rendered.lease_name) == (True, "stagewright-operator")
     assert rendered.model_copy(update=served) == baseline.model_copy(update=served)
@@ -348,6 +348,14 @@ def test_one_replica_without_leader_election_is_recreated() -> None:
                  check=False)
     assert result.returncode != 0
     assert "replicas > 1 needs leaderElection.enabled" in result.stderr
+
+
+def test_every_port_of_the_operator_is_its_own() -> None:
+    """Liveness, readiness, metrics and webhooks on four ports, with everything turned on."""
+    container = _container(helm_template("triggers.webhook.enabled=true"))
+    numbers = [port["containerPort"] for port in container["ports"]]
+    assert len(numbers) == 4
+    assert len(set(numbers)) == 4, numbers
 
 
 def test_readiness_probe_asks_the_readiness_endpoint(default: list[Obj]) -> None:

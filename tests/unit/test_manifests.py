@@ -373,6 +373,8 @@ def test_the_webhooks_component_opens_the_endpoint_behind_a_service(tmp_path: Pa
     assert (env["STAGEWRIGHT_WEBHOOK_PORT"], env["STAGEWRIGHT_WEBHOOK_ADDRESS"]) == (
         "8081", "0.0.0.0")
     assert {"name": "webhooks", "containerPort": 8081, "protocol": "TCP"} in container["ports"]
+    numbers = [port["containerPort"] for port in container["ports"]]
+    assert len(numbers) == len(set(numbers)), numbers  # readiness, metrics, webhooks apart
     for obj in objs:
         if obj["kind"] != "CustomResourceDefinition":
             validate(obj)

@@ -22,7 +22,7 @@ Role = Callable[[], str | None]
 
 
 class Readiness:
-    """``async with Readiness("http://0.0.0.0:8081/readyz", role)``: served until exit."""
+    """``async with Readiness("http://0.0.0.0:8082/readyz", role)``: served until exit."""
 
     def __init__(self, endpoint: str, role: Role) -> None:
         parts = urllib.parse.urlsplit(endpoint)
