@@ -134,4 +134,9 @@ def assert_clean_shutdown(log: str) -> None:
     # A word of its own: digests in the log may contain the digits 403, and so may a log
     # line's milliseconds ("11:43:07,403").
     refused = re.findall(r".*(?:(?<![,.:])\b403\b|Forbidden).*", log)
+    # One exception, documented (docs/install.md, "Uninstalling"): `helm uninstall` deletes
+    # the leader-election Role in the same pass as the Deployment, so the leader's last renew
+    # or its release of the Lease on SIGTERM may be refused. Harmless: it stops acting at its
+    # renew deadline anyway, and the Lease goes with the namespace or is taken over.
+    refused = [line for line in refused if 'resource "leases"' not in line]
     assert not refused, "\n".join(refused[:10])
