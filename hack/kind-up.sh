@@ -125,7 +125,8 @@ digest=$(curl -fsSI \
 [[ "$digest" == sha256:* ]] || die "no digest for $IMAGE_REPO:$IMAGE_TAG from the registry"
 
 # 7. The chart, with that image pinned by digest: a rebuilt operator changes the pod template,
-# so the upgrade rolls it (Recreate strategy: the old operator stops before the new one starts).
+# so the upgrade rolls it (one pod at a time: the new one stands by before the old leader stops
+# and hands its Lease over).
 log "installing the chart into $NAMESPACE ($IMAGE_REPO@$digest)"
 values=(--set "image.repository=$IMAGE_REPO" --set "image.digest=$digest"
         --set image.pullPolicy=IfNotPresent)

@@ -120,9 +120,12 @@ def load_documents(text: str) -> list[Obj]:
 
 def helm_template(
     *values: str, release: str = "stagewright", namespace: str = "stagewright-system",
+    kube_version: str | None = None,
 ) -> list[Obj]:
     """``helm template`` the chart with ``--set`` style ``values``; the rendered objects."""
     argv: list[str | Path] = [tool("helm"), "template", release, CHART, "--namespace", namespace]
+    if kube_version:
+        argv += ["--kube-version", kube_version]
     for value in values:
         argv += ["--set", value]
     return load_documents(run(argv).stdout)

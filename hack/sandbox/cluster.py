@@ -27,6 +27,7 @@ from sandbox.processes import free_port, stop_group
 
 CRD_FILE = REPO_ROOT / "crds" / "imagebuilds.stagewright.dev.yaml"
 RBAC_FILE = REPO_ROOT / "manifests" / "base" / "rbac.yaml"
+LEADER_ELECTION_RBAC_FILE = REPO_ROOT / "manifests" / "base" / "leader-election.yaml"
 SERVICE_ACCOUNT_FILE = REPO_ROOT / "manifests" / "base" / "serviceaccount.yaml"
 
 
@@ -97,7 +98,8 @@ class Cluster:
 
 
 def install_stagewright(cluster: Cluster, *, crd: bool = True) -> None:
-    """Apply the operator's namespace, ServiceAccount and RBAC, and the CRD unless told not to.
+    """Apply the operator's namespace, ServiceAccount and RBAC (its Lease's too), and the CRD
+    unless told not to.
 
     The ServiceAccount object matters once ServiceAccount admission is on: a pod naming it
     (the chart's operator pod, even as a dry run) is refused until it exists.
@@ -105,7 +107,8 @@ def install_stagewright(cluster: Cluster, *, crd: bool = True) -> None:
     cluster.apply([{"apiVersion": "v1", "kind": "Namespace",
                     "metadata": {"name": OPERATOR_NAMESPACE}}])
     cluster.apply([yaml.safe_load(SERVICE_ACCOUNT_FILE.read_text())])
-    rbac = [doc for doc in yaml.safe_load_all(RBAC_FILE.read_text()) if doc]
+    rbac = [doc for path in (RBAC_FILE, LEADER_ELECTION_RBAC_FILE)
+            for doc in yaml.safe_load_all(path.read_text()) if doc]
     cluster.apply(rbac)
     if crd:
         install_crd(cluster)

@@ -7,13 +7,14 @@ with different settings side by side.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from stagewright.api.types import DNS_SUBDOMAIN, Duration
 from stagewright.api.v1alpha1 import ResourceRequirements
+from stagewright.scope import Scope
 
 #: The maintained Kaniko fork (upstream was archived on 2025-06-03). Pinned: a moving tag
 #: would make two builds of the same spec use different executors.
@@ -31,7 +32,9 @@ class Settings(BaseSettings):
     kaniko_image: str = DEFAULT_KANIKO_IMAGE
     #: The image of build pods whose ImageBuild says ``builder: buildah``; pin it too.
     buildah_image: str = DEFAULT_BUILDAH_IMAGE
-    #: Namespaces to watch, comma-separated; empty means the whole cluster.
+    #: Namespaces to watch, comma-separated; empty means the whole cluster. Names, glob
+    #: patterns (``team-*``) and exclusions (``!kube-*``): a shard of a large cluster
+    #: (docs/sharding.md). Plain names only: one list-and-watch per namespace.
     namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
     #: Registries the operator may contact and builds may push to, comma-separated host
     #: patterns (``registry.example.com``, ``*.corp.example``, ``10.0.0.5:5000``); empty
@@ -94,9 +97,48 @@ class Settings(BaseSettings):
     #: Address the webhook endpoint binds: 0.0.0.0 in a pod (the chart sets it), else local.
     webhook_address: str = "127.0.0.1"
 
+    #: Run for leadership of a Lease, so that of several replicas only one acts (the others
+    #: wait as standbys, watching and writing nothing). The chart turns it on.
+    leader_election: bool = False
+    #: The Lease's name: one per Deployment (a shard has its own).
+    lease_name: str = Field(default="stagewright", pattern=DNS_SUBDOMAIN)
+    #: The Lease's namespace; unset: the pod's own (its ServiceAccount's namespace).
+    lease_namespace: str | None = Field(default=None, pattern=DNS_SUBDOMAIN)
+    #: How long a standby waits after the Lease last changed before it takes it over.
+    lease_duration_seconds: float = Field(default=15.0, ge=1)
+    #: How long a leader keeps acting without renewing; then it stops at once.
+    renew_deadline_seconds: float = Field(default=10.0, gt=0)
+    #: How often the leader renews and a standby tries to take the Lease.
+    retry_period_seconds: float = Field(default=2.0, gt=0)
+    #: Plain-HTTP readiness endpoint, e.g. http://0.0.0.0:8082/readyz: 200 with ``leader``
+    #: or ``standby`` once the replica can act or stand by; unset disables it.
+    readiness_endpoint: str | None = None
+    #: Log lines as ``text`` (for a terminal) or ``json`` (one object a line, for a log
+    #: pipeline: with the ImageBuild's namespace and name and the replica's identity).
+    log_format: Literal["text", "json"] = "text"
+
+    @model_validator(mode="after")
+    def _election_timing(self) -> Self:
+        if not (self.retry_period_seconds < self.renew_deadline_seconds
+                < self.lease_duration_seconds):
+            raise ValueError("leader election needs retry_period_seconds < "
+                             "renew_deadline_seconds < lease_duration_seconds")
+        return self
+
     @field_validator("namespaces", "registry_allow", mode="before")
     @classmethod
     def _split_namespaces(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("namespaces")
+    @classmethod
+    def _namespace_patterns(cls, value: list[str]) -> list[str]:
+        Scope.parse(value)  # names, globs and exclusions only
+        return value
+
+    @property
+    def scope(self) -> Scope:
+        """The namespaces this operator serves (``STAGEWRIGHT_NAMESPACES``)."""
+        return Scope.parse(self.namespaces)

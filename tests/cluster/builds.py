@@ -8,6 +8,13 @@ import httpx
 
 from sandbox.stack import IMAGEBUILD_API, Sandbox
 
+#: A build that runs a few seconds (a RUN step sleeping), so something can happen meanwhile.
+SLOW_DOCKERFILE = """\
+ARG BASE
+FROM ${BASE}
+ARG STEP=one
+RUN echo "step ${STEP}" && sleep 6
+"""
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 ACCEPT = ", ".join([DOCKER_MANIFEST, "application/vnd.oci.image.manifest.v1+json"])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,15 +72,34 @@ def cli(sandbox: Sandbox, name: str, *args: str, timeout: float = 180) -> str:
 
 def wait_ready_operator(sandbox: Sandbox, namespace: str, deployment: str,
                         timeout: float = 180) -> dict[str, Any]:
-    """Wait until the Deployment's one pod is Ready (its probes pass); return that pod."""
-    sandbox.admin.wait_for(
+    """Wait until every replica of the Deployment is Ready (its probes pass: the leader and
+    the standbys) and one holds the Lease; return the leader's pod."""
+    found = sandbox.admin.wait_for(
         "apps/v1", "Deployment", deployment, namespace,
-        lambda d: (d.get("status") or {}).get("readyReplicas") == 1, timeout, "ready")
-    ready = [pod for pod in sandbox.admin.list("v1", "Pod", namespace)
+        lambda d: (d.get("status") or {}).get("readyReplicas") == d["spec"]["replicas"]
+        and (d.get("status") or {}).get("replicas") == d["spec"]["replicas"], timeout, "ready")
+    ready = {pod["metadata"]["name"]: pod for pod in sandbox.admin.list("v1", "Pod", namespace)
              if any(c["type"] == "Ready" and c["status"] == "True"
-                    for c in (pod.get("status") or {}).get("conditions") or [])]
-    assert len(ready) == 1, ready
-    return ready[0]
+                    for c in (pod.get("status") or {}).get("conditions") or [])}
+    assert len(ready) == found["spec"]["replicas"], list(ready)
+    return ready[leader_pod_name(sandbox, namespace, timeout)]
+
+
+def leader_pod_name(sandbox: Sandbox, namespace: str, timeout: float = 60,
+                    other_than: str | None = None) -> str:
+    """The pod whose replica holds the namespace's leader Lease (identity ``POD_NAME_xxxx``),
+    once one (other than ``other_than``) does."""
+    deadline = time.monotonic() + timeout
+    holder = ""
+    while time.monotonic() < deadline:
+        leases = sandbox.admin.list("coordination.k8s.io/v1", "Lease", namespace)
+        holders = [(lease.get("spec") or {}).get("holderIdentity") or "" for lease in leases]
+        holder = next((h for h in holders if h), "")
+        pod = holder.rsplit("_", 1)[0]
+        if pod and pod != other_than:
+            return pod
+        time.sleep(0.5)
+    raise TimeoutError(f"no replica other than {other_than} leads in {namespace} ({holder})")
 
 
 def restore_sandbox_install(sandbox: Sandbox) -> None:
@@ -114,4 +134,9 @@ def assert_clean_shutdown(log: str) -> None:
     # A word of its own: digests in the log may contain the digits 403, and so may a log
     # line's milliseconds ("11:43:07,403").
     refused = re.findall(r".*(?:(?<![,.:])\b403\b|Forbidden).*", log)
+    # One exception, documented (docs/install.md, "Uninstalling"): `helm uninstall` deletes
+    # the leader-election Role in the same pass as the Deployment, so the leader's last renew
+    # or its release of the Lease on SIGTERM may be refused. Harmless: it stops acting at its
+    # renew deadline anyway, and the Lease goes with the namespace or is taken over.
+    refused = [line for line in refused if 'resource "leases"' not in line]
     assert not refused, "\n".join(refused[:10])

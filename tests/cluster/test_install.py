@@ -19,6 +19,7 @@ the sandbox's install is put back afterwards for the tests that follow.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from tests.cluster.installs import (
     assert_clean_shutdown,
     cli,
     following_log,
+    leader_pod_name,
     restore_sandbox_install,
     wait_ready_operator,
 )
@@ -188,7 +190,11 @@ def _overlay(directory: Path, sandbox: Sandbox, operator_image: OperatorImage) -
             "spec": {"template": {"spec": {"containers": [{"name": "operator", "env": [
                 {"name": "STAGEWRIGHT_KANIKO_IMAGE", "value": sandbox.images.kaniko},
                 {"name": "STAGEWRIGHT_RESYNC_SECONDS", "value": "5"},
-            ]}]}}}})}],
+            ]}]}}}})},
+            # Kubernetes 1.20 serves no policy/v1 (manifests/base/kustomization.yaml says so).
+            {"patch": yaml.safe_dump({
+                "$patch": "delete", "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                "metadata": {"name": KUSTOMIZE_OPERATOR, "namespace": OPERATOR_NAMESPACE}})}],
     }))
     return directory
 
@@ -267,3 +273,52 @@ def test_helm_install_watching_one_namespace_needs_nothing_cluster_wide(
             cli(sandbox, "helm", "uninstall", HELM_RELEASE, "--namespace", SCOPED_NAMESPACE,
                 "--wait", "--timeout", "2m")
         assert_clean_shutdown(log.read_text(errors="replace"))
+
+
+def test_helm_two_replicas_one_leads_and_builds_go_on_when_its_pod_is_deleted(
+        sandbox: Sandbox, operator_image: OperatorImage, namespace: str,
+        sandbox_operator_paused: None) -> None:
+    """The chart's default: two replicas, one leading (Ready, /readyz "leader"), one
+    standing by (Ready, "standby"). `kubectl delete pod` of the leader: it gives the Lease up
+    on SIGTERM, another replica leads, and builds go on; the Deployment makes a new pod."""
+    sandbox.admin.apply([{"apiVersion": "v1", "kind": "Namespace",
+                          "metadata": {"name": HELM_NAMESPACE}}])
+    with _helm_release(sandbox, operator_image, HELM_NAMESPACE, "crds.enabled=false",
+                       "logFormat=json"):
+        leader = wait_ready_operator(sandbox, HELM_NAMESPACE, HELM_OPERATOR)
+        pods = {pod["metadata"]["name"]: pod
+                for pod in sandbox.admin.list("v1", "Pod", HELM_NAMESPACE)}
+        assert len(pods) == 2
+        for name, pod in pods.items():  # the pod network is the host's bridge
+            answer = httpx.get(f"http://{pod['status']['podIP']}:8082/readyz", timeout=5)
+            assert answer.status_code == 200
+            assert answer.text.strip() == (
+                "leader" if name == leader["metadata"]["name"] else "standby")
+        first = _build(sandbox, namespace, f"{sandbox.registry.host}/{namespace}/first",
+                       insecure=True)
+        assert first["status"]["phase"] == "Succeeded"
+        leader_name = leader["metadata"]["name"]
+        log = sandbox.pod_log(leader_name, HELM_NAMESPACE)
+        lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+        about = [line for line in lines if (line.get("object") or {}).get("name") == "hello"]
+        assert about, log[-2000:]  # JSON lines naming the ImageBuild...
+        assert all(line["replica"].startswith(leader_name + "_") for line in lines)
+        assert about[0]["object"]["namespace"] == namespace  # ...and its namespace
+
+        cli(sandbox, "kubectl", "-n", HELM_NAMESPACE, "delete", "pod", leader_name,
+            "--wait=false")
+        # The standby, or the pod the Deployment starts in the deleted one's place: whichever
+        # tries first after the Lease is given up.
+        successor = leader_pod_name(sandbox, HELM_NAMESPACE, timeout=60,
+                                    other_than=leader_name)
+        sandbox.admin.apply([{
+            "apiVersion": IMAGEBUILD_API, "kind": "ImageBuild",
+            "metadata": {"name": "second", "namespace": namespace},
+            "spec": {"source": {"configMap": {"name": "ctx"}},
+                     "output": {"image": f"{sandbox.registry.host}/{namespace}/second",
+                                "insecure": True}}}])
+        second = sandbox.wait_settled("second", namespace, timeout=240)
+        assert second["status"]["phase"] == "Succeeded", (
+            sandbox.pod_log(successor, HELM_NAMESPACE)[-3000:])
+        assert '"Created pod second-1-1' in sandbox.pod_log(successor, HELM_NAMESPACE)
+        wait_ready_operator(sandbox, HELM_NAMESPACE, HELM_OPERATOR)  # a new standby again

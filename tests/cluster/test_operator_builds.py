@@ -16,6 +16,7 @@ import pytest
 from kubernetes.dynamic.exceptions import UnprocessibleEntityError
 from tests.cluster.builds import (
     ACCEPT,
+    SLOW_DOCKERFILE,
     context,
     imagebuild,
     manifest,
@@ -33,12 +34,6 @@ from sandbox.stack import IMAGEBUILD_API, Sandbox
 
 pytestmark = pytest.mark.cluster
 
-SLOW_DOCKERFILE = """\
-ARG BASE
-FROM ${BASE}
-ARG STEP=one
-RUN echo "step ${STEP}" && sleep 6
-"""
 #: The builders the core scenarios run with: the same contract, so the same assertions.
 BUILDERS = pytest.mark.parametrize("builder", ["kaniko", "buildah"])
 #: Each builder's log line for a RUN step answered from the registry's layer cache.

@@ -54,7 +54,23 @@ def _container(objs: list[Obj]) -> Obj:
 
 
 def _env(objs: list[Obj]) -> dict[str, str]:
-    return {item["name"]: item["value"] for item in _container(objs)["env"]}
+    """The container's env; an entry from the downward API reads ``fieldRef:PATH``."""
+    return {item["name"]: item["value"] if "value" in item
+            else f"fieldRef:{item['valueFrom']['fieldRef']['fieldPath']}"
+            for item in _container(objs)["env"]}
+
+
+def _set_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    """The rendered env in this process (the pod's downward-API values aside)."""
+    for name, value in env.items():
+        if not value.startswith("fieldRef:"):
+            monkeypatch.setenv(name, value)
+
+
+def _namespaced_roles(objs: list[Obj]) -> list[Obj]:
+    """The Roles of namespace mode (the leader-election Role is the release namespace's)."""
+    return [role for role in by_kind(objs, "Role")
+            if not role["metadata"]["name"].endswith("-leader-election")]
 
 
 @pytest.mark.parametrize("values", [[], [NAMESPACED], ["crds.enabled=false"]])
@@ -78,7 +94,7 @@ def test_every_rendered_object_passes_the_official_schemas(
 def test_default_renders_a_cluster_wide_install(default: list[Obj]) -> None:
     assert sorted(obj["kind"] for obj in default) == sorted([
         "ServiceAccount", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding",
-        "Deployment", "Service",
+        "Role", "RoleBinding", "Deployment", "Service", "PodDisruptionBudget",
     ])
     assert one(default, "ClusterRole")["metadata"]["name"] == "stagewright-operator"
     assert "STAGEWRIGHT_NAMESPACES" not in _env(default)
@@ -104,8 +120,9 @@ def test_cluster_wide_rbac_equals_the_plain_manifests(
 def test_namespaced_mode_grants_the_same_rules_only_where_watched(
     namespaced: list[Obj], default: list[Obj],
 ) -> None:
-    roles = by_kind(namespaced, "Role")
-    bindings = by_kind(namespaced, "RoleBinding")
+    roles = _namespaced_roles(namespaced)
+    bindings = [b for b in by_kind(namespaced, "RoleBinding")
+                if not b["metadata"]["name"].endswith("-leader-election")]
     assert sorted(role["metadata"]["namespace"] for role in roles) == ["team-a", "team-b"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     operator_sa = one(namespaced, "ServiceAccount")["metadata"]
@@ -126,7 +143,8 @@ def test_namespaced_mode_grants_the_same_rules_only_where_watched(
 
 
 def test_rules_have_no_wildcards(default: list[Obj], namespaced: list[Obj]) -> None:
-    for role in by_kind(default + namespaced, "ClusterRole") + by_kind(namespaced, "Role"):
+    for role in by_kind(default + namespaced, "ClusterRole") + by_kind(default + namespaced,
+                                                                        "Role"):
         for grant in normalized_rules(role["rules"]):
             assert "*" not in grant, (role["metadata"]["name"], grant)
 
@@ -165,8 +183,10 @@ def test_deployment_matches_the_plain_manifests_security(
         assert _container(default)[key] == _container(manifests)[key], key
     assert chart_pod["volumes"] == plain_pod["volumes"]
     deployment = one(default, "Deployment")["spec"]
-    assert deployment["replicas"] == 1
-    assert deployment["strategy"] == {"type": "Recreate"}
+    plain = one(manifests, "Deployment")["spec"]
+    assert deployment["replicas"] == plain["replicas"] == 2
+    assert deployment["strategy"] == plain["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
 
 
 def test_default_env_gives_the_operator_its_own_defaults(
@@ -182,15 +202,21 @@ def test_default_env_gives_the_operator_its_own_defaults(
                 "STAGEWRIGHT_MAX_RUNNING_BUILDS_PER_NAMESPACE",
                 "STAGEWRIGHT_REGISTRY_ALLOW", "STAGEWRIGHT_WEBHOOK_PORT",
                 "STAGEWRIGHT_WEBHOOK_ADDRESS"}
-    assert set(env) == field_envs - optional
+    # The pod's own name and IP (downward API): its identity and address in the Lease.
+    assert set(env) == field_envs - optional | {"POD_NAME", "POD_IP"}
+    assert env["STAGEWRIGHT_LEASE_NAMESPACE"] == "fieldRef:metadata.namespace"
     baseline = Settings()
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    _set_env(monkeypatch, env)
     rendered = Settings()
-    # The chart serves what the operator leaves off: probes and metrics, on the pod's IP.
-    served = {"liveness_endpoint": None, "metrics_port": None, "metrics_address": "127.0.0.1"}
+    # The chart serves what the operator leaves off: probes and metrics, on the pod's IP, and
+    # leader election (two replicas) on the release's own Lease.
+    served = {"liveness_endpoint": None, "readiness_endpoint": None, "metrics_port": None,
+              "metrics_address": "127.0.0.1", "leader_election": False,
+              "lease_name": "stagewright"}
     assert rendered.liveness_endpoint == "http://0.0.0.0:8080/healthz"
+    assert rendered.readiness_endpoint == "http://0.0.0.0:8082/readyz"
     assert (rendered.metrics_port, rendered.metrics_address) == (9090, "0.0.0.0")
+    assert (rendered.leader_election, rendered.lease_name) == (True, "stagewright-operator")
     assert rendered.model_copy(update=served) == baseline.model_copy(update=served)
 
 
@@ -252,8 +278,7 @@ def test_ca_bundle_reaches_the_operator_and_its_settings(monkeypatch: pytest.Mon
     env = _env(objs)
     mount = next(m for m in _container(objs)["volumeMounts"] if m["name"] == "ca-bundle")
     assert env["STAGEWRIGHT_CA_BUNDLE_FILE"].startswith(mount["mountPath"] + "/")
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    _set_env(monkeypatch, env)
     settings = Settings()
     assert (settings.ca_bundle_configmap, settings.ca_bundle_key) == ("corp-ca", "root.pem")
     validate(deployment)
@@ -261,8 +286,7 @@ def test_ca_bundle_reaches_the_operator_and_its_settings(monkeypatch: pytest.Mon
 
 def test_registry_allow_list_reaches_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     objs = helm_template("registryAllow={registry.example.com,*.corp.example}")
-    for name, value in _env(objs).items():
-        monkeypatch.setenv(name, value)
+    _set_env(monkeypatch, _env(objs))
     assert Settings().registry_allow == ["registry.example.com", "*.corp.example"]
 
 
@@ -271,11 +295,120 @@ def test_image_tag_defaults_to_the_app_version(default: list[Obj]) -> None:
     assert _container(default)["image"] == f"ghcr.io/stagewright/stagewright:{app_version}"
 
 
+# Availability: replicas, leader election, disruption budget, shards, logs
+
+
+def test_leader_election_rbac_equals_the_plain_manifests_and_stays_in_its_namespace(
+    default: list[Obj], manifests: list[Obj],
+) -> None:
+    chart_role, plain_role = one(default, "Role"), one(manifests, "Role")
+    assert chart_role["rules"] == plain_role["rules"]
+    assert chart_role["metadata"]["namespace"] == "stagewright-system"
+    assert chart_role["metadata"]["name"] == plain_role["metadata"]["name"]
+    assert one(default, "RoleBinding")["subjects"] == one(manifests, "RoleBinding")["subjects"]
+    # Leases nowhere else: the ClusterRole grants none.
+    for grant in normalized_rules(one(default, "ClusterRole")["rules"]):
+        assert grant[0] != "coordination.k8s.io", grant
+
+
+def test_pdb_selects_the_operator_pods_and_leaves_one_to_lead(
+    default: list[Obj], manifests: list[Obj],
+) -> None:
+    for objs in (default, manifests):
+        pdb = one(objs, "PodDisruptionBudget")
+        assert pdb["apiVersion"] == "policy/v1"
+        assert pdb["spec"]["maxUnavailable"] == 1
+        labels = one(objs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+        assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    # Kubernetes 1.20 serves only policy/v1beta1.
+    old = one(helm_template(kube_version="1.20.2"), "PodDisruptionBudget")
+    assert old["apiVersion"] == "policy/v1beta1"
+    assert not by_kind(helm_template("podDisruptionBudget.enabled=false"),
+                       "PodDisruptionBudget")
+
+
+def test_replicas_spread_over_nodes_unless_affinity_is_given(default: list[Obj]) -> None:
+    pod = one(default, "Deployment")["spec"]["template"]
+    preferred = pod["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"]
+    assert preferred[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert preferred[0]["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= (
+        pod["metadata"]["labels"].items())
+    given = one(helm_template("affinity.nodeAffinity.x=y"), "Deployment")
+    assert given["spec"]["template"]["spec"]["affinity"] == {"nodeAffinity": {"x": "y"}}
+
+
+def test_one_replica_without_leader_election_is_recreated() -> None:
+    objs = helm_template("replicas=1", "leaderElection.enabled=false")
+    deployment = one(objs, "Deployment")["spec"]
+    assert (deployment["replicas"], deployment["strategy"]) == (1, {"type": "Recreate"})
+    assert _env(objs)["STAGEWRIGHT_LEADER_ELECTION"] == "false"
+    assert not by_kind(objs, "Role")
+    result = run([tool("helm"), "template", "x", CHART, "--set", "leaderElection.enabled=false"],
+                 check=False)
+    assert result.returncode != 0
+    assert "replicas > 1 needs leaderElection.enabled" in result.stderr
+
+
+def test_every_port_of_the_operator_is_its_own() -> None:
+    """Liveness, readiness, metrics and webhooks on four ports, with everything turned on."""
+    container = _container(helm_template("triggers.webhook.enabled=true"))
+    numbers = [port["containerPort"] for port in container["ports"]]
+    assert len(numbers) == 4
+    assert len(set(numbers)) == 4, numbers
+
+
+def test_readiness_probe_asks_the_readiness_endpoint(default: list[Obj]) -> None:
+    container = _container(default)
+    port = next(p for p in container["ports"] if p["name"] == "ready")["containerPort"]
+    assert _env(default)["STAGEWRIGHT_READINESS_ENDPOINT"] == f"http://0.0.0.0:{port}/readyz"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ready"}
+    # Liveness stays kopf's, true for a standby as for the leader.
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+
+
+def test_a_shard_gets_its_namespaces_its_own_lease_and_cluster_rbac(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    objs = helm_template("shard.namespaces={team-*,!team-x}", "crds.enabled=false",
+                         release="sw-teams")
+    env = _env(objs)
+    assert env["STAGEWRIGHT_NAMESPACES"] == "team-*,!team-x"
+    assert env["STAGEWRIGHT_LEASE_NAME"] == "sw-teams-stagewright-operator"
+    assert one(objs, "ClusterRole")  # patterns cannot be granted per namespace
+    assert not _namespaced_roles(objs)
+    assert not by_kind(objs, "CustomResourceDefinition")
+    monkeypatch.setenv("STAGEWRIGHT_NAMESPACES", env["STAGEWRIGHT_NAMESPACES"])
+    scope = Settings().scope
+    assert scope.covers("team-a")
+    assert not scope.covers("team-x")
+    assert not scope.covers("default")
+    both = run([tool("helm"), "template", "x", CHART, "--set", "shard.namespaces={a}",
+                "--set", "watchNamespaces={b}"], check=False)
+    assert "set shard.namespaces or watchNamespaces, not both" in both.stderr
+
+
+def test_json_logs_and_lease_timing_reach_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    objs = helm_template("logFormat=json", "leaderElection.leaseDurationSeconds=30",
+                         "leaderElection.renewDeadlineSeconds=20",
+                         "leaderElection.retryPeriodSeconds=4",
+                         "leaderElection.leaseName=builds")
+    _set_env(monkeypatch, _env(objs))
+    settings = Settings()
+    assert settings.log_format == "json"
+    assert (settings.lease_duration_seconds, settings.renew_deadline_seconds,
+            settings.retry_period_seconds, settings.lease_name) == (30, 20, 4, "builds")
+
+
 # values.schema.json
 
 
 @pytest.mark.parametrize(("value", "error"), [
-    ("replicas=2", "additional properties 'replicas' not allowed"),
+    ("replica=2", "additional properties 'replica' not allowed"),
+    ("replicas=0", "/replicas"),
+    ("logFormat=xml", "/logFormat"),
+    ("shard.namespaces={Team_A}", "/shard/namespaces/0"),
+    ("leaderElection.leaseName=Bad_Name", "/leaderElection/leaseName"),
     ("build.defaultTimeout=thirty", "/build/defaultTimeout"),
     ("crds.keep=maybe", "/crds/keep"),
     ("operator.messageLimit=oops", "/operator/messageLimit"),

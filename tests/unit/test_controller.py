@@ -109,8 +109,8 @@ def test_a_relist_drops_what_was_deleted_unseen(controller: Controller) -> None:
     controller.imagebuild_event("ADDED", imagebuild("kept"))
     controller.pod_event("ADDED", pod("kept", "Running"))
     controller.pod_event("ADDED", pod("gone", "Running"))
-    controller._imagebuilds_listed({(NS, "kept")})
-    controller._pods_listed({(NS, "kept-1-1")})
+    controller._imagebuilds_listed("", {(NS, "kept")})
+    controller._pods_listed("", {(NS, "kept-1-1")})
     assert set(controller.tracked.unsettled) == {(NS, "kept")}
     assert set(controller.tracked.running_pods) == {(NS, "kept-1-1")}
 
@@ -127,3 +127,35 @@ def test_deletion_gives_the_queue_slot_to_the_next(controller: Controller) -> No
     controller.pod_event("DELETED", pod("first", "Running"))
     assert not queue.waits(NS, "second")  # admitted, and woken through the work queue
     assert (NS, "second") in controller.work
+
+
+async def test_a_shard_ignores_the_events_of_namespaces_it_does_not_serve() -> None:
+    """With patterns, the informers watch the whole cluster and the controller keeps only
+    its own shard's objects: another shard's ImageBuild and pod are never queued or noted."""
+    configuration = k8s_client.Configuration()
+    configuration.host = "http://127.0.0.1:9"
+    settings = Settings(namespaces=["team-*", "!team-b"])
+    async with KubeApi(configuration) as api, RegistryClient(timeout=1) as registry:
+        controller = Controller(api, Reconciler(api, registry, settings), settings, Tracked())
+        assert [(i.path, i._params()) for i in controller.informers] == [
+            ("/apis/stagewright.dev/v1alpha1/imagebuilds",
+             {"fieldSelector": "metadata.namespace!=team-b"}),
+            ("/api/v1/pods", {"labelSelector": "app.kubernetes.io/managed-by=stagewright",
+                              "fieldSelector": "metadata.namespace!=team-b"})]
+        for namespace in ("team-a", "team-b", "default"):
+            body = imagebuild("web")
+            body["metadata"]["namespace"] = namespace
+            controller.imagebuild_event("ADDED", body)
+            running = pod("web", "Running")
+            running["metadata"]["namespace"] = namespace
+            controller.pod_event("ADDED", running)
+        assert set(controller.tracked.unsettled) == {("team-a", "web")}
+        assert set(controller.tracked.running_pods) == {("team-a", "web-1-1")}
+        assert ("default", "web") not in controller.work
+
+
+async def test_what_a_list_brings_waits_behind_watch_events(controller: Controller) -> None:
+    controller.imagebuild_event("ADDED", imagebuild("listed"), low=True)
+    controller.imagebuild_event("ADDED", imagebuild("created"))
+    assert controller.work._queued == {(NS, "listed"): True,
+                                       (NS, "created"): False}

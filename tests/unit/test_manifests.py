@@ -71,10 +71,11 @@ def test_kustomize_renders_the_install(rendered: list[Obj]) -> None:
     kinds = sorted(obj["kind"] for obj in rendered)
     assert kinds == sorted([
         "Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole",
-        "ClusterRoleBinding", "Deployment",
+        "ClusterRoleBinding", "Role", "RoleBinding", "Deployment", "PodDisruptionBudget",
     ])
     for obj in rendered:
-        if obj["kind"] in ("ServiceAccount", "Deployment"):
+        if obj["kind"] in ("ServiceAccount", "Deployment", "Role", "RoleBinding",
+                           "PodDisruptionBudget"):
             assert obj["metadata"]["namespace"] == NAMESPACE, obj["kind"]
     assert one(rendered, "Namespace")["metadata"]["name"] == NAMESPACE
 
@@ -108,11 +109,20 @@ def test_rendered_crd_is_the_generated_crd(rendered: list[Obj]) -> None:
     assert crd["metadata"]["name"] == source["metadata"]["name"]
 
 
-def test_deployment_runs_one_restricted_replica(rendered: list[Obj]) -> None:
+def test_deployment_runs_two_restricted_replicas_with_leader_election(
+        rendered: list[Obj]) -> None:
     deployment = one(rendered, "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2
+    # The new pod stands by (Ready) before the old leader is stopped and gives its Lease up.
+    assert spec["strategy"] == {"type": "RollingUpdate",
+                                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    env = {item["name"]: item for item in spec["template"]["spec"]["containers"][0]["env"]}
+    assert env["STAGEWRIGHT_LEADER_ELECTION"]["value"] == "true"
+    assert env["STAGEWRIGHT_LEASE_NAMESPACE"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.namespace"}}
+    for name, path in (("POD_NAME", "metadata.name"), ("POD_IP", "status.podIP")):
+        assert env[name]["valueFrom"] == {"fieldRef": {"fieldPath": path}}
     pod = spec["template"]["spec"]
     assert pod["serviceAccountName"] == OPERATOR
     assert pod["securityContext"] == {
@@ -134,13 +144,17 @@ def test_deployment_runs_one_restricted_replica(rendered: list[Obj]) -> None:
 def test_probes_hit_the_liveness_endpoint_the_operator_serves(rendered: list[Obj]) -> None:
     container = one(rendered, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     env = {item["name"]: item.get("value") for item in container["env"]}
-    endpoint = env["STAGEWRIGHT_LIVENESS_ENDPOINT"]
-    match = re.fullmatch(r"http://0\.0\.0\.0:(\d+)(/\S+)", endpoint)
-    assert match, endpoint
-    (port,) = [p for p in container["ports"] if p["name"] == "health"]
-    assert port["containerPort"] == int(match.group(1))
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"] == {"path": match.group(2), "port": "health"}, probe
+    for setting, port_name, probes in (
+            ("STAGEWRIGHT_LIVENESS_ENDPOINT", "health", ("startupProbe", "livenessProbe")),
+            ("STAGEWRIGHT_READINESS_ENDPOINT", "ready", ("readinessProbe",))):
+        endpoint = env[setting]
+        match = re.fullmatch(r"http://0\.0\.0\.0:(\d+)(/\S+)", endpoint)
+        assert match, endpoint
+        (port,) = [p for p in container["ports"] if p["name"] == port_name]
+        assert port["containerPort"] == int(match.group(1))
+        for probe in probes:
+            assert container[probe]["httpGet"] == {"path": match.group(2),
+                                                   "port": port_name}, probe
 
 
 def test_image_and_builder_defaults_match_the_chart_and_settings(rendered: list[Obj]) -> None:
@@ -207,8 +221,30 @@ def test_only_the_operator_is_bound(rendered: list[Obj]) -> None:
     """Build pods get no API access: nothing binds any other subject."""
     bindings = by_kind(rendered, "ClusterRoleBinding") + by_kind(rendered, "RoleBinding")
     subjects = [subject for binding in bindings for subject in binding["subjects"]]
-    assert subjects == [{"kind": "ServiceAccount", "name": OPERATOR, "namespace": NAMESPACE}]
-    assert not by_kind(rendered, "Role")
+    assert subjects == [{"kind": "ServiceAccount", "name": OPERATOR, "namespace": NAMESPACE}] * 2
+    (role,) = by_kind(rendered, "Role")
+    assert role["metadata"]["namespace"] == NAMESPACE  # Leases only where the operator runs
+
+
+LEADER_ELECTION_FILE = MANIFESTS / "base" / "leader-election.yaml"
+
+
+def test_leader_election_rbac_is_the_lease_and_its_events_in_the_operators_namespace() -> None:
+    role, binding = load_documents(LEADER_ELECTION_FILE.read_text())
+    assert (role["kind"], binding["kind"]) == ("Role", "RoleBinding")
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == NAMESPACE
+    assert normalized_rules(role["rules"]) == {
+        ("coordination.k8s.io", "leases", "create"), ("coordination.k8s.io", "leases", "get"),
+        ("coordination.k8s.io", "leases", "update"), ("", "events", "create")}
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": OPERATOR, "namespace": NAMESPACE}]
+    lines = LEADER_ELECTION_FILE.read_text().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.lstrip().startswith("- apiGroups:")]
+    assert len(starts) == len(role["rules"])
+    for index in starts:
+        assert lines[index - 1].lstrip().startswith("#"), f"rule at line {index + 1} has no reason"
+    for doc in (role, binding):
+        validate(doc)
 
 
 # Samples
@@ -337,6 +373,8 @@ def test_the_webhooks_component_opens_the_endpoint_behind_a_service(tmp_path: Pa
     assert (env["STAGEWRIGHT_WEBHOOK_PORT"], env["STAGEWRIGHT_WEBHOOK_ADDRESS"]) == (
         "8081", "0.0.0.0")
     assert {"name": "webhooks", "containerPort": 8081, "protocol": "TCP"} in container["ports"]
+    numbers = [port["containerPort"] for port in container["ports"]]
+    assert len(numbers) == len(set(numbers)), numbers  # readiness, metrics, webhooks apart
     for obj in objs:
         if obj["kind"] != "CustomResourceDefinition":
             validate(obj)

@@ -143,3 +143,25 @@ def test_triggers_merge_to_the_latest_body_and_the_latest_pod() -> None:
     assert merge(Trigger(body=old_body), Trigger(body=new_body)) == Trigger(body=new_body)
     assert merge(Trigger(body=new_body), Trigger(pod=pod)) == Trigger(body=new_body, pod=pod)
     assert merge(Trigger(body=new_body, pod=pod), Trigger()) == Trigger(body=new_body, pod=pod)
+
+
+async def test_listed_keys_wait_behind_watch_events_and_an_event_promotes_one() -> None:
+    """A backlog listed at start-up (low) does not hold back the end of a build (a pod
+    event) or a new ImageBuild; a listed key that gets an event of its own moves up."""
+    recorder = Recorder()
+    work: WorkQueue[str, int] = WorkQueue(recorder, workers=1)
+    for index in range(4):
+        work.add(f"listed-{index}", 0, low=True)
+    work.add("pod-done", 1)
+    work.add("listed-2", 2)  # its own watch event: promoted, with the newer payload
+    work.add("listed-3", 3, low=True)  # listed again (a relist): still low, payload merged
+    work.add("new", 4)
+    assert len(work) == 6
+    work.start()
+    await asyncio.wait_for(work.join(), 5)
+    assert recorder.seen == [("pod-done", 1), ("listed-2", 2), ("new", 4), ("listed-0", 0),
+                             ("listed-1", 0), ("listed-3", 3)]
+    work.add("listed-1", 5, low=True)  # a key served before may come again, low or not
+    await asyncio.wait_for(work.join(), 5)
+    assert recorder.seen[-1] == ("listed-1", 5)
+    await work.stop()

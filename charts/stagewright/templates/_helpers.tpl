@@ -21,6 +21,11 @@ the names of the plain manifests.
 {{- printf "%s-operator" (include "stagewright.fullname" .) -}}
 {{- end -}}
 
+{{/* The leader Lease's name: the value, else the operator's name (one per release). */}}
+{{- define "stagewright.leaseName" -}}
+{{- default (include "stagewright.operatorName" .) .Values.leaderElection.leaseName -}}
+{{- end -}}
+
 {{/* Labels that never change over a release's life: the Deployment's selector. */}}
 {{- define "stagewright.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "stagewright.name" . }}

@@ -37,14 +37,12 @@ def run_operator(*, verbose: bool) -> int:
     import kopf  # noqa: PLC0415 - only `run` needs kopf's start-up cost
 
     import stagewright.handlers.registration  # noqa: F401, PLC0415 - registers handlers
+    from stagewright.handlers.election import replica_identity  # noqa: PLC0415
 
     settings = Settings()
+    identity = replica_identity()
     _tune_garbage_collector()
-    # kopf's formatter prefixes each message about an object with [namespace/name].
-    kopf.configure(verbose=verbose, log_prefix=True)
-    if not verbose:  # kopf reports every event handler call; our handlers log what matters
-        logging.getLogger("kopf.objects").addFilter(
-            lambda record: not record.getMessage().endswith("' succeeded."))
+    _configure_logging(kopf, settings.log_format, identity, verbose=verbose)
     kopf.run(
         standalone=True,
         # kopf serves no resource itself (the operator's informers watch ImageBuilds and build
@@ -52,9 +50,29 @@ def run_operator(*, verbose: bool) -> int:
         # lists them (the operator's RBAC does not allow that).
         clusterwide=True,
         liveness_endpoint=settings.liveness_endpoint,
-        memo=kopf.Memo(settings=settings),
+        memo=kopf.Memo(settings=settings, identity=identity),
     )
     return 0
+
+
+def _configure_logging(kopf: Any, log_format: str, identity: str, *, verbose: bool) -> None:
+    """Text (kopf's, each line about an object prefixed with [namespace/name]) or JSON (one
+    object a line: kopf's ``object`` reference with the ImageBuild's namespace and name, and
+    ``replica``, this process's identity in the leader Lease, on every line)."""
+    if log_format == "json":
+        kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON, log_prefix=False)
+    else:
+        kopf.configure(verbose=verbose, log_prefix=True)
+
+    def stamp(record: logging.LogRecord) -> bool:
+        record.replica = identity
+        return True
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(stamp)
+    if not verbose:  # kopf reports every event handler call; our handlers log what matters
+        logging.getLogger("kopf.objects").addFilter(
+            lambda record: not record.getMessage().endswith("' succeeded."))
 
 
 def _tune_garbage_collector() -> None:

@@ -36,7 +36,7 @@ class _Gone(Exception):  # noqa: N818 - control flow: the resourceVersion expire
 
 
 class Informer:
-    """Lists then watches ``path`` (a collection URL), optionally label-selected."""
+    """Lists then watches ``path`` (a collection URL), optionally label- and field-selected."""
 
     #: Watch requests last this long on the server (plus up to as much again, at random, so
     #: informers started together do not reconnect together).
@@ -47,13 +47,18 @@ class Informer:
     min_delay, max_delay = 0.5, 5.0
 
     def __init__(self, api: KubeApi, path: str, on_event: OnEvent, *,
-                 label_selector: str = "", on_relist: OnRelist | None = None,
-                 kind: str = "") -> None:
+                 label_selector: str = "", field_selector: str = "",
+                 on_relist: OnRelist | None = None, kind: str = "",
+                 on_listed: OnEvent | None = None) -> None:
         self._api = api
         self.path = path
         self._on_event = on_event
+        #: Told of each object a list returns, if it is to be told apart from watch events
+        #: (the controller gives them low priority); else ``on_event`` is.
+        self._on_listed = on_listed or on_event
         self._on_relist = on_relist
         self._selector = label_selector
+        self._fields = field_selector
         self._kind = kind
         #: The version the next watch resumes from; None: list first.
         self.resource_version: str | None = None
@@ -61,7 +66,10 @@ class Informer:
         self.synced = asyncio.Event()
 
     def _params(self) -> dict[str, str]:
-        return {"labelSelector": self._selector} if self._selector else {}
+        params = {"labelSelector": self._selector} if self._selector else {}
+        if self._fields:
+            params["fieldSelector"] = self._fields
+        return params
 
     async def list(self) -> bool:
         """List every object (as ``ADDED``) and note the version to watch from.
@@ -78,7 +86,7 @@ class Informer:
                 obj.setdefault("kind", self._kind)
             meta = obj["metadata"]
             seen.add((meta.get("namespace") or "", meta["name"]))
-            self._hand_on("ADDED", obj)
+            self._hand_on("ADDED", obj, self._on_listed)
 
         fields = await self._api.list_stream(self.path, {**self._params(),
                                                          "resourceVersion": "0"}, item)
@@ -91,9 +99,9 @@ class Informer:
         self.synced.set()
         return True
 
-    def _hand_on(self, kind: str, obj: dict[str, Any]) -> None:
+    def _hand_on(self, kind: str, obj: dict[str, Any], to: OnEvent | None = None) -> None:
         try:
-            self._on_event(kind, obj)
+            (to or self._on_event)(kind, obj)
         except Exception:  # one object the caller cannot handle must not stop the watch
             meta = obj.get("metadata") or {}
             _log.exception(f"Handling {kind} {meta.get('namespace')}/{meta.get('name')} "

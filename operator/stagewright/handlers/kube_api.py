@@ -10,6 +10,12 @@ of a thousand ImageBuilds the operator has hundreds of requests in flight; httpx
 pool re-scans every queued request on each state change (quadratic in queued requests), and
 that bookkeeping was most of the operator's CPU. aiohttp's connector hands a freed connection
 to the next waiter in constant time, and kopf already depends on it (no new dependency).
+
+Fencing (leader election, ``handlers/election.py``): with a ``fence``, every write (any
+method but GET) except the Lease's own is refused with :class:`NotLeaderError` unless the
+fence says this replica may write now. It is asked before the request waits for a
+connection and again when the request gets one, right before its bytes are sent, so a write
+queued (or a process frozen) past the lease's deadline never reaches the API server.
 """
 
 from __future__ import annotations
@@ -18,8 +24,8 @@ import json
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
-from types import TracebackType
-from typing import Any, Self
+from types import SimpleNamespace, TracebackType
+from typing import Any, Protocol, Self
 
 import aiohttp
 from aiohttp.client import DEFAULT_TIMEOUT
@@ -52,6 +58,21 @@ class ApiError(Exception):
     def temporary(self) -> bool:
         """Worth retrying: conflicts, throttling and server-side failures."""
         return self.status in _TEMPORARY
+
+
+class NotLeaderError(ApiError):
+    """A write refused before it left: this replica does not hold the Lease (any more)."""
+
+    def __init__(self) -> None:
+        super().__init__(503, "this replica does not hold the leader Lease; nothing written",
+                         "NotLeader")
+
+
+class WriteFence(Protocol):
+    """Says whether a write may leave now (``election.Fence``)."""
+
+    def check(self) -> None:
+        """Raise NotLeaderError unless a write may leave now."""
 
 
 def api_error(status: int, text: bytes) -> ApiError:
@@ -101,7 +122,8 @@ class KubeApi:
     """Async calls on Pods, Secrets and ImageBuilds, dicts in and dicts out."""
 
     def __init__(self, configuration: k8s_client.Configuration, timeout: float = 30.0,
-                 observer: RequestObserver | None = None) -> None:
+                 observer: RequestObserver | None = None,
+                 fence: WriteFence | None = None) -> None:
         self._configuration = configuration
         self._base_url = configuration.host.rstrip("/")
         context = ssl.create_default_context(cafile=configuration.ssl_ca_cert or None)
@@ -123,6 +145,8 @@ class KubeApi:
         }
         self._pools: dict[str, aiohttp.ClientSession] = {}
         self._observer = observer
+        #: With leader election: asked before every write but the Lease's (see the module).
+        self.fence = fence
         self._bearer: str | None = None
         self._bearer_until = 0.0
 
@@ -141,8 +165,23 @@ class KubeApi:
             limit, timeout = self._pool_limits[pool]
             connector = aiohttp.TCPConnector(ssl=self._ssl, limit=limit)
             session = self._pools[pool] = aiohttp.ClientSession(
-                connector=connector, timeout=timeout, headers={"User-Agent": USER_AGENT})
+                connector=connector, timeout=timeout, headers={"User-Agent": USER_AGENT},
+                trace_configs=[self._fence_trace()] if self.fence is not None else None)
         return session
+
+    def _fence_trace(self) -> aiohttp.TraceConfig:
+        """Asks the fence again once a fenced request has its connection, right before it is
+        sent: a write that waited for a connection past the deadline is never sent."""
+
+        async def connected(_session: aiohttp.ClientSession, context: SimpleNamespace,
+                            _params: object) -> None:
+            if context.trace_request_ctx == "fenced" and self.fence is not None:
+                self.fence.check()
+
+        trace = aiohttp.TraceConfig()
+        trace.on_connection_reuseconn.append(connected)
+        trace.on_connection_create_end.append(connected)
+        return trace
 
     async def aclose(self) -> None:
         """Close the connection pools."""
@@ -173,12 +212,21 @@ class KubeApi:
 
     async def _request(self, method: str, path: str, body: Any = None,
                        content_type: str = "application/json",
-                       params: dict[str, str] | None = None) -> dict[str, Any] | None:
-        """One API call; None for a 404 (the object is gone), ApiError for other failures."""
+                       params: dict[str, str] | None = None,
+                       fenced: bool = True) -> dict[str, Any] | None:
+        """One API call; None for a 404 (the object is gone), ApiError for other failures.
+
+        A write (``fenced``, any method but GET) is refused with NotLeaderError, unsent,
+        unless the fence allows it now.
+        """
+        fenced = fenced and method != "GET" and self.fence is not None
+        if fenced:
+            assert self.fence is not None
+            self.fence.check()
         started = time.monotonic()
         code = "error"
         try:
-            code, text = await self._send(method, path, body, content_type, params)
+            code, text = await self._send(method, path, body, content_type, params, fenced)
         finally:
             if self._observer is not None:
                 self._observer(method, code, time.monotonic() - started)
@@ -195,13 +243,15 @@ class KubeApi:
         return result
 
     async def _send(self, method: str, path: str, body: Any, content_type: str,
-                    params: dict[str, str] | None) -> tuple[str, bytes]:
+                    params: dict[str, str] | None, fenced: bool) -> tuple[str, bytes]:
         """The status code (as text, for metrics labels) and body of one request."""
         session = self._open()
         data = None if body is None else json.dumps(body, separators=(",", ":"))
         try:
             async with session.request(method, self._base_url + path, data=data, params=params,
-                                       headers=self._headers(content_type)) as response:
+                                       headers=self._headers(content_type),
+                                       trace_request_ctx="fenced" if fenced else None,
+                                       ) as response:
                 return str(response.status), await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ApiError(503, f"{type(exc).__name__}: {exc}", "Unreachable") from exc
@@ -347,6 +397,30 @@ class KubeApi:
         namespace = event["metadata"]["namespace"]
         await self._request("POST", f"/api/v1/namespaces/{namespace}/events", event)
 
+    # The leader Lease (never fenced: taking and renewing it is what opens the fence)
+
+    async def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A coordination.k8s.io/v1 Lease, or None when it does not exist."""
+        return await self._request("GET", _lease_path(namespace, name))
+
+    async def create_lease(self, lease: dict[str, Any]) -> dict[str, Any]:
+        """Create a Lease; ApiError 409 when another replica created it first."""
+        namespace = lease["metadata"]["namespace"]
+        created = await self._request(
+            "POST", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases", lease,
+            fenced=False)
+        assert created is not None
+        return created
+
+    async def replace_lease(self, lease: dict[str, Any]) -> dict[str, Any]:
+        """Replace a Lease (PUT) if its resourceVersion is still the stored one; ApiError 409
+        when another replica wrote it since."""
+        meta = lease["metadata"]
+        replaced = await self._request("PUT", _lease_path(meta["namespace"], meta["name"]),
+                                       lease, fenced=False)
+        assert replaced is not None
+        return replaced
+
     # Objects an ImageBuild refers to
 
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -356,6 +430,10 @@ class KubeApi:
     async def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A ConfigMap (a build context), or None when it does not exist."""
         return await self._request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{name}")
+
+
+def _lease_path(namespace: str, name: str) -> str:
+    return f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}"
 
 
 def _imagebuild_path(namespace: str, name: str) -> str:

@@ -1,4 +1,5 @@
-"""Prometheus metrics: builds finished, build duration, the queue, API and registry requests.
+"""Prometheus metrics: builds finished, build duration, the queue, API and registry requests,
+and whether this replica leads.
 
 One ``Metrics`` object per operator with its own registry (no module globals), served on
 STAGEWRIGHT_METRICS_PORT when set. Queue depth and running builds are read at scrape time from
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
 from prometheus_client import Counter as PromCounter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -63,6 +64,9 @@ class Metrics:
         self.registry_latency = Histogram(
             "stagewright_registry_request_duration_seconds", "Container registry requests",
             ["code"], buckets=_REQUEST_BUCKETS, registry=self.registry)
+        self.leader = Gauge(
+            "stagewright_leader", "1 while this replica leads (acts), 0 while it stands by",
+            registry=self.registry)
         self.registry_errors = PromCounter(
             "stagewright_registry_request_errors", "Container registry requests that failed "
             "(unreachable, or a 5xx)", ["code"], registry=self.registry)
@@ -71,6 +75,10 @@ class Metrics:
                     running: Callable[[], Iterable[tuple[str, str]]]) -> None:
         """Report queue depth and running builds per namespace from these sources."""
         self.registry.register(_QueueCollector(waiting, running))
+
+    def set_leader(self, leading: bool) -> None:
+        """This replica started (True) or stopped (False) acting."""
+        self.leader.set(1 if leading else 0)
 
     def api_request(self, method: str, code: str, seconds: float) -> None:
         """Observer for KubeApi."""

@@ -242,7 +242,8 @@ class TriggerWatch:
                 poll.task.cancel()
 
     async def stop(self) -> None:
-        """Cancel every poll and wake-up."""
+        """Cancel every poll and wake-up, and forget every subscription: a replica that
+        stops leading polls nothing, and its next term tracks afresh from its list."""
         for timer in self._timers.values():
             timer.cancel()
         tasks = [poll.task for poll in self._polls.values() if poll.task is not None]
@@ -252,6 +253,9 @@ class TriggerWatch:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._polls.clear()
+        self._timers.clear()
+        self._subscribers.clear()
+        self._webhooks.clear()
 
     # What the reconciler asks --------------------------------------------------------------
 

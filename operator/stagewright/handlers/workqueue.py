@@ -8,6 +8,13 @@ Keys are served first come, first served by a fixed number of workers, so a burs
 thousand ImageBuilds has a bounded number of reconciles (and API requests) in flight instead of
 a task per object, and a finished key leaves no trace.
 
+Two lines, as controller-runtime's priority queue has: what an informer's list (the start of a
+term, a relist) and the periodic resync bring is low priority, served only when no watch event
+waits. An operator that starts on a backlog of a thousand pending ImageBuilds therefore records
+the end of its first builds (a pod event) as soon as they end, instead of after launching the
+whole backlog, and a new ImageBuild created meanwhile is not put behind it. A key waiting in the
+low line that gets an event of its own moves to the normal line.
+
 One exception to first come, first served: a key whose event came while it was processed is
 processed again at once by the same worker, up to ``follow_ups`` times in a row, before it
 goes to the back of the line. Such an event is usually the answer to the step just taken
@@ -21,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -51,8 +59,14 @@ class WorkQueue(Generic[Key, Item]):
         self._merge = merge
         self._workers = workers
         self._follow_ups = follow_ups
-        #: Keys in line, in arrival order (each at most once).
-        self._line: asyncio.Queue[Key] = asyncio.Queue()
+        #: Keys in line, in arrival order: the normal line and the low one. A key promoted
+        #: from low to normal stays in the low deque too, skipped there (``_queued`` says
+        #: which line holds it).
+        self._lines: tuple[deque[Key], deque[Key]] = (deque(), deque())
+        #: Each key in line (each at most once): True while it waits in the low line.
+        self._queued: dict[Key, bool] = {}
+        #: Counts the keys in line, for the workers to wait on.
+        self._available = asyncio.Semaphore(0)
         #: The payload of each key in line, or of a key processed now that must run again.
         self._pending: dict[Key, Item] = {}
         #: Keys a worker is processing now.
@@ -61,13 +75,33 @@ class WorkQueue(Generic[Key, Item]):
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def add(self, key: Key, item: Item) -> None:
-        """Ask for ``key`` to be processed with ``item`` (merged into any payload waiting)."""
+    def add(self, key: Key, item: Item, *, low: bool = False) -> None:
+        """Ask for ``key`` to be processed with ``item`` (merged into any payload waiting);
+        ``low``: after every key of normal priority (a listed object, a resync)."""
         waiting = key in self._pending
         self._pending[key] = self._merge(self._pending[key], item) if waiting else item
-        if not waiting and key not in self._active:
-            self._line.put_nowait(key)
+        if key in self._queued:
+            if self._queued[key] and not low:  # promoted: served with the normal line
+                self._queued[key] = False
+                self._lines[0].append(key)
+        elif key not in self._active:
+            self._enter(key, low)
         self._idle.clear()
+
+    def _enter(self, key: Key, low: bool) -> None:
+        self._queued[key] = low
+        self._lines[1 if low else 0].append(key)
+        self._available.release()
+
+    def _next(self) -> Key:
+        """The first key of the normal line, else of the low one (stale entries skipped)."""
+        for low, line in ((False, self._lines[0]), (True, self._lines[1])):
+            while line:
+                key = line.popleft()
+                if self._queued.get(key) is low:
+                    del self._queued[key]
+                    return key
+        raise RuntimeError("the work queue's count and lines disagree")
 
     def __len__(self) -> int:
         """Keys waiting or being processed."""
@@ -105,7 +139,8 @@ class WorkQueue(Generic[Key, Item]):
 
     async def _work(self) -> None:
         while True:
-            key = await self._line.get()
+            await self._available.acquire()
+            key = self._next()
             self._active.add(key)
             try:
                 for _ in range(1 + self._follow_ups):
@@ -115,7 +150,7 @@ class WorkQueue(Generic[Key, Item]):
             finally:
                 self._active.discard(key)
                 if key in self._pending:  # still more: again, from the back of the line
-                    self._line.put_nowait(key)
+                    self._enter(key, False)
                 elif not self._pending and not self._active:
                     self._idle.set()
 

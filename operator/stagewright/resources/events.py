@@ -19,8 +19,10 @@ _MAX_NAME = 253
 
 
 def build_event(metadata: dict[str, Any], *, reason: str, message: str, now: str,
-                event_type: str = "Warning") -> dict[str, Any]:
-    """A core/v1 Event about the ImageBuild whose ``metadata`` is given.
+                event_type: str = "Warning", api_version: str = API_VERSION,
+                kind: str = KIND) -> dict[str, Any]:
+    """A core/v1 Event about the ImageBuild (or the object of ``kind``) whose ``metadata``
+    is given.
 
     The name follows client-go (``<object>.<hex nanoseconds>``), so Events of one object sort
     by time and never collide.
@@ -34,7 +36,7 @@ def build_event(metadata: dict[str, Any], *, reason: str, message: str, now: str
         "metadata": {"name": name[: _MAX_NAME - len(suffix)] + suffix,
                      "namespace": metadata["namespace"]},
         "involvedObject": {
-            "apiVersion": API_VERSION, "kind": KIND, "name": name,
+            "apiVersion": api_version, "kind": kind, "name": name,
             "namespace": metadata["namespace"], "uid": metadata.get("uid"),
             "resourceVersion": metadata.get("resourceVersion"),
         },
