@@ -161,7 +161,8 @@ def test_a_push_to_the_tracked_branch_builds_that_commit_once(
     built = settled_on(sandbox, namespace, "app", first)["status"]
     assert built["phase"] == "Succeeded", built.get("message")
     assert built["causes"] == [{"type": "Spec", "new": "1"}]
-    assert built["inputs"] == {"commit": first, "ref": "refs/heads/main"}
+    assert (built["inputs"]["commit"], built["inputs"]["ref"]) == (first, "refs/heads/main")
+    assert built["inputs"]["seenAt"] <= built["startTime"]
 
     git.commit("app", {"marker.txt": "elsewhere\n"}, branch="other")  # not tracked
     time.sleep(6)  # several polls, and past the debounce
@@ -171,6 +172,7 @@ def test_a_push_to_the_tracked_branch_builds_that_commit_once(
     status = settled_on(sandbox, namespace, "app", second)["status"]
     assert status["phase"] == "Succeeded", status.get("message")
     assert status["causes"] == [{"type": "Commit", "old": first, "new": second}]
+    assert built["startTime"] <= status["inputs"]["seenAt"] <= status["startTime"]
     assert status["history"][0]["causes"] == status["causes"]
     assert status["history"][1]["causes"] == [{"type": "Spec", "new": "1"}]
     assert status["observedGeneration"] == 1  # no spec change: the trigger's build

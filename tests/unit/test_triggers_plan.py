@@ -59,6 +59,7 @@ def test_a_moved_branch_builds_that_commit_with_old_and_new() -> None:
     assert start.causes == [BuildCause(type=CauseType.COMMIT, old=OLD, new=NEW)]
     assert start.inputs is not None
     assert (start.inputs.commit, start.inputs.ref) == (NEW, "refs/heads/main")
+    assert start.inputs.seen_at == "2026-12-07T11:55:00Z"  # when the new head was first seen
     assert start.trigger == token(start.causes)
     assert start.window == TriggerStatus(window_start="2026-12-07T12:00:00Z",
                                          builds_in_window=1)
@@ -140,7 +141,7 @@ def test_a_waiting_build_launches_with_what_its_status_records() -> None:
 def test_start_fields_replace_the_last_builds_inputs() -> None:
     fields = Start([BuildCause(type=CauseType.SPEC, new="2")],
                    inputs=BuildInputs(commit=NEW)).status_fields()
-    assert fields["inputs"] == {"commit": NEW, "ref": None, "baseImages": None}
+    assert fields["inputs"] == {"commit": NEW, "ref": None, "baseImages": None, "seenAt": None}
     assert fields["trigger"] is None
     assert Start([BuildCause(type=CauseType.SPEC, new="2")]).status_fields()["inputs"] is None
 

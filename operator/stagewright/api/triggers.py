@@ -110,6 +110,10 @@ class BuildInputs(ApiModel):
         default=None, max_length=32,
         description="The FROM images of the target and the digest each had for this build.",
     )
+    seen_at: str | None = Field(
+        default=None, description="When the newest of these values was first seen: the "
+        "change that started a triggered build, or the start of a requested one.",
+    )
 
 
 class TriggerStatus(ApiModel):

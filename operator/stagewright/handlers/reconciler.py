@@ -255,7 +255,7 @@ class Reconciler:
             build.spec.triggers.webhook is not None) else None
         return Start(causes, inputs=BuildInputs(
             commit=resolved.commit if resolved else None, ref=resolved.ref if resolved else None,
-            base_images=bases), window=hook)
+            base_images=bases, seen_at=now_iso()), window=hook)
 
     async def _on_triggers(self, build: ImageBuild, log: Logger) -> None:
         """A finished ImageBuild with triggers: build what changed, or keep the triggers'

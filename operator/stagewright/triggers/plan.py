@@ -84,7 +84,7 @@ class Start:
 
 
 def _explicit(inputs: dict[str, Any]) -> dict[str, Any]:
-    return {"commit": None, "ref": None, "baseImages": None, **inputs}
+    return {"commit": None, "ref": None, "baseImages": None, "seenAt": None, **inputs}
 
 
 def started(status: ImageBuildStatus, generation: int, rebuild: str | None) -> Start:
@@ -188,8 +188,10 @@ def built_from(inputs: BuildInputs | None, seen: Observations) -> BuildInputs:
                           digest=seen.images[image.image].value
                           if image.image in seen.images else image.digest)
               for image in built.base_images or []]
+    moments = [o.since for o in (seen.commit, *seen.images.values()) if o is not None]
     return BuildInputs(commit=seen.commit.value if seen.commit else built.commit,
-                       ref=seen.ref or built.ref, base_images=images or None)
+                       ref=seen.ref or built.ref, base_images=images or None,
+                       seen_at=_iso(max(moments)) if moments else built.seen_at)
 
 
 def _since(cause: BuildCause, seen: Observations) -> datetime:
