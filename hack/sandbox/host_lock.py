@@ -15,7 +15,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
@@ -71,7 +71,7 @@ class HostLock:
     def __init__(self, purpose: str, *, kept: bool = False, kubeconfig: str = "",
                  notify: Callable[[str], None] | None = None, path: Path = LOCK_FILE) -> None:
         self.record = Holder(pid=os.getpid(), purpose=purpose,
-                             since=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+                             since=_now(),
                              kept=kept, kubeconfig=kubeconfig)
         self._notify = notify or (lambda _message: None)
         self._path = path
@@ -96,6 +96,8 @@ class HostLock:
                 self._notify(f"The sandbox node is held by {what}; waiting for it to stop "
                              "(one node per machine).")
                 fcntl.flock(lock, fcntl.LOCK_EX)
+            # Since when it holds the node, not since when it asked.
+            self.record = replace(self.record, since=_now())
             lock.seek(0)
             lock.truncate()
             lock.write(json.dumps(asdict(self.record)))
@@ -124,3 +126,7 @@ def _try_lock(lock: IO[str]) -> bool:
     except BlockingIOError:
         return False
     return True
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
