@@ -12,6 +12,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from stagewright.api.platforms import PLATFORM_PATTERN
 from stagewright.api.types import DNS_SUBDOMAIN, Duration
 from stagewright.api.v1alpha1 import ResourceRequirements
 
@@ -93,6 +94,11 @@ class Settings(BaseSettings):
     webhook_port: int | None = Field(default=None, ge=1, le=65535)
     #: Address the webhook endpoint binds: 0.0.0.0 in a pod (the chart sets it), else local.
     webhook_address: str = "127.0.0.1"
+
+    #: The platform (os/architecture) of the nodes that run every pod of a cross-platform
+    #: build (spec.platformMode: cross); their node selectors name it. Set it to the
+    #: architecture of your build nodes.
+    build_platform: str = Field(default="linux/amd64", pattern=PLATFORM_PATTERN)
 
     @field_validator("namespaces", "registry_allow", mode="before")
     @classmethod
