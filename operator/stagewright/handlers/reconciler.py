@@ -15,6 +15,7 @@ import logging
 import re
 import time
 from collections import Counter, defaultdict
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, NamedTuple, cast
@@ -304,7 +305,7 @@ class Reconciler:
             # Handled before: pods of an earlier generation or rebuild request may run. (Never
             # handled: no pod of it can exist but the one this launch adopts.)
             await self._clean_up_pods(build.namespace, build.name, build.uid, build.status, log,
-                                      current=pod_name(build.name, key, 1))
+                                      current=self._first_pods(build, key))
         refused = self._disallowed_registries(build)
         if refused:
             await self._write(
@@ -412,12 +413,12 @@ class Reconciler:
 
     async def _clean_up_pods(self, namespace: str, name: str, uid: str,
                              status: ImageBuildStatus, log: Logger,
-                             current: str | None = None) -> None:
-        """Cancel every unfinished build but ``current``; keep only the last finished pod.
+                             current: Collection[str] = ()) -> None:
+        """Cancel every unfinished build but ``current``; keep only the last finished pod(s).
 
         Found by label and owner, not from status alone, so a pod whose status write was lost
         (an operator crash between the two) is cancelled too, and old pods do not pile up.
-        ``current`` is the pod this build request would create: launching adopts it.
+        ``current`` are the pods this build request would create: launching adopts them.
         """
         pods = await self.api.list_pods(namespace, f"{LABEL_IMAGEBUILD}={imagebuild_label(name)}")
         last = {status.pod_name, *(entry.pod for entry in status.platforms or [])}
@@ -426,12 +427,19 @@ class Reconciler:
             if not any(ref.get("uid") == uid for ref in meta.get("ownerReferences") or []):
                 continue
             finished = (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
-            if meta["name"] == current or (finished and meta["name"] in last):
+            if meta["name"] in current or (finished and meta["name"] in last):
                 continue  # the pod to adopt, or the last build's pod(s) (kept for their logs)
             deleted = await self.api.delete_pod(namespace, meta["name"])
             if deleted and not finished:
                 log.info(f"Cancelled pod {meta['name']}: the spec or the rebuild request "
                          "changed while it was building.")
+
+    @staticmethod
+    def _first_pods(build: ImageBuild, key: str) -> list[str]:
+        """The pods of a build request's first attempt: one, or one per platform."""
+        if build.spec.platforms:
+            return [entry.pod for entry in launched(build, key) if entry.pod]
+        return [pod_name(build.name, key, 1)]
 
     async def _launch(self, build: ImageBuild, log: Logger, key: str, *, attempt: int,
                       note: str, files: list[ContextFile], start: Start | None = None,
