@@ -137,7 +137,8 @@ def test_a_cross_build_pushes_one_index_of_both_platforms(
         built_for = image_file(sandbox, repository, manifest, "etc/built-for")
         assert built_for == f"{platform} on linux/amd64\n".encode()
         busybox = image_file(sandbox, repository, manifest, "bin/busybox")
-        assert busybox is not None and busybox[:4] == b"\x7fELF"
+        assert busybox is not None
+        assert busybox[:4] == b"\x7fELF"
         machine = int.from_bytes(busybox[18:20], "little")
         assert (machine == EM_AARCH64) == (platform == "linux/arm64"), (platform, machine)
     # The size is each platform's pull summed, as `stagewright inspect` sums an index.
@@ -337,4 +338,5 @@ def test_the_index_reads_in_stagewright_inspect_as_in_status(
         assert info.size == status["size"]
         assert sorted(p.platform for p in info.platforms) == PLATFORMS
     got = sandbox.admin.get(IMAGEBUILD_API, "ImageBuild", "seen", namespace)
-    assert got is not None and got["status"]["platformSummary"] == "2/2"
+    assert got is not None
+    assert got["status"]["platformSummary"] == "2/2"
