@@ -92,10 +92,11 @@ def platform_lines(status: Mapping[str, Any]) -> list[str]:
         if entry.get("reason") and entry.get("reason") not in (phase, "Building"):
             phase += f" ({entry['reason']})"
         size = human_size(int(entry["size"])) if isinstance(entry.get("size"), int) else None
-        cache = entry.get("cache") if isinstance(entry.get("cache"), Mapping) else {}
+        cache = entry.get("cache")
+        summary = cache.get("summary") if isinstance(cache, Mapping) else None
         parts = [str(entry.get("platform") or "?"), phase, size,
                  str(entry["digest"])[:19] if entry.get("digest") else None,
-                 f"cache {cache['summary']}" if cache.get("summary") else None,
+                 f"cache {summary}" if summary else None,
                  f"pod {entry['pod']}" if entry.get("pod") else None]
         line = "  ".join(part for part in parts if part)
         if entry.get("message") and entry.get("phase") in ("Pending", "Failed"):
