@@ -473,8 +473,8 @@ class Reconciler:
             fields = status_fields(entries)
         await self._write(
             build, phase=Phase.BUILDING, reason=Reason.RETRYING if note else Reason.BUILDING,
-            message=message, pod_name=name, attempt=attempt, start_time=now_iso(),
-            completion_time=None, start=start, **{**_NO_RESULT, **fields},
+            message=message, attempt=attempt, start_time=now_iso(), completion_time=None,
+            start=start, **{**_NO_RESULT, "pod_name": name, **fields},
         )
         return True
 
