@@ -22,7 +22,12 @@ import pytest
 from tests.cluster.installs import OperatorImage, build_operator_image
 
 from sandbox.host_lock import HostLock, NodeBusyError
-from sandbox.images import KanikoMissingError, kaniko_executor
+from sandbox.images import (
+    KanikoMissingError,
+    PlatformBase,
+    build_platform_base,
+    kaniko_executor,
+)
 from sandbox.stack import Sandbox
 
 REQUIRED = ("etcd", "docker-registry", "buildah", "skopeo", "openssl", "containerd", "runc",
@@ -84,6 +89,13 @@ def namespace(sandbox: Sandbox, request: pytest.FixtureRequest) -> str:
             or "buildah" in request.node.module.__name__:
         sandbox.allow_buildah(name)  # Buildah needs more than baseline: only where it runs
     return name
+
+
+@pytest.fixture(scope="session")
+def platform_base(sandbox: Sandbox) -> PlatformBase:
+    """The busybox base for linux/amd64 and linux/arm64, alone and as one index (made once,
+    on first use: only the multi-platform tests need it)."""
+    return build_platform_base(sandbox.registry.host, work_dir=sandbox.work_dir)
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ import pytest
 from tests.cluster.builds import context, imagebuild, pods, wait_phase
 
 from sandbox.gitserver import GitServer
-from sandbox.images import PlatformBase, build_platform_base
+from sandbox.images import PlatformBase
 from sandbox.node import GATEWAY
 from sandbox.stack import IMAGEBUILD_API, Sandbox
 
@@ -51,12 +51,6 @@ COPY --from=build /out/built-for /etc/built-for
 """
 #: e_machine of an AArch64 ELF (bytes 18-19, little-endian).
 EM_AARCH64 = 183
-
-
-@pytest.fixture(scope="module")
-def platform_base(sandbox: Sandbox) -> PlatformBase:
-    """The busybox base for linux/amd64 and linux/arm64, alone and as one index."""
-    return build_platform_base(sandbox.registry.host, work_dir=sandbox.work_dir)
 
 
 def cross_build(sandbox: Sandbox, namespace: str, name: str, base: str,
