@@ -10,14 +10,11 @@ cluster has none for arm64.
 
 from __future__ import annotations
 
-import base64
 import gzip
 import io
 import json
 import tarfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,7 +23,6 @@ from tests.cluster.builds import context, imagebuild, pods, wait_phase
 
 from sandbox.gitserver import GitServer
 from sandbox.images import PlatformBase
-from sandbox.node import GATEWAY
 from sandbox.stack import IMAGEBUILD_API, Sandbox
 
 pytestmark = pytest.mark.cluster
@@ -243,21 +239,6 @@ def test_one_platform_failing_stops_the_build_and_moves_no_tag(
     assert not any(p["status"].get("phase") in ("Pending", "Running")
                    and not p["metadata"].get("deletionTimestamp")
                    for p in pods(sandbox, namespace, "half"))
-
-
-GIT_USER = ("builder", "platform-secret")
-
-
-@pytest.fixture
-def git(sandbox: Sandbox, namespace: str, tmp_path: Path) -> Iterator[GitServer]:
-    sandbox.admin.apply([{
-        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/basic-auth",
-        "metadata": {"name": "git-creds", "namespace": namespace},
-        "data": {"username": base64.b64encode(GIT_USER[0].encode()).decode(),
-                 "password": base64.b64encode(GIT_USER[1].encode()).decode()},
-    }])
-    with GitServer(tmp_path, address=GATEWAY, user=GIT_USER[0], password=GIT_USER[1]) as server:
-        yield server
 
 
 def test_exec_format_error_is_explained_when_the_dockerfile_is_not_readable_in_advance(
