@@ -31,22 +31,13 @@ fi
 
 # shellcheck source=hack/lib/debian-mirror.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/debian-mirror.sh"
-MIRROR=$(debian_mirror)
 # shellcheck source=/dev/null
 SUITE=$(. /etc/os-release && echo "${VERSION_CODENAME:?no VERSION_CODENAME in /etc/os-release}")
 
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-mkdir -p "$WORK/lists/partial" "$WORK/cache/archives/partial"
-echo "deb [arch=arm64] $MIRROR $SUITE main" > "$WORK/sources.list"
-APT_OPTS=(-o "Dir::Etc::SourceList=$WORK/sources.list" -o Dir::Etc::SourceParts=/dev/null
-          -o "Dir::State::Lists=$WORK/lists" -o "Dir::Cache=$WORK/cache"
-          -o APT::Architectures=arm64 -o Debug::NoLocking=1)
 log "fetching busybox-static:arm64 from Debian $SUITE (private apt state)"
-apt-get "${APT_OPTS[@]}" update -qq >&2
-(cd "$WORK" && apt-get "${APT_OPTS[@]}" download busybox-static:arm64 >&2)
-DEB=$(find "$WORK" -maxdepth 1 -name 'busybox-static_*_arm64.deb' -print -quit)
-[[ -n "$DEB" ]] || { log "apt downloaded no busybox-static arm64 package"; exit 1; }
+DEB=$(debian_download "$WORK" "$SUITE" arm64 busybox-static)
 dpkg-deb -x "$DEB" "$WORK/root"
 aarch64_elf "$WORK/root/bin/busybox" || { log "the package's /bin/busybox is no aarch64 ELF"; exit 1; }
 mkdir -p "$OUT_DIR"

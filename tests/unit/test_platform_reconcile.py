@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from kmock import Server
 from tests.unit.kmock_support import (
     CONFIGMAPS,
     IMAGEBUILDS,
@@ -21,7 +20,6 @@ from tests.unit.kmock_support import (
 )
 from tests.unit.test_reconciler_faults import warning_reasons, writes
 
-from stagewright.handlers.kube_api import KubeApi
 from stagewright.handlers.reconciler import Reconciler
 from stagewright.registry import RegistryClient
 from stagewright.settings import Settings
@@ -43,23 +41,14 @@ def imagebuild(dockerfile_mode: str = "native", **spec: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def served() -> AsyncIterator[tuple[FaultyEmulator, Server, KubeApi]]:
-    async with emulated_api() as served:
-        yield served
-
-
-@pytest.fixture
-def emu(served: tuple[FaultyEmulator, Server, KubeApi]) -> FaultyEmulator:
-    emulator = served[0]
-    emulator.objects[CONFIGMAPS, NS, "ctx"] = {
-        "metadata": {"name": "ctx", "namespace": NS},
-        "data": {"Dockerfile": "FROM scratch\nCOPY app /app\n", "app": "x"}}
-    return emulator
-
-
-@pytest.fixture
-def reconciler(served: tuple[FaultyEmulator, Server, KubeApi]) -> Reconciler:
-    return Reconciler(served[2], RegistryClient(timeout=5), Settings())
+async def emu_and_reconciler() -> AsyncIterator[tuple[FaultyEmulator, Reconciler]]:
+    """The emulator holding a ConfigMap context, and a reconciler talking to it (its registry
+    client is never entered)."""
+    async with emulated_api() as (emulator, _, api):
+        emulator.objects[CONFIGMAPS, NS, "ctx"] = {
+            "metadata": {"name": "ctx", "namespace": NS},
+            "data": {"Dockerfile": "FROM scratch\nCOPY app /app\n", "app": "x"}}
+        yield emulator, Reconciler(api, RegistryClient(timeout=5), Settings())
 
 
 def status_of(emu: FaultyEmulator) -> dict[str, Any]:
@@ -74,8 +63,9 @@ def with_status(emu: FaultyEmulator, name: str, status: dict[str, Any]) -> None:
     emu.objects[PODS, NS, name] = {**pod, "status": status}
 
 
-async def test_one_pod_per_platform_and_one_status_write(emu: FaultyEmulator,
-                                                         reconciler: Reconciler) -> None:
+async def test_one_pod_per_platform_and_one_status_write(
+        emu_and_reconciler: tuple[FaultyEmulator, Reconciler]) -> None:
+    emu, reconciler = emu_and_reconciler
     emu.objects[IMAGEBUILDS, NS, NAME] = imagebuild()
     await reconciler.reconcile(NS, NAME)
     assert writes(emu) == ["POST pods", "POST pods", "PATCH imagebuilds"]
@@ -96,7 +86,8 @@ async def test_one_pod_per_platform_and_one_status_write(emu: FaultyEmulator,
 
 
 async def test_a_cross_build_with_a_run_for_arm64_is_refused_before_any_pod(
-        emu: FaultyEmulator, reconciler: Reconciler) -> None:
+        emu_and_reconciler: tuple[FaultyEmulator, Reconciler]) -> None:
+    emu, reconciler = emu_and_reconciler
     emu.objects[CONFIGMAPS, NS, "ctx"] = {"metadata": {"name": "ctx", "namespace": NS},
                                           "data": {"Dockerfile": "FROM scratch\nRUN true\n"}}
     emu.objects[IMAGEBUILDS, NS, NAME] = imagebuild("cross")
@@ -109,7 +100,8 @@ async def test_a_cross_build_with_a_run_for_arm64_is_refused_before_any_pod(
 
 
 async def test_a_failed_platform_stops_the_other_and_fails_the_build(
-        emu: FaultyEmulator, reconciler: Reconciler) -> None:
+        emu_and_reconciler: tuple[FaultyEmulator, Reconciler]) -> None:
+    emu, reconciler = emu_and_reconciler
     emu.objects[IMAGEBUILDS, NS, NAME] = imagebuild()
     await reconciler.reconcile(NS, NAME)
     with_status(emu, AMD64_POD, {"phase": "Running"})
@@ -129,8 +121,9 @@ async def test_a_failed_platform_stops_the_other_and_fails_the_build(
     assert status["history"][0]["reason"] == "BuildFailed"
 
 
-async def test_a_lost_platform_pod_is_built_again_alone(emu: FaultyEmulator,
-                                                        reconciler: Reconciler) -> None:
+async def test_a_lost_platform_pod_is_built_again_alone(
+        emu_and_reconciler: tuple[FaultyEmulator, Reconciler]) -> None:
+    emu, reconciler = emu_and_reconciler
     emu.objects[IMAGEBUILDS, NS, NAME] = imagebuild(retries=1)
     await reconciler.reconcile(NS, NAME)
     with_status(emu, AMD64_POD, {"phase": "Running"})
