@@ -284,9 +284,9 @@ def test_a_native_arm64_pod_waits_unschedulable_then_times_out_cleanly(
     assert entries["linux/amd64"]["phase"] == "Succeeded"
     assert entries["linux/arm64"]["reason"] == "Timeout"
     assert registry_get(sandbox, f"{namespace}/native/manifests/latest").status_code == 404
-    sandbox.admin.wait_for(
-        "v1", "Pod", arm64["metadata"]["name"], namespace,
-        lambda p: bool(p["metadata"].get("deletionTimestamp")), 30, "deleted")
+    # Stopped: a pod no kubelet took is gone at once.
+    left = sandbox.admin.get("v1", "Pod", arm64["metadata"]["name"], namespace)
+    assert left is None or left["metadata"].get("deletionTimestamp"), left
 
 
 def test_the_index_reads_in_stagewright_inspect_as_in_status(
