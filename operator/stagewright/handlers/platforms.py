@@ -26,7 +26,7 @@ from stagewright.api.platforms import Platform, PlatformMode
 from stagewright.api.reasons import Reason
 from stagewright.api.v1alpha1 import ContextFile, ImageBuild, Phase, PlatformStatus
 from stagewright.build_log import BuildLog
-from stagewright.dockerfile import StageRun, cross_plan, pin_bases
+from stagewright.dockerfile import BuildStageBase, StageRun, cross_plan, pin_bases
 from stagewright.handlers.completion import (
     Completion,
     Logger,
@@ -113,7 +113,8 @@ class PlatformBuilds:
         build_platform = Platform.parse(self.settings.build_platform)
         lookup = _Lookup(self.registry, build, await docker_config(self.api, build))
         offences: list[tuple[str, StageRun]] = []
-        prepared = Prepared()
+        dockerfiles: dict[str, str] = {}
+        notes: list[str] = []
         for platform in platforms_of(build):
             plan = cross_plan(dockerfile, spec.build_args, spec.target, spec.checks,
                               build_platform=build_platform, target_platform=platform)
@@ -121,7 +122,7 @@ class PlatformBuilds:
                 if run.base is None or not await lookup.runs_natively(run.base, platform,
                                                                        build_platform):
                     offences.append((str(platform), run))
-            pins: dict[Any, str] = {}
+            pins: dict[BuildStageBase, str] = {}
             for pin in plan.pins:
                 pinned = await lookup.pin(pin.image, build_platform)
                 if isinstance(pinned, Refused):
@@ -129,15 +130,15 @@ class PlatformBuilds:
                                    f"(stage {pin.stage}, line {pin.first}): {pinned.message}")
                 pins[pin] = pinned
                 note = f"stage {pin.stage}: {pin.image} -> {pinned}"
-                if note not in prepared.pinned:
-                    prepared.pinned.append(note)
+                if note not in notes:
+                    notes.append(note)
             if pins:
-                prepared.dockerfiles[str(platform)] = pin_bases(dockerfile, pins)
+                dockerfiles[str(platform)] = pin_bases(dockerfile, pins)
         if offences:
             message = cross_refusal(offences, str(build_platform))
             log.warning(message)
             return Refused(Reason.INVALID_SPEC, message)
-        return prepared
+        return Prepared(dockerfiles, notes)
 
     def pods(self, build: ImageBuild, key: str, prepared: Prepared,
              entries: Sequence[PlatformStatus], *, files: Sequence[ContextFile],
@@ -172,10 +173,10 @@ class PlatformBuilds:
                       build_platform=self.settings.build_platform)
 
     async def stop(self, build: ImageBuild, log: Logger, pods: Sequence[str]) -> None:
-        """Delete the pods of a build that failed on another platform."""
+        """Delete the unfinished pods of a build that failed on one of its platforms."""
         for name in pods:
             if await self.api.delete_pod(build.namespace, name):
-                log.info(f"Stopped pod {name}: another platform of the build failed.")
+                log.info(f"Stopped pod {name}: the build failed on a platform.")
 
     # After they built
 
@@ -194,6 +195,8 @@ class PlatformBuilds:
             for read in reads:
                 if not read.done():
                     read.cancel()
+                elif not read.cancelled() and read.exception() is not None:
+                    log.debug(f"Build log read failed: {read.exception()}")
 
 
 class _Lookup:
