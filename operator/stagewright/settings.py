@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     kaniko_image: str = DEFAULT_KANIKO_IMAGE
     #: The image of build pods whose ImageBuild says ``builder: buildah``; pin it too.
     buildah_image: str = DEFAULT_BUILDAH_IMAGE
+    #: The platform (os/architecture) of the nodes that run every pod of a cross-platform
+    #: build (spec.platformMode: cross); their node selectors name it. Set it to the
+    #: architecture of your build nodes.
+    build_platform: str = Field(default="linux/amd64", pattern=PLATFORM_PATTERN)
     #: Namespaces to watch, comma-separated; empty means the whole cluster.
     namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
     #: Registries the operator may contact and builds may push to, comma-separated host
@@ -94,11 +98,6 @@ class Settings(BaseSettings):
     webhook_port: int | None = Field(default=None, ge=1, le=65535)
     #: Address the webhook endpoint binds: 0.0.0.0 in a pod (the chart sets it), else local.
     webhook_address: str = "127.0.0.1"
-
-    #: The platform (os/architecture) of the nodes that run every pod of a cross-platform
-    #: build (spec.platformMode: cross); their node selectors name it. Set it to the
-    #: architecture of your build nodes.
-    build_platform: str = Field(default="linux/amd64", pattern=PLATFORM_PATTERN)
 
     @field_validator("namespaces", "registry_allow", mode="before")
     @classmethod
