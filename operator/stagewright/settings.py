@@ -30,12 +30,12 @@ class Settings(BaseSettings):
 
     #: The executor image of every build pod; pin by tag or digest.
     kaniko_image: str = DEFAULT_KANIKO_IMAGE
-    #: The image of build pods whose ImageBuild says ``builder: buildah``; pin it too.
-    buildah_image: str = DEFAULT_BUILDAH_IMAGE
     #: The platform (os/architecture) of the nodes that run every pod of a cross-platform
     #: build (spec.platformMode: cross); their node selectors name it. Set it to the
     #: architecture of your build nodes.
     build_platform: str = Field(default="linux/amd64", pattern=PLATFORM_PATTERN)
+    #: The image of build pods whose ImageBuild says ``builder: buildah``; pin it too.
+    buildah_image: str = DEFAULT_BUILDAH_IMAGE
     #: Namespaces to watch, comma-separated; empty means the whole cluster.
     namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
     #: Registries the operator may contact and builds may push to, comma-separated host
