@@ -354,9 +354,8 @@ class RegistryClient:
         """The image config blob: bounded, and checked against the manifest's digest and size.
 
         Only its history (to name layers) and platform are used, and those are kept by
-        digest: a blob's
-        content is fixed by its digest, so a config read once (and checked) is never read
-        again while kept. The manifest that names it is still read every time: that is
+        digest: a blob's content is fixed by its digest, so a config read once (and checked)
+        is never read again while kept. The manifest that names it is still read every time: that is
         what proves the registry serves the image.
         """
         cached = self._histories.get(descriptor.digest)
