@@ -30,20 +30,11 @@ fi
 
 # shellcheck source=hack/lib/debian-mirror.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/debian-mirror.sh"
-MIRROR=$(debian_mirror)
 
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-mkdir -p "$WORK/lists/partial" "$WORK/cache/archives/partial"
-echo "deb $MIRROR sid main" > "$WORK/sources.list"
-APT_OPTS=(-o "Dir::Etc::SourceList=$WORK/sources.list" -o Dir::Etc::SourceParts=/dev/null
-          -o "Dir::State::Lists=$WORK/lists" -o "Dir::Cache=$WORK/cache"
-          -o Debug::NoLocking=1)
 log "fetching cosign from Debian unstable (private apt state)"
-apt-get "${APT_OPTS[@]}" update -qq >&2
-(cd "$WORK" && apt-get "${APT_OPTS[@]}" download "cosign=${COSIGN_VERSION}*" >&2)
-DEB=$(find "$WORK" -maxdepth 1 -name 'cosign_*.deb' -print -quit)
-[[ -n "$DEB" ]] || { log "apt downloaded no cosign package"; exit 1; }
+DEB=$(debian_download "$WORK" sid "" "cosign=${COSIGN_VERSION}*")
 dpkg-deb -x "$DEB" "$WORK/root"
 mkdir -p "$BIN_DIR"
 install -m 0755 "$WORK/root/usr/bin/cosign" "$BIN_DIR/.cosign.new"

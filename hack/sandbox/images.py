@@ -9,6 +9,10 @@
   is absent, :class:`KanikoMissingError` says so and callers skip or stop, never fall back.
 - ``buildah``: Debian's buildah laid out as upstream's image works (``sandbox.buildah_image``),
   for ImageBuilds with ``builder: buildah``; cached by content, so usually only uploaded.
+- a two-platform base (``build_platform_base``, made on demand by the multi-platform tests):
+  the same busybox rootfs for linux/amd64 and, with Debian's arm64 busybox-static
+  (``hack/fetch-busybox-arm64.sh``, cached), for linux/arm64, each pushed alone and both as
+  one OCI image index.
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ PAUSE_SCRIPT = 'trap "exit 0" TERM INT; while :; do sleep 3600 & wait $!; done'
 
 #: The busybox base image's place in the sandbox registry (samples name it: make sandbox).
 BASE_REPOSITORY = "stagewright-sandbox/busybox:latest"
+#: Where the two-platform base goes: ``:amd64``, ``:arm64`` and the index, ``:multi``.
+PLATFORM_BASE_REPOSITORY = "stagewright-sandbox/busybox-platforms"
+FETCH_ARM64_BUSYBOX = REPO_ROOT / "hack" / "fetch-busybox-arm64.sh"
 
 
 class KanikoMissingError(RuntimeError):
@@ -66,6 +73,15 @@ class SandboxImages:
     pause: str
     kaniko: str
     buildah: str
+
+
+@dataclass(frozen=True)
+class PlatformBase:
+    """The two-platform base image: the index, and each platform's image alone."""
+
+    index: str
+    amd64: str
+    arm64: str
 
 
 def kaniko_executor() -> Path:
@@ -105,6 +121,33 @@ def build_images(registry: str, *, work_dir: Path) -> SandboxImages:
     return SandboxImages(base=base, pause=pause, kaniko=kaniko, buildah=buildah)
 
 
+def build_platform_base(registry: str, *, work_dir: Path) -> PlatformBase:
+    """The busybox base for linux/amd64 and linux/arm64, pushed alone and as one index.
+
+    The arm64 busybox comes from ``hack/fetch-busybox-arm64.sh`` (Debian's, through the
+    machine's own mirror, cached); nothing here runs it.
+    """
+    fetched = subprocess.run([str(FETCH_ARM64_BUSYBOX)], capture_output=True, text=True,
+                             check=False)
+    if fetched.returncode != 0:
+        raise RuntimeError(f"{FETCH_ARM64_BUSYBOX.name} failed: {fetched.stderr}")
+    scratch = Path(tempfile.mkdtemp(prefix="sandbox-platform-base-", dir=work_dir))
+    repository = f"{registry}/{PLATFORM_BASE_REPOSITORY}"
+    config = ["--cmd", "/bin/sh", "--env", "PATH=/bin:/usr/bin", "--workingdir", "/"]
+    try:
+        builder = _Buildah(scratch, registry)
+        locals_ = []
+        for arch, busybox in (("amd64", BUSYBOX), ("arm64", Path(fetched.stdout.strip()))):
+            rootfs = _busybox_rootfs(scratch / f"busybox-{arch}", busybox)
+            builder.image(rootfs, f"{repository}:{arch}", config, arch=arch, format_="oci")
+            locals_.append(f"localhost/busybox-platforms:{arch}")
+        builder.index(f"{repository}:multi", locals_)
+    finally:
+        remove_storage(scratch)
+    return PlatformBase(index=f"{repository}:multi", amd64=f"{repository}:amd64",
+                        arm64=f"{repository}:arm64")
+
+
 def _buildah_image(builder: _Buildah, reference: str, scratch: Path) -> str:
     """Debian's buildah as an image: built into the cache once per content, then uploaded."""
     archive = cached_archive()
@@ -127,15 +170,26 @@ class _Buildah:
                      str(scratch / "runroot"), "--storage-driver", "vfs"]
 
     def image(self, rootfs: Path, reference: str, config: list[str],
-              destination: str | None = None) -> str:
+              destination: str | None = None, *, arch: str = "amd64",
+              format_: str = "docker") -> str:
         """Make the image; push it to ``reference``, or to ``destination`` (any transport)."""
         container = self._run("from", "scratch").strip()
         self._run("copy", container, f"{rootfs}/", "/")
-        self._run("config", "--os", "linux", "--arch", "amd64", *config, container)
+        self._run("config", "--os", "linux", "--arch", arch, *config, container)
         local = f"localhost/{reference.rsplit('/', 1)[-1]}"
-        self._run("commit", "--quiet", "--rm", "--format", "docker", container, local)
-        self._run("push", "--format", "docker", "--tls-verify=false", local,
+        self._run("commit", "--quiet", "--rm", "--format", format_, container, local)
+        self._run("push", "--format", format_, "--tls-verify=false", local,
                   destination or f"docker://{reference}")
+        return reference
+
+    def index(self, reference: str, images: list[str]) -> str:
+        """Push ``images`` (local names) as one OCI image index under ``reference``."""
+        name = "localhost/index-" + reference.rsplit("/", 1)[-1].replace(":", "-")
+        self._run("manifest", "create", name)
+        for image in images:
+            self._run("manifest", "add", name, f"containers-storage:{image}")
+        self._run("manifest", "push", "--all", "--format", "oci", "--tls-verify=false", name,
+                  f"docker://{reference}")
         return reference
 
     def _run(self, *args: str) -> str:
@@ -147,16 +201,17 @@ class _Buildah:
         return done.stdout
 
 
-def _busybox_rootfs(rootfs: Path) -> Path:
-    """/bin/busybox plus one symlink per applet, and the usual dirs."""
-    if not BUSYBOX.exists():
-        raise FileNotFoundError(f"{BUSYBOX} is missing: apt-get install -y busybox-static")
+def _busybox_rootfs(rootfs: Path, busybox: Path = BUSYBOX) -> Path:
+    """/bin/busybox (``busybox``: this machine's, or another architecture's) plus one symlink
+    per applet, and the usual dirs."""
+    if not busybox.exists():
+        raise FileNotFoundError(f"{busybox} is missing: apt-get install -y busybox-static")
     bin_dir = rootfs / "bin"
     bin_dir.mkdir(parents=True)
     for name in ("tmp", "etc", "root", "usr/bin", "var", "workspace"):
         (rootfs / name).mkdir(parents=True, exist_ok=True)
     (rootfs / "tmp").chmod(0o1777)
-    shutil.copy2(BUSYBOX, bin_dir / "busybox")
+    shutil.copy2(busybox, bin_dir / "busybox")
     for applet in sorted(set(APPLETS)):
         os.symlink("busybox", bin_dir / applet)
     (rootfs / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")

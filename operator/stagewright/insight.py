@@ -58,6 +58,44 @@ def base_size(info: ImageInfo, base_image: str | None,
                for _, layers in _platform_layers(info))
 
 
+#: Entries status.largestLayers holds at most (its schema's maxItems).
+MAX_LARGEST_LAYERS = 16
+
+
+def largest_layers_per_platform(info: ImageInfo, count: int) -> list[dict[str, Any]]:
+    """status.largestLayers of an image index: each platform's largest layers, platform by
+    platform, ``count`` each, or fewer so that all fit in the field's 16."""
+    each = max(1, min(count, MAX_LARGEST_LAYERS // max(1, len(info.platforms))))
+    return [entry for platform in info.platforms
+            for entry in largest_layer_fields(
+                ImageInfo(digest=info.digest, media_type=info.media_type, size=info.size,
+                          layers=info.layers, platforms=(platform,)), each)]
+
+
+def cache_fields(reports: Sequence[BuildLog | None]) -> dict[str, Any] | None:
+    """status.cache summed over builds (one per platform), from the logs that were read."""
+    read = [facts.cache for facts in reports if facts is not None]
+    if not read:
+        return None
+    hits, misses = sum(c.hits for c in read), sum(c.misses for c in read)
+    return {"hits": hits, "misses": misses, "summary": f"{hits}/{hits + misses}"}
+
+
+def index_insight(previous: ImageBuildStatus, info: ImageInfo,
+                  facts: Sequence[BuildLog | None], base_layers: Sequence[Sequence[str]], *,
+                  largest: int, cache_enabled: bool) -> dict[str, Any]:
+    """The insight fields of a successful multi-platform build: ``info`` is its image index
+    (with each platform's layers), ``facts`` each platform's build log, in the same order."""
+    base = next((f.base_image for f in facts if f is not None and f.base_image), None)
+    return {
+        "largest_layers": largest_layers_per_platform(info, largest),
+        "size_delta": size_delta(previous, info.size),
+        "base_image": base,
+        "base_size": base_size(info, base, base_layers),
+        "cache": cache_fields(facts) if cache_enabled else None,
+    }
+
+
 def build_insight(previous: ImageBuildStatus, info: ImageInfo, facts: BuildLog | None,
                   base_layers: Sequence[Sequence[str]], *, largest: int,
                   cache_enabled: bool) -> dict[str, Any]:
@@ -76,8 +114,12 @@ def build_insight(previous: ImageBuildStatus, info: ImageInfo, facts: BuildLog |
 
 
 def success_message(tags: int, info: ImageInfo, fields: dict[str, Any]) -> str:
-    """``Pushed 2 tag(s), 12.3MiB (+1.0MiB); cache 5/7.``"""
+    """``Pushed 2 tag(s), 12.3MiB (+1.0MiB); cache 5/7.``; for an image index, ``Pushed 2
+    tag(s): an image index of linux/amd64 (1.0MiB), linux/arm64 (1.1MiB), 2.1MiB ...``"""
     text = f"Pushed {tags} tag(s), {human_size(info.size)}"
+    if info.platforms:
+        each = ", ".join(f"{p.platform} ({human_size(p.size)})" for p in info.platforms)
+        text = f"Pushed {tags} tag(s): an image index of {each}, {human_size(info.size)}"
     if fields.get("size_delta") is not None:
         text += f" ({signed_size(fields['size_delta'])} since the last build)"
     if fields.get("cache"):

@@ -12,6 +12,7 @@ from typing import Annotated, Literal, Self
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from stagewright.api.platforms import PLATFORM_PATTERN
 from stagewright.api.types import DNS_SUBDOMAIN, Duration
 from stagewright.api.v1alpha1 import ResourceRequirements
 from stagewright.scope import Scope
@@ -30,6 +31,10 @@ class Settings(BaseSettings):
 
     #: The executor image of every build pod; pin by tag or digest.
     kaniko_image: str = DEFAULT_KANIKO_IMAGE
+    #: The platform (os/architecture) of the nodes that run every pod of a cross-platform
+    #: build (spec.platformMode: cross); their node selectors name it. Set it to the
+    #: architecture of your build nodes.
+    build_platform: str = Field(default="linux/amd64", pattern=PLATFORM_PATTERN)
     #: The image of build pods whose ImageBuild says ``builder: buildah``; pin it too.
     buildah_image: str = DEFAULT_BUILDAH_IMAGE
     #: Namespaces to watch, comma-separated; empty means the whole cluster. Names, glob

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from stagewright.api.reasons import INFRASTRUCTURE_FAILURES, Reason
@@ -56,6 +56,9 @@ _STUCK_WAITING = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageNam
 
 #: Finished builds kept in status.history: enough to see a trend, small enough for etcd.
 HISTORY_LIMIT = 5
+#: How long past its deadline a pod that never started is given before the operator gives up
+#: on it (activeDeadlineSeconds only counts once a kubelet has started the pod).
+DEADLINE_GRACE = timedelta(minutes=2)
 
 
 def now_iso() -> str:

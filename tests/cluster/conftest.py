@@ -9,6 +9,7 @@ Kaniko executor from ``../shared/kaniko/``; where it is absent the tier skips, s
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import os
@@ -21,8 +22,15 @@ from pathlib import Path
 import pytest
 from tests.cluster.installs import OperatorImage, build_operator_image
 
+from sandbox.gitserver import GitServer
 from sandbox.host_lock import HostLock, NodeBusyError
-from sandbox.images import KanikoMissingError, kaniko_executor
+from sandbox.images import (
+    KanikoMissingError,
+    PlatformBase,
+    build_platform_base,
+    kaniko_executor,
+)
+from sandbox.node import GATEWAY
 from sandbox.stack import Sandbox
 
 REQUIRED = ("etcd", "docker-registry", "buildah", "skopeo", "openssl", "containerd", "runc",
@@ -84,6 +92,30 @@ def namespace(sandbox: Sandbox, request: pytest.FixtureRequest) -> str:
             or "buildah" in request.node.module.__name__:
         sandbox.allow_buildah(name)  # Buildah needs more than baseline: only where it runs
     return name
+
+
+#: The git server's user and password (a Secret git-creds holds them in the test's namespace).
+GIT_USER = ("cloner", "g1t-s3cret")
+
+
+@pytest.fixture
+def git(sandbox: Sandbox, namespace: str, tmp_path: Path) -> Iterator[GitServer]:
+    """A git server on the bridge with basic auth, and its credentials as a Secret."""
+    sandbox.admin.apply([{
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/basic-auth",
+        "metadata": {"name": "git-creds", "namespace": namespace},
+        "data": {"username": base64.b64encode(GIT_USER[0].encode()).decode(),
+                 "password": base64.b64encode(GIT_USER[1].encode()).decode()},
+    }])
+    with GitServer(tmp_path, address=GATEWAY, user=GIT_USER[0], password=GIT_USER[1]) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def platform_base(sandbox: Sandbox) -> PlatformBase:
+    """The busybox base for linux/amd64 and linux/arm64, alone and as one index (made once,
+    on first use: only the multi-platform tests need it)."""
+    return build_platform_base(sandbox.registry.host, work_dir=sandbox.work_dir)
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ import pytest
 from tests.cluster.builds import context, imagebuild
 
 from sandbox.cluster import OperatorProcess
+from sandbox.images import PlatformBase
 from sandbox.stack import IMAGEBUILD_API, Sandbox
 
 pytestmark = pytest.mark.cluster
@@ -165,3 +166,36 @@ def test_restart_mid_queue_keeps_order_and_limit(
     assert seen.max_running[namespace] == 1
     assert seen.pod_order == [f"{namespace}/r1", f"{namespace}/r2", f"{namespace}/r3"]
     assert _pods_per_build(sandbox, namespace) == {"r1": 1, "r2": 1, "r3": 1}
+
+
+def test_a_multi_platform_build_takes_one_slot_and_starts_all_its_pods(
+        sandbox: Sandbox, queued_operator: Callable[..., OperatorProcess],
+        platform_base: PlatformBase) -> None:
+    """Limit 1: the first build's two platform pods run together; the second build's start
+    only once both have ended."""
+    namespace = "t-queue-platforms"
+    sandbox.admin.apply([
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+        context(namespace, "ARG BASE\nFROM ${BASE}\nCOPY a.txt /a.txt\n",
+                files={"a.txt": "a\n"})])
+    for name in ("p1", "p2"):
+        build = imagebuild(sandbox, namespace, name, cache={"enabled": False},
+                           platforms=["linux/amd64", "linux/arm64"], platformMode="cross")
+        build["spec"]["buildArgs"] = {"BASE": platform_base.index}
+        sandbox.admin.apply([build])
+        time.sleep(1.05)
+    with Sampler(sandbox, [namespace]) as seen:
+        queued_operator(max_running_builds=1)
+        for name in ("p1", "p2"):
+            done = sandbox.wait_settled(name, namespace, timeout=240)
+            assert done["status"]["phase"] == "Succeeded", done["status"]
+    assert seen.max_running[namespace] == 2  # one build's two pods, never a second build's
+    assert _pods_per_build(sandbox, namespace) == {"p1": 2, "p2": 2}
+    listed = sandbox.admin.list("v1", "Pod", namespace,
+                                label_selector="app.kubernetes.io/managed-by")
+    first = [p for p in listed if p["metadata"]["labels"]["stagewright.dev/imagebuild"] == "p1"]
+    second = [p for p in listed if p["metadata"]["labels"]["stagewright.dev/imagebuild"] == "p2"]
+    first_done = max(status["state"]["terminated"]["finishedAt"]
+                     for p in first for status in p["status"]["containerStatuses"])
+    assert min(p["metadata"]["creationTimestamp"] for p in second) >= first_done
+    assert [r for r, _ in seen.statuses[f"{namespace}/p2"]].count("Queued") == 1

@@ -151,8 +151,8 @@ def test_get_describe_and_logs_read_the_cluster_as_kubectl_would(
     got = cli(sandbox, "get", "-n", namespace)
     assert got.returncode == 0, got.stderr
     header, row = got.stdout.splitlines()
-    assert header.split() == ["NAME", "PHASE", "REASON", "TARGET", "SIZE", "DIGEST", "CACHE",
-                              "CAUSE", "AGE"]
+    assert header.split() == ["NAME", "PHASE", "REASON", "TARGET", "PLATFORMS", "SIZE",
+                              "DIGEST", "CACHE", "CAUSE", "AGE"]
     assert row.split()[:3] == ["site", "Succeeded", "Succeeded"]
     assert row.split()[-2] == "Spec"  # a new ImageBuild's first build
     assert digest.split(":")[1][:12] in row.split()

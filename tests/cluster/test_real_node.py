@@ -4,7 +4,6 @@ collector, volumes and env where Kaniko reads them, and Kaniko's own cache and f
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +14,10 @@ from tests.cluster.builds import context, imagebuild, pods, wait_phase, wait_pod
 
 from sandbox.cluster import OperatorProcess
 from sandbox.gitserver import GitServer
-from sandbox.node import BRIDGE, BRIDGE_MAC, GATEWAY
+from sandbox.node import BRIDGE, BRIDGE_MAC
 from sandbox.stack import IMAGEBUILD_API, Sandbox
 
 pytestmark = pytest.mark.cluster
-
-GIT_USER = ("cloner", "g1t-s3cret")
 
 
 def test_a_build_over_its_memory_limit_ends_out_of_memory(sandbox: Sandbox,
@@ -106,19 +103,6 @@ def test_a_deleted_imagebuild_loses_its_pod_to_the_garbage_collector(sandbox: Sa
 
 DOCKERFILE_FROM_GIT = ("ARG BASE\nFROM ${BASE}\nCOPY marker.txt /marker.txt\n"
                        "ARG EXPECT\nRUN grep -qx \"${EXPECT}\" /marker.txt\n")
-
-
-@pytest.fixture
-def git(sandbox: Sandbox, namespace: str, tmp_path: Path) -> Iterator[GitServer]:
-    """A git server on the bridge with basic auth, and its credentials as a Secret."""
-    sandbox.admin.apply([{
-        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/basic-auth",
-        "metadata": {"name": "git-creds", "namespace": namespace},
-        "data": {"username": base64.b64encode(GIT_USER[0].encode()).decode(),
-                 "password": base64.b64encode(GIT_USER[1].encode()).decode()},
-    }])
-    with GitServer(tmp_path, address=GATEWAY, user=GIT_USER[0], password=GIT_USER[1]) as server:
-        yield server
 
 
 def from_git(sandbox: Sandbox, namespace: str, name: str, url: str, revision: str,

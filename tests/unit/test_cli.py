@@ -27,6 +27,15 @@ def test_render_prints_the_pod_the_operator_would_create(capsys: pytest.CaptureF
     assert rendered == yaml.safe_load((GOLDEN / "git-runtime.pod.yaml").read_text())
 
 
+def test_render_prints_each_platforms_pod(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["render", "-f", str(FIXTURES / "platforms" / "cross-configmap.yaml")]) == 0
+    captured = capsys.readouterr()
+    pods = list(yaml.safe_load_all(captured.out))
+    assert [p["metadata"]["name"] for p in pods] == ["app-2-linux-amd64-1", "app-2-linux-arm64-1"]
+    assert "--custom-platform=linux/arm64" in pods[1]["spec"]["containers"][0]["args"]
+    assert "pins its FROM --platform=$BUILDPLATFORM images when it starts" in captured.err
+
+
 def test_render_names_the_offending_field(tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     bad = yaml.safe_load((FIXTURES / "git-runtime.yaml").read_text())

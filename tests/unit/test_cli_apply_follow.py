@@ -146,6 +146,19 @@ def test_tracker_waits_follows_each_attempt_then_stops() -> None:
     assert tracker.next_step(done) == (Step.DONE, None)
 
 
+def test_tracker_follows_each_platforms_pod_in_turn() -> None:
+    tracker = BuildTracker(Wanted.current(stored(generation=1)))
+    building = stored(generation=1, status={
+        "observedGeneration": 1, "phase": "Building", "podName": "web-1-linux-amd64-1",
+        "platforms": [{"platform": "linux/amd64", "pod": "web-1-linux-amd64-1"},
+                      {"platform": "linux/arm64", "pod": "web-1-linux-arm64-1"}]})
+    assert tracker.next_step(building) == (Step.FOLLOW_POD, "web-1-linux-amd64-1")
+    tracker.followed.append("web-1-linux-amd64-1")
+    assert tracker.next_step(building) == (Step.FOLLOW_POD, "web-1-linux-arm64-1")
+    tracker.followed.append("web-1-linux-arm64-1")
+    assert tracker.next_step(building) == (Step.WAIT, None)
+
+
 def test_tracker_reports_a_newer_spec_or_rebuild_request() -> None:
     tracker = BuildTracker(Wanted.current(stored(generation=2)))
     assert tracker.next_step(stored(generation=3))[0] is Step.SUPERSEDED

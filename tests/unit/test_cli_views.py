@@ -126,9 +126,9 @@ def test_ages_read_like_kubectls(seconds: float, text: str) -> None:
 def test_get_rows_match_the_columns_with_and_without_all_namespaces() -> None:
     builds = [imagebuild({**SUCCEEDED, **INSIGHT}, target="runtime"), imagebuild()]
     rows = get_rows(builds, all_namespaces=False, now=NOW)
-    assert rows[0] == ["web", "Succeeded", "Succeeded", "runtime", "12.3MiB (-1.0KiB)",
+    assert rows[0] == ["web", "Succeeded", "Succeeded", "runtime", "-", "12.3MiB (-1.0KiB)",
                        "abababababab", "3 hits, 1 miss", "-", "5m0s"]
-    assert rows[1] == ["web", "-", "-", "-", "-", "-", "-", "-", "5m0s"]
+    assert rows[1] == ["web", "-", "-", "-", "-", "-", "-", "-", "-", "5m0s"]
     wide = get_rows(builds, all_namespaces=True, now=NOW)
     assert get_columns(all_namespaces=True)[0] == "NAMESPACE"
     assert all(len(row) == len(get_columns(all_namespaces=True)) for row in wide)
@@ -216,7 +216,7 @@ def test_get_describe_and_the_table_say_why_a_build_ran_and_what_triggers_saw() 
     build["spec"]["triggers"] = {"source": {"pollInterval": "2m"},
                                  "baseImages": {"exclude": ["internal/*"]},
                                  "webhook": {"secretRef": {"name": "hook"}}}
-    assert get_rows([build], all_namespaces=False, now=NOW)[0][7] == "Commit"
+    assert get_rows([build], all_namespaces=False, now=NOW)[0][8] == "Commit"
     rows = dict(status_rows(build))
     assert rows["Cause"] == f"new commit {'b' * 12} (was {'a' * 12})"
     assert rows["Built from"] == f"commit {'b' * 40} (refs/heads/main)"

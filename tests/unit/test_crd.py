@@ -53,7 +53,8 @@ def test_schema_is_structural() -> None:
 
 def test_printer_columns_name_the_status_fields_users_read() -> None:
     columns = imagebuild_crd()["spec"]["versions"][0]["additionalPrinterColumns"]
-    assert [c["name"] for c in columns] == ["Phase", "Target", "Size", "Cache", "Digest", "Age"]
+    assert [c["name"] for c in columns] == ["Phase", "Target", "Platforms", "Size", "Cache",
+                                          "Digest", "Age"]
     status = schema()["properties"]["status"]["properties"]
     for column in columns:
         field = column["jsonPath"].split(".")

@@ -30,6 +30,8 @@ _DROPPED = {"title", "$defs", "additionalProperties", "examples", "const"}
 PRINTER_COLUMNS: list[dict[str, str]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Target", "type": "string", "jsonPath": ".spec.target"},
+    # Platforms built of those asked ("2/2"), for spec.platforms.
+    {"name": "Platforms", "type": "string", "jsonPath": ".status.platformSummary"},
     {"name": "Size", "type": "string", "jsonPath": ".status.sizeHuman"},
     # Cache hits of cacheable steps ("5/7"), read from Kaniko's log.
     {"name": "Cache", "type": "string", "jsonPath": ".status.cache.summary"},

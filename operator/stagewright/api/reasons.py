@@ -31,6 +31,10 @@ class Reason(StrEnum):
     DIGEST_UNVERIFIED = "DigestUnverified"
     SIZE_BUDGET_EXCEEDED = "SizeBudgetExceeded"
     CHECK_FAILED = "CheckFailed"
+    #: A platform's build was stopped because another platform of the same build failed.
+    CANCELLED = "Cancelled"
+    #: A platform's image says another platform in its config than the one asked.
+    PLATFORM_MISMATCH = "PlatformMismatch"
     #: A trigger started a build (a Normal Event, not a phase).
     TRIGGERED = "Triggered"
     #: Signing (conditions Signed and Attested; a build's reason when spec.signing.required).
@@ -53,6 +57,7 @@ WARNINGS = frozenset({
     Reason.REGISTRY_NOT_ALLOWED,
     Reason.PUSH_FAILED, Reason.OUT_OF_MEMORY, Reason.TIMEOUT, Reason.EVICTED, Reason.POD_LOST,
     Reason.DIGEST_UNVERIFIED, Reason.SIZE_BUDGET_EXCEEDED, Reason.CHECK_FAILED,
+    Reason.PLATFORM_MISMATCH,
     Reason.SIGNING_KEY_NOT_FOUND, Reason.SIGNING_KEY_INVALID, Reason.SIGNING_KEY_UNSUPPORTED,
     Reason.SIGNATURE_PUSH_FAILED,
 })

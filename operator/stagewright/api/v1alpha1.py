@@ -22,6 +22,14 @@ from pydantic import (
     model_validator,
 )
 
+from stagewright.api.platforms import (
+    ARCH_LABEL,
+    MAX_PLATFORMS,
+    OS_LABEL,
+    PLATFORM_PATTERN,
+    Platform,
+    PlatformMode,
+)
 from stagewright.api.reasons import Reason
 from stagewright.api.signing import Signing, SigningStatus
 from stagewright.api.triggers import BuildCause, BuildInputs, Triggers, TriggerStatus
@@ -347,6 +355,21 @@ class ImageBuildSpec(ApiModel):
         description="Rebuild on a new commit of the git branch or tag, a re-pushed base image, "
         "or a verified webhook (which only asks for an early check); all off by default.",
     )
+    platforms: list[Annotated[str, StringConstraints(pattern=PLATFORM_PATTERN)]] | None = Field(
+        default=None, min_length=1, max_length=MAX_PLATFORMS,
+        description="Build one image per platform (os/architecture[/variant], e.g. "
+        "linux/amd64, linux/arm64), one build pod each, and push one OCI image index of them "
+        "under the output tags; default: one image for the build node's platform.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    platform_mode: PlatformMode = Field(
+        default=PlatformMode.NATIVE,
+        description="native: each platform's pod runs on nodes of that platform "
+        "(kubernetes.io/os and kubernetes.io/arch). cross: every pod runs on the operator's "
+        "build platform, without emulation, for Dockerfiles whose stages built for the target "
+        "platform have no RUN (build in a FROM --platform=$BUILDPLATFORM stage, COPY into the "
+        "target's). Only with platforms.",
+    )
 
     @field_validator("build_args")
     @classmethod
@@ -377,6 +400,12 @@ class ImageBuildSpec(ApiModel):
             if problems:
                 raise ValueError("builder buildah cannot build this source: "
                                  + "; ".join(problems))
+            if self.platforms is not None:
+                raise ValueError(
+                    "builder buildah does not build spec.platforms: each platform's image is "
+                    "pushed to a staging tag of its own (Kaniko's --destination) for the "
+                    "operator to assemble one image index, and the Buildah pod pushes only "
+                    "to the output tags; use builder kaniko")
             unsupported = [name for name, used in (
                 ("spec.checks", bool(self.checks)),
                 ("spec.output.maxSize", self.output.max_size is not None),
@@ -385,6 +414,25 @@ class ImageBuildSpec(ApiModel):
                 # Check stages and the staging-tag budget are built on Kaniko's flags.
                 raise ValueError(f"builder buildah does not support {', '.join(unsupported)} "
                                  "yet; use builder kaniko")
+        return self
+
+    @model_validator(mode="after")
+    def _platforms_are_distinct(self) -> ImageBuildSpec:
+        if self.platforms is None:
+            if self.platform_mode is PlatformMode.CROSS:
+                raise ValueError("platformMode cross needs spec.platforms")
+            return self
+        seen: dict[tuple[str, str, str], str] = {}
+        for text in self.platforms:
+            platform = Platform.parse(text)
+            if platform.normalized in seen:
+                raise ValueError(f"platforms {seen[platform.normalized]} and {text} are the "
+                                 "same platform; list each once")
+            seen[platform.normalized] = text
+        taken = sorted(set(self.node_selector) & {OS_LABEL, ARCH_LABEL})
+        if taken:
+            raise ValueError(f"spec.nodeSelector sets {', '.join(taken)}, which the operator "
+                             "sets for each platform's pod; remove it")
         return self
 
     @model_validator(mode="after")
@@ -455,6 +503,31 @@ class CheckStatus(ApiModel):
     duration_seconds: int | None = Field(default=None, description="How long it took.")
 
 
+class PlatformStatus(ApiModel):
+    """One platform of a multi-platform build: its pod, and the image it built."""
+
+    # A newer operator's fields are ignored, as in ImageBuildStatus.
+    model_config = ConfigDict(frozen=False, extra="ignore")
+
+    platform: str = Field(description="os/architecture[/variant], as spec.platforms names it.")
+    phase: Phase = Field(description="Pending, Building, Succeeded or Failed.")
+    reason: str | None = Field(default=None, description="Why it is in its phase.")
+    message: str | None = Field(default=None, description="What happened (first line).")
+    pod: str | None = Field(default=None, description="Its current or last build pod.")
+    attempt: int | None = Field(default=None, description="Attempt number, from 1.")
+    digest: str | None = Field(
+        default=None, description="Its image manifest's digest (a child of the index).",
+    )
+    size: int | None = Field(
+        default=None, description="Compressed bytes of its image (config + layers): what a "
+        "pull on this platform costs.",
+    )
+    cache: CacheStatus | None = Field(
+        default=None, description="Its registry layer cache hits and misses (its own cache "
+        "repository: <cache.repo>/<os>-<arch>[-<variant>]).",
+    )
+
+
 class BuildRecord(ApiModel):
     """One finished build, as status.history keeps it."""
 
@@ -511,9 +584,15 @@ class ImageBuildStatus(ApiModel):
     start_time: str | None = Field(default=None, description="When the build started.")
     completion_time: str | None = Field(default=None, description="When the build ended.")
     image: str | None = Field(default=None, description="Pushed image, repo@sha256:...")
-    digest: str | None = Field(default=None, description="Manifest digest, sha256:...")
+    digest: str | None = Field(
+        default=None, description="Manifest digest, sha256:... (with spec.platforms: the "
+        "image index's).",
+    )
     short_digest: str | None = Field(default=None, description="Digest's first 12 hex digits.")
-    size: int | None = Field(default=None, description="Compressed bytes: config + layers.")
+    size: int | None = Field(
+        default=None, description="Compressed bytes: config + layers (with spec.platforms: "
+        "summed over the platforms' images, each what a pull on its platform costs).",
+    )
     size_human: str | None = Field(default=None, description="Size for people, e.g. 12.3MiB.")
     layers: int | None = Field(default=None, description="Number of layers.")
     largest_layers: list[LayerStatus] | None = Field(
@@ -548,6 +627,15 @@ class ImageBuildStatus(ApiModel):
     triggers: TriggerStatus | None = Field(
         default=None, description="The triggers' own state: the webhook path and the hourly "
         "count of triggered builds.",
+    )
+    platforms: list[PlatformStatus] | None = Field(
+        default=None, max_length=MAX_PLATFORMS,
+        description="Each platform of spec.platforms: pod, phase, and its image's digest, size "
+        "and cache. digest and size above are then the image index's.",
+    )
+    platform_summary: str | None = Field(
+        default=None, description="Platforms built of those asked (2/2), for the Platforms "
+        "printer column.",
     )
 
 

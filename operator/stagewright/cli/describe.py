@@ -15,6 +15,7 @@ from stagewright.cli.tables import (
     check_lines,
     largest_layers,
     parse_time,
+    platform_lines,
     size_text,
     status_of,
     status_rows,
@@ -35,6 +36,7 @@ def describe(build: Mapping[str, Any], pods: Sequence[Mapping[str, Any]],
         _section("Message", str(status.get("message") or "").splitlines()),
         _section("Conditions", _condition_lines(status, now)),
         _section("Triggers", _trigger_lines(build.get("spec") or {}, status)),
+        _section("Platforms", platform_lines(status)),
         _section("Checks", check_lines(status)),
         _section("Largest layers", largest_layers(status)),
         _section("History", _history_lines(status)),
@@ -144,8 +146,10 @@ def _pod_lines(pods: Sequence[Mapping[str, Any]], now: datetime) -> list[str]:
         age = age_text((now - created).total_seconds()) if created else "?"
         labels = pod["metadata"].get("labels") or {}
         attempt = labels.get("stagewright.dev/attempt", "?")
+        platform = (pod["metadata"].get("annotations") or {}).get("stagewright.dev/platform")
         lines.append(f"{pod['metadata']['name']}:\t{status.get('phase') or '?'}"
                      + (f" ({status['reason']})" if status.get("reason") else "")
+                     + (f", {platform}" if platform else "")
                      + f", attempt {attempt}, {age} old")
     return lines
 

@@ -1,10 +1,11 @@
 """Follow a build from its first status to its end, streaming each pod's log on the way.
 
 The ImageBuild is watched (no polling); each build pod its status names is followed in turn
-(every attempt), and in each pod every container in order (init containers first, so stage
-checks added as init containers are shown as they run). A container's log is read with the
-real API (``follow=True``) until the container ends. The decisions are pure
-(:class:`BuildTracker`, :func:`next_container`); :func:`follow_build` does the waiting.
+(every attempt, and every platform's), and in each pod every container in order (init
+containers first, so stage checks added as init containers are shown as they run). A
+container's log is read with the real API (``follow=True``) until the container ends. The
+decisions are pure (:class:`BuildTracker`, :func:`next_container`); :func:`follow_build`
+does the waiting.
 """
 
 from __future__ import annotations
@@ -52,9 +53,13 @@ class BuildTracker:
         status = dict(build.get("status") or {})
         if not self.wanted.answered_by(status):
             return Step.WAIT, None
-        pod = status.get("podName")
-        if pod and pod not in self.followed:
-            return Step.FOLLOW_POD, str(pod)
+        # The pod, or each platform's pod of a multi-platform build (a retry's too), in turn.
+        pods = [status.get("podName"), *(entry.get("pod") for entry in status.get("platforms")
+                                         or [] if isinstance(entry, Mapping))]
+        pod = next((str(name) for name in pods if name and str(name) not in self.followed),
+                   None)
+        if pod is not None:
+            return Step.FOLLOW_POD, pod
         if status.get("phase") in SETTLED:
             return Step.DONE, None
         return Step.WAIT, None

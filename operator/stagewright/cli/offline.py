@@ -1,7 +1,8 @@
 """The verbs that need no cluster access of their own: run the operator, or use its parts.
 
 - ``run``: the operator (kopf), configured by ``STAGEWRIGHT_*`` settings.
-- ``render -f FILE``: the Kaniko Pod an ImageBuild file would get, as YAML.
+- ``render -f FILE``: the Kaniko Pod an ImageBuild file would get (one per platform with
+  ``spec.platforms``), as YAML.
 - ``inspect REF``: digest, size and the largest layers with the instruction that made each
   (and the base image's share with ``--base``), as an ImageBuild's status shows them;
   ``--json`` for scripts.
@@ -23,10 +24,12 @@ import yaml
 from pydantic import ValidationError
 
 from stagewright.api.crd import render_crd_yaml
+from stagewright.api.platforms import Platform, PlatformMode
 from stagewright.api.v1alpha1 import ContextFile, ImageBuild
 from stagewright.insight import base_size, largest_layer_fields
 from stagewright.registry import ImageInfo, ImageReference, RegistryClient, RegistryError
 from stagewright.resources.build_pod import build_pod
+from stagewright.resources.platform_pods import platform_pod
 from stagewright.resources.pod_common import build_key, context_files
 from stagewright.settings import Settings
 from stagewright.status import human_size
@@ -90,7 +93,8 @@ def _tune_garbage_collector() -> None:
 
 
 def render(filename: str) -> int:
-    """``stagewright render``: the Kaniko Pod for each ImageBuild in a file, as YAML."""
+    """``stagewright render``: the Kaniko Pod for each ImageBuild in a file (each platform's,
+    with ``spec.platforms``), as YAML."""
     text = sys.stdin.read() if filename == "-" else Path(filename).read_text()
     documents = [d for d in yaml.safe_load_all(text) if d]
     builds = [d for d in documents if isinstance(d, dict) and d.get("kind") == "ImageBuild"]
@@ -111,7 +115,16 @@ def render(filename: str) -> int:
             return 1
         key = build_key(build.generation, build.rebuild_token)
         files = _context_files(build, documents)
-        pods.append(build_pod(build, settings, key=key, attempt=1, files=files))
+        if not build.spec.platforms:
+            pods.append(build_pod(build, settings, key=key, attempt=1, files=files))
+            continue
+        if build.spec.platform_mode is PlatformMode.CROSS:
+            print(f"note: ImageBuild {build.name} is a cross build: the operator checks its "
+                  "Dockerfile and pins its FROM --platform=$BUILDPLATFORM images when it "
+                  "starts the build, which this rendering does not show", file=sys.stderr)
+        pods += [platform_pod(build, settings, key=key, attempt=1,
+                              platform=Platform.parse(text), files=files)
+                 for text in build.spec.platforms]
     sys.stdout.write(yaml.safe_dump_all(pods, sort_keys=False))
     return 0
 

@@ -72,7 +72,47 @@ def _layer_line(layer: Any) -> str:
                                       if isinstance(layer.get("size"), int) else "?")
     made_by = (layer.get("instruction") or layer.get("createdBy") or layer.get("command")
                or layer.get("digest") or "")
-    return f"{size}  {made_by}".rstrip()
+    platform = f"{layer['platform']}  " if layer.get("platform") else ""
+    return f"{platform}{size}  {made_by}".rstrip()
+
+
+def platform_lines(status: Mapping[str, Any]) -> list[str]:
+    """One line per platform of a multi-platform build: ``linux/arm64  Succeeded  1.0MiB
+    sha256:0123456789ab  cache 2/2  pod web-1-linux-arm64-1``, and a failed one's reason
+    and message."""
+    platforms = status.get("platforms")
+    if not isinstance(platforms, Sequence) or isinstance(platforms, str):
+        return []
+    lines = []
+    for entry in platforms:
+        if not isinstance(entry, Mapping):
+            lines.append(str(entry))
+            continue
+        phase = str(entry.get("phase") or "?")
+        if entry.get("reason") and entry.get("reason") not in (phase, "Building"):
+            phase += f" ({entry['reason']})"
+        size = human_size(int(entry["size"])) if isinstance(entry.get("size"), int) else None
+        cache = entry.get("cache")
+        summary = cache.get("summary") if isinstance(cache, Mapping) else None
+        parts = [str(entry.get("platform") or "?"), phase, size,
+                 str(entry["digest"])[:19] if entry.get("digest") else None,
+                 f"cache {summary}" if summary else None,
+                 f"pod {entry['pod']}" if entry.get("pod") else None]
+        line = "  ".join(part for part in parts if part)
+        if entry.get("message") and entry.get("phase") in ("Pending", "Failed"):
+            line += f": {entry['message']}"
+        lines.append(line)
+    return lines
+
+
+def platforms_text(build: Mapping[str, Any]) -> str | None:
+    """The PLATFORMS column: built of asked, and each platform (``1/2 amd64,arm64``)."""
+    asked = (build.get("spec") or {}).get("platforms")
+    if not isinstance(asked, Sequence) or isinstance(asked, str) or not asked:
+        return None
+    names = ",".join(str(p).removeprefix("linux/") for p in asked)
+    summary = status_of(build).get("platformSummary")
+    return f"{summary} {names}" if summary else names
 
 
 def check_lines(status: Mapping[str, Any]) -> list[str]:
@@ -152,6 +192,7 @@ def status_rows(build: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("Cause", cause_text(status.get("causes"))),
     ]
     rows += [(label, value) for label, value in optional if value]
+    rows += _listed("Platforms", platform_lines(status))
     rows += _listed("Built from", input_lines(status))
     rows += _listed("Largest layers", largest_layers(status))
     rows += _listed("Checks", check_lines(status))
@@ -197,7 +238,8 @@ def age_text(seconds: float) -> str:
 
 def get_columns(*, all_namespaces: bool) -> list[str]:
     """The header of ``stagewright get`` (NAMESPACE first with -A, as kubectl does)."""
-    columns = ["NAME", "PHASE", "REASON", "TARGET", "SIZE", "DIGEST", "CACHE", "CAUSE", "AGE"]
+    columns = ["NAME", "PHASE", "REASON", "TARGET", "PLATFORMS", "SIZE", "DIGEST", "CACHE",
+               "CAUSE", "AGE"]
     return ["NAMESPACE", *columns] if all_namespaces else columns
 
 
@@ -214,6 +256,7 @@ def get_rows(builds: Iterable[Mapping[str, Any]], *, all_namespaces: bool,
             status.get("phase") or NONE,
             status.get("reason") or NONE,
             target_of(build) if (build.get("spec") or {}).get("target") else NONE,
+            platforms_text(build) or NONE,
             size_text(status) or NONE,
             status.get("shortDigest") or _short(status.get("digest")) or NONE,
             cache_text(status) or NONE,

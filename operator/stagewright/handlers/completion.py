@@ -162,7 +162,7 @@ class Completion:
         pod done -> status short. A log read still running when the registry says no is
         cancelled; nobody waits for it.
         """
-        facts = asyncio.ensure_future(self._read_build_log(build, log))
+        facts = asyncio.ensure_future(self.read_build_log(build, log, build.status.pod_name))
         try:
             await self._verify(build, log, digest, finished_at, checks, facts,
                                _Recorder(record, builder_image))
@@ -191,7 +191,7 @@ class Completion:
             await record(verdict)
             return
         facts = await facts_read
-        base_layers = await self._base_layers(build, facts.base_image if facts else None, log)
+        base_layers = await self.base_layers(build, facts.base_image if facts else None, log)
         insight = build_insight(build.status, info, facts, base_layers,
                                 largest=self.settings.largest_layers,
                                 cache_enabled=build.spec.cache.enabled)
@@ -206,17 +206,17 @@ class Completion:
             return
         if budget is not None and not await self._tag(build, log, info, patient, record):
             return
-        inputs = await self._inputs_used(build, facts, log)
+        inputs = await self.inputs_used(build, facts, log)
         if inputs is not None:
             result["inputs"] = inputs
         verdict = built(build, info, insight, result)
         if build.spec.signing is not None:
-            verdict = await self._signed(build, log, verdict, inputs, recorder.builder_image,
-                                         finished_at)
+            verdict = await self.signed(build, log, verdict, inputs, recorder.builder_image,
+                                        finished_at)
         log.info(f"Built {image} ({result['size_human']}, {info.layers} layers).")
         await record(verdict)
 
-    async def _signed(self, build: ImageBuild, log: Logger, verdict: Verdict,
+    async def signed(self, build: ImageBuild, log: Logger, verdict: Verdict,
                       inputs: dict[str, Any] | None, builder_image: str | None,
                       finished_at: str | None) -> Verdict:
         """The verdict with the image signed and attested (or why not): only now, with the
@@ -244,7 +244,7 @@ class Completion:
         return Verdict(verdict.phase, verdict.reason, verdict.message, fields,
                        signed.conditions, warning=signed.failure)
 
-    async def _inputs_used(self, build: ImageBuild, facts: BuildLog | None,
+    async def inputs_used(self, build: ImageBuild, facts: BuildLog | None,
                            log: Logger) -> dict[str, Any] | None:
         """status.inputs with the base images the build used and their digests, for a build
         the base-image trigger watches or that is signed (its provenance names them); None
@@ -329,13 +329,14 @@ class Completion:
         return await self.registry.resolve(reference, insecure=build.spec.output.insecure,
                                            docker_config=config, details=True)
 
-    async def _read_build_log(self, build: ImageBuild, log: Logger) -> BuildLog | None:
-        """Kaniko's log of the finished build (bounded): the cache report and the base.
+    async def read_build_log(self, build: ImageBuild, log: Logger,
+                             name: str | None) -> BuildLog | None:
+        """Kaniko's log of the finished build in pod ``name`` (bounded): the cache report and
+        the base.
 
         A log that cannot be read (a node gone, RBAC without pods/log) costs the report,
         never the build.
         """
-        name = build.status.pod_name
         if not name:
             return None
         try:
@@ -346,7 +347,7 @@ class Completion:
             return None
         return None if text is None else parse_build_log(text.splitlines())
 
-    async def _base_layers(self, build: ImageBuild, base: str | None,
+    async def base_layers(self, build: ImageBuild, base: str | None,
                            log: Logger) -> list[list[str]]:
         """The base image's layer digests, per platform; none when unknown or unreachable.
 

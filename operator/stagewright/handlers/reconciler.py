@@ -15,9 +15,10 @@ import logging
 import re
 import time
 from collections import Counter, defaultdict
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import kopf
 from pydantic import ValidationError
@@ -35,29 +36,41 @@ from stagewright.handlers.build_queue import BuildQueue
 from stagewright.handlers.completion import Completion, Logger, Verdict
 from stagewright.handlers.kube_api import ApiError, KubeApi
 from stagewright.handlers.metrics import Metrics
+from stagewright.handlers.platforms import PlatformBuilds, Prepared, Refused
+from stagewright.handlers.pod_outcome import pod_outcome
 from stagewright.handlers.trigger_watch import TriggerWatch
-from stagewright.queueing import Waiting, queued_message
+from stagewright.platforms.plan import (
+    Built,
+    Failing,
+    Retrying,
+    Waiting,
+    building_message,
+    launched,
+    status_fields,
+)
+from stagewright.queueing import Waiting as InLine
+from stagewright.queueing import queued_message
 from stagewright.registry import ImageReference, RegistryClient
 from stagewright.registry.egress import host_allowed
 from stagewright.resources.build_pod import build_pod
 from stagewright.resources.events import build_event
 from stagewright.resources.pod_common import (
+    ANNOTATION_PLATFORM,
     LABEL_IMAGEBUILD,
     build_key,
     context_files,
     deadline_seconds,
+    dockerfile_key,
     imagebuild_label,
     missing_context_keys,
     pod_name,
 )
 from stagewright.settings import Settings
 from stagewright.status import (
+    DEADLINE_GRACE,
     PodOutcome,
-    build_terminated,
     builder_image,
     check_results,
-    classify_log,
-    classify_pod,
     history_with,
     now_iso,
     parse_iso,
@@ -67,20 +80,23 @@ from stagewright.status import (
 from stagewright.triggers.plan import Start, describe_causes, requested, started
 from stagewright.triggers.webhook import webhook_path
 
-#: How long past its deadline a pod that never started is given before the operator gives up
-#: on it (activeDeadlineSeconds only counts once a kubelet has started the pod).
-_DEADLINE_GRACE = timedelta(minutes=2)
-#: How much of a failed build's log is read when its termination message holds only a digest.
-_FAILURE_LOG_LINES = 400
-_FAILURE_LOG_BYTES = 64 * 1024
 #: The status fields of a build's result, cleared when a new build starts.
 _NO_RESULT: dict[str, Any] = dict(
     image=None, digest=None, short_digest=None, size=None, size_human=None, layers=None,
     largest_layers=None, base_image=None, base_size=None, size_delta=None, cache=None,
-    checks=None,
+    checks=None, platforms=None, platform_summary=None,
 )
 
 _log = logging.getLogger("stagewright")
+
+
+class _References(NamedTuple):
+    """What a build pod would mount or read that does not exist, the ConfigMap context's
+    files, and its Dockerfile (None for other sources)."""
+
+    missing: list[str]
+    files: list[ContextFile]
+    dockerfile: str | None
 
 
 class Reconciler:
@@ -97,6 +113,8 @@ class Reconciler:
         self.triggers = triggers
         #: The path from a build pod's successful end to the build's final status.
         self.completion = Completion(api, registry, settings, triggers)
+        #: Multi-platform builds' preparation, pods, following and image index.
+        self.platforms = PlatformBuilds(api, registry, settings, self.completion)
         #: Admission under STAGEWRIGHT_MAX_RUNNING_BUILDS*; None starts every build at once.
         self.queue = queue
         self.metrics = metrics
@@ -287,7 +305,7 @@ class Reconciler:
             # Handled before: pods of an earlier generation or rebuild request may run. (Never
             # handled: no pod of it can exist but the one this launch adopts.)
             await self._clean_up_pods(build.namespace, build.name, build.uid, build.status, log,
-                                      current=pod_name(build.name, key, 1))
+                                      current=self._first_pods(build, key))
         refused = self._disallowed_registries(build)
         if refused:
             await self._write(
@@ -296,27 +314,39 @@ class Reconciler:
                 f"({', '.join(self.settings.registry_allow)}); ask your cluster admin, or "
                 "push to an allowed registry.", pod_name=None, start=start, **_NO_RESULT)
             return
-        missing, files = await self._references(build)
-        if missing:
+        refs = await self._references(build)
+        if refs.missing:
             # A pod would only wait on the missing volume without saying why: say it here,
             # and launch once the object exists (the resync looks again).
             await self._write_if_changed(
                 build, log, phase=Phase.PENDING, reason=Reason.REFERENCE_NOT_FOUND,
-                message=f"Waiting for {', '.join(missing)} in namespace {build.namespace}; "
-                "the build starts when it exists.", start=start)
+                message=f"Waiting for {', '.join(refs.missing)} in namespace "
+                f"{build.namespace}; the build starts when it exists.", start=start)
             return
+        prepared: Prepared | None = None
+        if build.spec.platforms:
+            # A cross build's Dockerfile is checked, and its build-platform FROMs pinned,
+            # before it takes a place in the queue.
+            checked = await self.platforms.prepare(build, log, refs.dockerfile)
+            if isinstance(checked, Refused):
+                await self._write(build, phase=Phase.FAILED, reason=checked.reason,
+                                  message=checked.message, completion=True, pod_name=None,
+                                  start=start, **_NO_RESULT)
+                return
+            prepared = checked
+        launch = partial(self._launch, build, log, key, attempt=1, note="", files=refs.files,
+                         start=start, prepared=prepared)
         if self.queue is None:
-            await self._launch(build, log, key, attempt=1, note="", files=files, start=start)
+            await launch()
             return
-        place = self.queue.request(Waiting(str(build.metadata.get("creationTimestamp") or ""),
-                                           build.namespace, build.name))
+        place = self.queue.request(InLine(str(build.metadata.get("creationTimestamp") or ""),
+                                          build.namespace, build.name))
         if place is not None:
             await self._write_queued(build, log, place, start)
             return
         launched = False
         try:
-            launched = await self._launch(build, log, key, attempt=1, note="", files=files,
-                                          start=start)
+            launched = await launch()
         finally:
             if not launched:  # the slot goes to the next in line
                 self.queue.release(build.namespace, build.name)
@@ -349,15 +379,17 @@ class Reconciler:
                 return f"{what} {host}"
         return None
 
-    async def _references(self, build: ImageBuild) -> tuple[list[str], list[ContextFile]]:
-        """What the build pod would mount or read that does not exist, and the context files.
+    async def _references(self, build: ImageBuild) -> _References:
+        """What the build pod would mount or read that does not exist, the context files, and
+        the Dockerfile when it is in the cluster.
 
         The ConfigMap context is read here anyway (to report it missing), so its keys, which
-        the pod mounts one by one, come from the same read.
+        the pod mounts one by one, and its Dockerfile come from the same read.
         """
         spec, namespace = build.spec, build.namespace
         missing: list[str] = []
         files: list[ContextFile] = []
+        dockerfile: str | None = None
         source = spec.source.config_map
         if source is not None:
             config_map = await self.api.get_configmap(namespace, source.name)
@@ -368,6 +400,8 @@ class Reconciler:
                 missing += [f"key {key} of ConfigMap {source.name}"
                             for key in missing_context_keys(source, keys)]
                 files = context_files(source, keys)
+                text = (config_map.get("data") or {}).get(dockerfile_key(spec) or "")
+                dockerfile = text if isinstance(text, str) else None
         bundle = self.settings.ca_bundle_configmap
         if bundle and await self.api.get_configmap(namespace, bundle) is None:
             missing.append(f"ConfigMap {bundle} (the operator's CA bundle)")
@@ -375,40 +409,79 @@ class Reconciler:
         for ref in (spec.output.push_secret_ref, git_secret):
             if ref is not None and await self.api.get_secret(namespace, ref.name) is None:
                 missing.append(f"Secret {ref.name}")
-        return missing, files
+        return _References(missing, files, dockerfile)
 
     async def _clean_up_pods(self, namespace: str, name: str, uid: str,
                              status: ImageBuildStatus, log: Logger,
-                             current: str | None = None) -> None:
-        """Cancel every unfinished build but ``current``; keep only the last finished pod.
+                             current: Collection[str] = ()) -> None:
+        """Cancel every unfinished build but ``current``; keep only the last finished pod(s).
 
         Found by label and owner, not from status alone, so a pod whose status write was lost
         (an operator crash between the two) is cancelled too, and old pods do not pile up.
-        ``current`` is the pod this build request would create: launching adopts it.
+        ``current`` are the pods this build request would create: launching adopts them.
         """
         pods = await self.api.list_pods(namespace, f"{LABEL_IMAGEBUILD}={imagebuild_label(name)}")
+        last = {status.pod_name, *(entry.pod for entry in status.platforms or [])}
         for pod in pods:
             meta = pod["metadata"]
             if not any(ref.get("uid") == uid for ref in meta.get("ownerReferences") or []):
                 continue
             finished = (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
-            if meta["name"] == current or (finished and meta["name"] == status.pod_name):
-                continue  # the pod to adopt, or the last build's pod (kept for its logs)
+            if meta["name"] in current or (finished and meta["name"] in last):
+                continue  # the pod to adopt, or the last build's pod(s) (kept for their logs)
             deleted = await self.api.delete_pod(namespace, meta["name"])
             if deleted and not finished:
                 log.info(f"Cancelled pod {meta['name']}: the spec or the rebuild request "
                          "changed while it was building.")
 
+    @staticmethod
+    def _first_pods(build: ImageBuild, key: str) -> list[str]:
+        """The pods of a build request's first attempt: one, or one per platform."""
+        if build.spec.platforms:
+            return [entry.pod for entry in launched(build, key) if entry.pod]
+        return [pod_name(build.name, key, 1)]
+
     async def _launch(self, build: ImageBuild, log: Logger, key: str, *, attempt: int,
-                      note: str, files: list[ContextFile], start: Start | None = None) -> bool:
-        """Create (or adopt) the build pod and record it; False when no pod runs for it.
+                      note: str, files: list[ContextFile], start: Start | None = None,
+                      prepared: Prepared | None = None) -> bool:
+        """Create (or adopt) the build pod, one per platform with ``prepared`` (a
+        multi-platform build), and record it; False when no pod runs for it.
 
         ``start``: the build's first attempt (its causes and inputs are written with it); a
         retry builds from the inputs its first attempt recorded.
         """
         inputs = start.inputs if start is not None else build.status.inputs
-        pod = build_pod(build, self.settings, key=key, attempt=attempt, files=files,
-                        commit=inputs.commit if inputs else None)
+        commit = inputs.commit if inputs else None
+        if prepared is None:
+            pods = [build_pod(build, self.settings, key=key, attempt=attempt, files=files,
+                              commit=commit)]
+        else:
+            entries = launched(build, key, attempt)
+            pods = self.platforms.pods(build, key, prepared, entries, files=files, commit=commit)
+        for index, pod in enumerate(pods):
+            if not await self._create(build, log, pod, start):
+                for sibling in pods[:index]:  # no platform builds alone
+                    await self.api.delete_pod(build.namespace, sibling["metadata"]["name"])
+                return False
+        name = pods[0]["metadata"]["name"]
+        if prepared is None:
+            message = f"{note}Building target {build.spec.target or '(last stage)'} in pod {name}."
+            fields: dict[str, Any] = {}
+        else:
+            message = building_message(build, entries, self.settings.build_platform,
+                                       prepared.pinned)
+            fields = status_fields(entries)
+        await self._write(
+            build, phase=Phase.BUILDING, reason=Reason.RETRYING if note else Reason.BUILDING,
+            message=message, attempt=attempt, start_time=now_iso(), completion_time=None,
+            start=start, **{**_NO_RESULT, "pod_name": name, **fields},
+        )
+        return True
+
+    async def _create(self, build: ImageBuild, log: Logger, pod: dict[str, Any],
+                      start: Start | None) -> bool:
+        """Create (or adopt) one build pod; False, with the status saying why, when it
+        cannot be."""
         name = pod["metadata"]["name"]
         try:
             created, new = await self.api.create_pod(pod)
@@ -423,14 +496,10 @@ class Reconciler:
                               "stagewright.dev/rebuild annotation to build again.",
                               completion=True, pod_name=None)
             return False
+        platform = pod["metadata"]["annotations"].get(ANNOTATION_PLATFORM)
         log.info(f"{'Created' if new else 'Adopted'} pod {name} for target "
-                 f"{build.spec.target or '(last stage)'}.")
-        message = f"{note}Building target {build.spec.target or '(last stage)'} in pod {name}."
-        await self._write(
-            build, phase=Phase.BUILDING, reason=Reason.RETRYING if note else Reason.BUILDING,
-            message=message, pod_name=name, attempt=attempt, start_time=now_iso(),
-            completion_time=None, start=start, **_NO_RESULT,
-        )
+                 f"{build.spec.target or '(last stage)'}"
+                 + (f" on {platform}." if platform else "."))
         return True
 
     async def _pod_refused(self, build: ImageBuild, log: Logger, exc: ApiError,
@@ -469,6 +538,9 @@ class Reconciler:
 
     async def _follow(self, build: ImageBuild, log: Logger, key: str,
                       seen: dict[str, Any] | None) -> None:
+        if build.spec.platforms:
+            await self._follow_platforms(build, log, key)
+            return
         status = build.status
         if seen is not None and seen["metadata"]["name"] == status.pod_name:
             pod: dict[str, Any] | None = seen
@@ -480,9 +552,7 @@ class Reconciler:
             outcome = PodOutcome(finished=True, reason=Reason.POD_LOST,
                                  message=f"Build pod {status.pod_name} disappeared.")
         else:
-            outcome = classify_pod(pod, message_limit=self.settings.message_limit)
-            if outcome.log_needed:
-                outcome = await self._classify_from_log(build, pod, outcome)
+            outcome = await pod_outcome(self.api, self.settings, build, pod)
         checks = check_results(pod) if pod is not None and build.spec.checks else None
         if not outcome.finished:
             await self._while_running(build, log, outcome)
@@ -492,10 +562,10 @@ class Reconciler:
                                            builder_image=builder_image(pod) if pod else None)
         elif outcome.infrastructure_failure and (status.attempt or 1) <= build.spec.retries:
             log.warning(f"Build pod {status.pod_name} failed ({outcome.reason}); retrying.")
-            _, files = await self._references(build)
+            refs = await self._references(build)
             await self._launch(build, log, key, attempt=(status.attempt or 1) + 1,
                                note=f"Attempt {status.attempt or 1} failed "
-                               f"({outcome.reason}: {outcome.message}). ", files=files)
+                               f"({outcome.reason}: {outcome.message}). ", files=refs.files)
         else:
             assert outcome.reason is not None
             first_line = outcome.message.splitlines()[0] if outcome.message else ""
@@ -503,27 +573,45 @@ class Reconciler:
             await self._write(build, phase=Phase.FAILED, reason=outcome.reason,
                               message=outcome.message, completion=True, checks=checks)
 
-    async def _classify_from_log(self, build: ImageBuild, pod: dict[str, Any],
-                                 outcome: PodOutcome) -> PodOutcome:
-        """Tell a failed push from a failed step by the log's tail (see PodOutcome.log_needed)."""
-        try:
-            text = await self.api.read_pod_log(build.namespace, pod["metadata"]["name"],
-                                               build.spec.builder.value, _FAILURE_LOG_BYTES,
-                                               tail_lines=_FAILURE_LOG_LINES)
-        except ApiError:
-            return outcome  # no pods/log: the termination message's fallback stands
-        if not text:
-            return outcome
-        terminated = build_terminated(pod)
-        return classify_log(int(terminated.get("exitCode", 1)), text,
-                            self.settings.message_limit, build.spec.builder)
+    async def _follow_platforms(self, build: ImageBuild, log: Logger, key: str) -> None:
+        """A multi-platform build: every platform's pod, and the one step they call for."""
+        step = await self.platforms.observe(build, key)
+        match step:
+            case Built():
+                await self.platforms.complete(build, log, step, partial(self._finish, build))
+            case Failing():
+                await self.platforms.stop(build, log, step.stop)
+                log.warning(f"Build failed ({step.reason}): {step.message.splitlines()[0]}")
+                await self._write(build, phase=Phase.FAILED, reason=step.reason,
+                                  message=step.message, completion=True, checks=step.checks,
+                                  **status_fields(step.platforms))
+            case Retrying():
+                log.warning(step.message)
+                refs = await self._references(build)
+                prepared = await self.platforms.prepare(build, log, refs.dockerfile)
+                if isinstance(prepared, Refused):  # its ConfigMap changed since
+                    await self._write(build, phase=Phase.FAILED, reason=prepared.reason,
+                                      message=prepared.message, completion=True,
+                                      **status_fields(step.platforms))
+                    return
+                inputs = build.status.inputs
+                for pod in self.platforms.pods(build, key, prepared, step.retry,
+                                               files=refs.files,
+                                               commit=inputs.commit if inputs else None):
+                    if not await self._create(build, log, pod, None):
+                        return
+                await self._write(build, phase=Phase.BUILDING, reason=Reason.RETRYING,
+                                  message=step.message, **status_fields(step.platforms))
+            case Waiting(changed=True):
+                await self._write(build, phase=step.phase, reason=step.reason,
+                                  message=step.message, **status_fields(step.platforms))
 
     async def _while_running(self, build: ImageBuild, log: Logger, outcome: PodOutcome) -> None:
         """Surface a pod that cannot start, and enforce the deadline if it never does."""
         status = build.status
         started = parse_iso(status.start_time)
         deadline = timedelta(seconds=deadline_seconds(build.spec, self.settings))
-        if started and datetime.now(UTC) - started > deadline + _DEADLINE_GRACE:
+        if started and datetime.now(UTC) - started > deadline + DEADLINE_GRACE:
             await self.api.delete_pod(build.namespace, status.pod_name or "")
             await self._write(build, phase=Phase.FAILED, reason=Reason.TIMEOUT,
                               message=f"The build did not finish within {deadline} "

@@ -16,6 +16,7 @@ from stagewright.registry.errors import (
     RegistryTLSError,
     RegistryUnavailable,
 )
+from stagewright.registry.index import IndexChild, image_index
 from stagewright.registry.layers import base_bytes, clean_instruction, largest_layers
 from stagewright.registry.models import ImageInfo, Layer, PlatformImage
 from stagewright.registry.reference import ImageReference
@@ -25,6 +26,7 @@ __all__ = [
     "ImageInfo",
     "ImageNotFound",
     "ImageReference",
+    "IndexChild",
     "InvalidManifest",
     "Layer",
     "PlatformImage",
@@ -38,5 +40,6 @@ __all__ = [
     "base_bytes",
     "clean_instruction",
     "find_credentials",
+    "image_index",
     "largest_layers",
 ]

@@ -18,9 +18,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from stagewright.api.platforms import Platform
 from stagewright.registry.auth import Authenticator, Target, target_for
 from stagewright.registry.egress import Resolver, system_resolver
 from stagewright.registry.errors import ImageNotFound, InvalidManifest, RegistryError
+from stagewright.registry.index import (
+    IndexChild,
+    config_platform,
+    descriptor_platform,
+    match_child,
+)
 from stagewright.registry.layers import pair_layers
 from stagewright.registry.manifests import (
     DOCKER_MANIFEST,
@@ -62,6 +69,8 @@ _CHILD_CONCURRENCY = 4
 #: rebuilds of the same image, and images that share a config, read it once.
 _CONFIG_CACHE_ENTRIES = 256
 _CONFIG_CACHE_MAX_BYTES = 64 * 1024
+#: What else of a config is kept: the platform it says.
+_PLATFORM_KEYS = ("os", "architecture", "variant")
 
 
 class RegistryClient:
@@ -233,6 +242,51 @@ class RegistryClient:
                                   f"not {digest}")
         return digest
 
+    async def image_child(
+        self,
+        ref: ImageReference,
+        *,
+        insecure: bool = False,
+        docker_config: Mapping[str, object] | None = None,
+    ) -> IndexChild:
+        """The image manifest ``ref`` names by digest, as an image index would list it: its
+        media type, size in bytes, and the platform its config says (one more GET)."""
+        target = target_for(ref, insecure, docker_config)
+        manifest = await self._manifest(target, ref.reference)
+        if manifest.media_type not in IMAGE_MEDIA_TYPES:
+            raise InvalidManifest(f"{ref} is a {manifest.media_type}, not an image manifest")
+        image = image_manifest(target.ref, manifest)
+        config = await self._config(target, image.config)
+        return IndexChild(config_platform(config, str(ref)), manifest.digest,
+                          manifest.media_type, manifest.size_bytes)
+
+    async def select_platform(
+        self,
+        ref: ImageReference,
+        platform: Platform,
+        *,
+        insecure: bool = False,
+        docker_config: Mapping[str, object] | None = None,
+    ) -> tuple[str, Platform]:
+        """The image a builder asked for ``platform`` gets from ``ref``, by digest, and the
+        platform that image really is.
+
+        From an index: the entry for ``platform`` (InvalidManifest when there is none). A
+        single image is used as it is, whatever platform was asked (as Kaniko and docker
+        do), so its config says what it is.
+        """
+        target = target_for(ref, insecure, docker_config)
+        manifest = await self._manifest(target, ref.reference)
+        if manifest.media_type in IMAGE_MEDIA_TYPES:
+            image = image_manifest(target.ref, manifest)
+            config = await self._config(target, image.config)
+            return manifest.digest, config_platform(config, str(ref))
+        child = match_child(platform_images(target.ref, manifest), platform)
+        found = descriptor_platform(child) if child is not None else None
+        if child is None or found is None:
+            raise InvalidManifest(f"{ref} has no image for {platform}")
+        return child.digest, found
+
     async def head_digest(
         self,
         reference: ImageReference,
@@ -299,9 +353,9 @@ class RegistryClient:
     async def _config(self, target: Target, descriptor: Descriptor) -> dict[str, Any]:
         """The image config blob: bounded, and checked against the manifest's digest and size.
 
-        Only its history is used (to name layers), and that is kept by digest: a blob's
-        content is fixed by its digest, so a config read once (and checked) is never read
-        again while kept. The manifest that names it is still read every time: that is
+        Only its history (to name layers) and platform are used, and those are kept by
+        digest: a blob's content is fixed by its digest, so a config read once (and checked)
+        is never read again while kept. The manifest that names it is still read every time: that is
         what proves the registry serves the image.
         """
         cached = self._histories.get(descriptor.digest)
@@ -314,7 +368,8 @@ class RegistryClient:
             descriptor.digest, limit=MAX_CONFIG_BYTES)
         config = parse_config(target.ref, descriptor, reply.body, reply.complete)
         if descriptor.size <= _CONFIG_CACHE_MAX_BYTES:
-            self._histories[descriptor.digest] = {"history": config.get("history")}
+            self._histories[descriptor.digest] = {
+                key: config.get(key) for key in ("history", *_PLATFORM_KEYS)}
             while len(self._histories) > _CONFIG_CACHE_ENTRIES:
                 self._histories.popitem(last=False)
         return config

@@ -11,6 +11,7 @@ from typing import Any
 from stagewright.api.v1alpha1 import CHECKS_ANNOTATION, ContextFile, ImageBuildSpec
 from stagewright.resources.checks import check_containers
 from stagewright.resources.pod_common import (
+    ANNOTATION_DOCKERFILE,
     TERMINATION_LOG,
     WORKSPACE_DIR,
     BuilderParts,
@@ -51,10 +52,15 @@ def kaniko_context(spec: ImageBuildSpec) -> str:
     return source.url
 
 
-def kaniko_args(spec: ImageBuildSpec, staging: str | None = None) -> list[str]:
+def kaniko_args(spec: ImageBuildSpec, staging: str | None = None,
+                custom_platform: str | None = None) -> list[str]:
     """Kaniko executor flags, one list item per flag, in a stable order.
 
     ``staging``: push only to this tag (a size budget), not to ``output.tags``.
+    ``custom_platform``: build for this platform (one platform of ``spec.platforms``):
+    Kaniko picks each base image's entry for it, stamps it in the image config and sets the
+    predefined ``TARGET*`` ARGs from it (and ``BUILD*`` from the node it runs on), so no
+    ``--build-arg`` is passed for them.
     """
     args = [f"--context={kaniko_context(spec)}"]
     git = spec.source.git
@@ -67,6 +73,8 @@ def kaniko_args(spec: ImageBuildSpec, staging: str | None = None) -> list[str]:
     args.append(f"--dockerfile={spec.dockerfile}")
     if spec.target:
         args.append(f"--target={spec.target}")
+    if custom_platform:
+        args.append(f"--custom-platform={custom_platform}")
     tags = [staging] if staging else spec.output.tags
     args += [f"--destination={spec.output.image}:{tag}" for tag in tags]
     args += [f"--build-arg={name}={value}" for name, value in sorted(spec.build_args.items())]
@@ -114,12 +122,20 @@ def _env(spec: ImageBuildSpec) -> list[dict[str, Any]]:
 
 
 def kaniko_container(spec: ImageBuildSpec, settings: Settings,
-                     files: Sequence[ContextFile], staging: str | None = None) -> BuilderParts:
+                     files: Sequence[ContextFile], staging: str | None = None, *,
+                     custom_platform: str | None = None,
+                     pinned_dockerfile: str | None = None) -> BuilderParts:
     """The Kaniko container, its check stages (init containers) and the volumes they mount.
 
     ``files`` are the ConfigMap context's files, unused for other sources.
+    ``custom_platform``: the platform to build (see :func:`kaniko_args`).
+    ``pinned_dockerfile``: a ConfigMap context's Dockerfile to build instead of the
+    ConfigMap's (a cross build's, its build-platform FROMs pinned by digest), carried in
+    the pod's own annotation.
     """
-    volumes, mounts = context_volumes(spec, files)
+    volumes, mounts = context_volumes(spec, files, pinned_dockerfile=pinned_dockerfile is not None)
+    annotations = ({ANNOTATION_DOCKERFILE: pinned_dockerfile}
+                   if pinned_dockerfile is not None else {})
     secret = push_secret_volume(spec)
     if secret is not None:
         volumes.append(secret)
@@ -134,12 +150,12 @@ def kaniko_container(spec: ImageBuildSpec, settings: Settings,
         mounts.append({"name": ca_volume["name"], "mountPath": EXTRA_CA_DIR, "readOnly": True})
         env.append({"name": "SSL_CERT_DIR", "value": f"{KANIKO_CERT_DIR}:{EXTRA_CA_DIR}"})
     container = build_container(
-        spec, settings, image=settings.kaniko_image, args=kaniko_args(spec, staging), env=env,
-        mounts=mounts,
+        spec, settings, image=settings.kaniko_image,
+        args=kaniko_args(spec, staging, custom_platform), env=env, mounts=mounts,
         security={"capabilities": {"drop": ["ALL"], "add": list(KANIKO_CAPABILITIES)}},
     )
     if not spec.checks:
-        return BuilderParts(container, volumes)
+        return BuilderParts(container, volumes, annotations=annotations)
     return BuilderParts(container, volumes,
-                        annotations={CHECKS_ANNOTATION: ",".join(spec.checks)},
+                        annotations={CHECKS_ANNOTATION: ",".join(spec.checks), **annotations},
                         init_containers=check_containers(container, spec))

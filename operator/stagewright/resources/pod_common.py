@@ -36,7 +36,16 @@ MANAGED_BY = "stagewright"
 LABEL_IMAGEBUILD = f"{GROUP}/imagebuild"
 LABEL_GENERATION = f"{GROUP}/generation"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
+#: The platform a multi-platform build's pod builds, as a label (``linux-arm64``) and as
+#: spec.platforms spells it (``linux/arm64``).
+LABEL_PLATFORM = f"{GROUP}/platform"
+ANNOTATION_PLATFORM = f"{GROUP}/platform"
 ANNOTATION_TARGET = f"{GROUP}/target"
+#: A cross build's Dockerfile with its ``FROM --platform=$BUILDPLATFORM`` images pinned by
+#: digest: the pod's own annotation, which a downward API volume puts where the ConfigMap's
+#: Dockerfile would be (the ConfigMap itself is never changed).
+ANNOTATION_DOCKERFILE = f"{GROUP}/dockerfile"
+PINNED_DOCKERFILE_VOLUME = "pinned-dockerfile"
 #: The volume holding the push Secret's ``config.json``; each builder mounts it where it reads.
 PUSH_SECRET_VOLUME = "docker-config"  # noqa: S105 (a volume name, not a secret)
 
@@ -68,13 +77,17 @@ def pod_name(build_name: str, key: str, attempt: int) -> str:
     return f"{_bounded(build_name, _MAX_NAME - len(key) - len(str(attempt)) - 2)}-{key}-{attempt}"
 
 
-def staging_tag(build_name: str) -> str:
+def staging_tag(build_name: str, platform: str | None = None) -> str:
     """The one tag the builder pushes to when ``output.maxSize`` is set: never an output tag.
 
     The operator tags the image with ``output.tags`` only once it is within budget, so an
-    image over budget is never reachable under them (see docs/insight.md).
+    image over budget is never reachable under them (see docs/insight.md). Each platform of
+    a multi-platform build (``platform``: its slug, ``linux-arm64``) has its own, and the
+    output tags get the image index of them all.
     """
-    return f"stagewright-staging-{_bounded(build_name, 100)}"
+    if platform is None:
+        return f"stagewright-staging-{_bounded(build_name, 100)}"
+    return f"stagewright-staging-{_bounded(build_name, 100 - len(platform))}-{platform}"
 
 
 def imagebuild_label(name: str) -> str:
@@ -122,7 +135,8 @@ def missing_context_keys(source: ConfigMapSource, keys: Iterable[str]) -> list[s
     return sorted({item.key for item in source.items or [] if item.key not in present})
 
 
-def context_volumes(spec: ImageBuildSpec, files: Sequence[ContextFile],
+def context_volumes(spec: ImageBuildSpec, files: Sequence[ContextFile], *,
+                    pinned_dockerfile: bool = False,
                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Volumes and mounts that put a ConfigMap context at :data:`WORKSPACE_DIR`.
 
@@ -130,6 +144,9 @@ def context_volumes(spec: ImageBuildSpec, files: Sequence[ContextFile],
     Kaniko's COPY copies a symlink as a symlink, not its content. A subPath mount is a bind
     mount of the resolved file: each key arrives as a regular file, at any path, with no
     ..data entries in the context. The emptyDir holds those mount points.
+
+    ``pinned_dockerfile``: the Dockerfile comes from the pod's :data:`ANNOTATION_DOCKERFILE`
+    (a downward API volume, mounted the same way) instead of the ConfigMap.
     """
     if spec.source.config_map is None:
         return [], []
@@ -137,12 +154,20 @@ def context_volumes(spec: ImageBuildSpec, files: Sequence[ContextFile],
         {"name": "context-files", "configMap": {"name": spec.source.config_map.name}},
         {"name": "context", "emptyDir": {}},
     ]
+    dockerfile = "/".join(p for p in (spec.source.context_dir, spec.dockerfile) if p)
     mounts: list[dict[str, Any]] = [{"name": "context", "mountPath": WORKSPACE_DIR}]
     mounts += [
         {"name": "context-files", "mountPath": f"{WORKSPACE_DIR}/{file.path.strip('/')}",
          "subPath": file.key, "readOnly": True}
-        for file in files
+        for file in files if not (pinned_dockerfile and file.path.strip("/") == dockerfile)
     ]
+    if pinned_dockerfile:
+        volumes.append({"name": PINNED_DOCKERFILE_VOLUME, "downwardAPI": {"items": [{
+            "path": "Dockerfile",
+            "fieldRef": {"fieldPath": f"metadata.annotations['{ANNOTATION_DOCKERFILE}']"}}]}})
+        mounts.append({"name": PINNED_DOCKERFILE_VOLUME,
+                       "mountPath": f"{WORKSPACE_DIR}/{dockerfile}", "subPath": "Dockerfile",
+                       "readOnly": True})
     return volumes, mounts
 
 
