@@ -59,8 +59,10 @@ def verify_attestation(sandbox: Sandbox, key: str, image: str,
 
 
 def key_pair(sandbox: Sandbox, namespace: str, name: str) -> str:
-    """``cosign generate-key-pair k8s://namespace/name``: the Secret users make."""
-    made = cosign(sandbox, "generate-key-pair", f"k8s://{namespace}/{name}")
+    """``cosign generate-key-pair k8s://namespace/name``: the Secret users make (cosign also
+    writes cosign.pub into its working directory: the sandbox's, not the repository)."""
+    made = cosign(sandbox, "generate-key-pair", f"k8s://{namespace}/{name}",
+                  cwd=sandbox.work_dir)
     assert made.returncode == 0, made.stderr
     return f"k8s://{namespace}/{name}"
 
