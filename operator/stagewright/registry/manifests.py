@@ -98,12 +98,7 @@ def parse_manifest(ref: ImageReference, reference: str, body: bytes,
         raise InvalidManifest(
             f"registry {ref.api_host} served {digest} when asked for {where}"
         )
-    try:
-        document = json.loads(body)
-    except ValueError as exc:
-        raise InvalidManifest(f"the manifest of {where} is not valid JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise InvalidManifest(f"the manifest of {where} is not a JSON object")
+    document = _json_object(body, f"the manifest of {where}")
     media_type = _media_type(where, content_type, document)
     return Manifest(digest, media_type, document, len(body), body)
 
@@ -226,13 +221,18 @@ def parse_config(ref: ImageReference, descriptor: Descriptor, body: bytes,
             f"registry {ref.api_host} served {where} with content hashing to {computed} "
             f"({len(body)} bytes, {descriptor.size} expected)"
         )
+    return _json_object(body, where)
+
+
+def _json_object(body: bytes, what: str) -> dict[str, Any]:
+    """``body`` as a JSON object, or InvalidManifest saying what was not one."""
     try:
-        config = json.loads(body)
+        document = json.loads(body)
     except ValueError as exc:
-        raise InvalidManifest(f"{where} is not valid JSON: {exc}") from None
-    if not isinstance(config, dict):
-        raise InvalidManifest(f"{where} is not a JSON object")
-    return config
+        raise InvalidManifest(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidManifest(f"{what} is not a JSON object")
+    return document
 
 
 def _config_where(ref: ImageReference, descriptor: Descriptor) -> str:
