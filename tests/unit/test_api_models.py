@@ -83,3 +83,12 @@ def test_rebuild_token_and_identity_come_from_metadata() -> None:
     })
     assert (build.name, build.namespace, build.generation, build.uid) == ("web", "team-a", 3, "u-1")
     assert build.rebuild_token == "2026-11-27"
+
+
+def test_insecure_covers_the_output_registry_only() -> None:
+    output = ImageBuildSpec.model_validate({
+        "source": {"configMap": {"name": "ctx"}},
+        "output": {"image": "10.0.0.5:5000/acme/web", "insecure": True}}).output
+    assert output.insecure_for("10.0.0.5:5000")
+    assert not output.insecure_for("index.docker.io")
+    assert not output.model_copy(update={"insecure": False}).insecure_for("10.0.0.5:5000")

@@ -267,6 +267,11 @@ class Output(ApiModel):
             return first
         return "index.docker.io"
 
+    def insecure_for(self, registry: str) -> bool:
+        """Whether ``registry`` is reached as ``insecure`` says: only the output's own
+        registry is (push, cache, and base images pulled from it); nothing else is weakened."""
+        return self.insecure and registry == self.registry
+
 
 class Cache(ApiModel):
     """Kaniko's registry layer cache: RUN layers pushed to, and pulled from, a cache repo."""

@@ -279,7 +279,7 @@ class Completion:
         for image in images:
             try:
                 reference = ImageReference.parse(image)
-                insecure = output.insecure and reference.registry == output.registry
+                insecure = output.insecure_for(reference.registry)
                 digest: str | None = await self.registry.head_digest(
                     reference, insecure=insecure, docker_config=config)
             except (RegistryError, ValueError):
@@ -358,8 +358,7 @@ class Completion:
             return []
         try:
             reference = ImageReference.parse(base)
-            insecure = build.spec.output.insecure and reference.registry == (
-                ImageReference.parse(build.spec.output.image).registry)
+            insecure = build.spec.output.insecure_for(reference.registry)
             info = await self.registry.resolve(reference, insecure=insecure,
                                                docker_config=await docker_config(self.api, build))
         except (RegistryError, ValueError) as exc:

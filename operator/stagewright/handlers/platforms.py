@@ -210,7 +210,7 @@ class _Lookup:
 
     async def _select(self, image: str, platform: Platform) -> tuple[str, Platform]:
         reference = ImageReference.parse(image)
-        insecure = self.output.insecure and reference.registry == self.output.registry
+        insecure = self.output.insecure_for(reference.registry)
         return await self.registry.select_platform(reference, platform, insecure=insecure,
                                                    docker_config=self.config)
 

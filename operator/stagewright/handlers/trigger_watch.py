@@ -197,14 +197,12 @@ class TriggerWatch:
                                      secret))
         if triggers.base_images is not None:
             push = spec.output.push_secret_ref.name if spec.output.push_secret_ref else None
-            output_registry = ImageReference.parse(spec.output.image).registry
             for image in inputs.base_images if inputs and inputs.base_images else []:
                 if any(fnmatch.fnmatchcase(image.image, pattern)
                        for pattern in triggers.base_images.exclude):
                     continue
-                insecure = spec.output.insecure and _registry_of(image.image) == output_registry
                 targets.add(ImageTarget(image.image, namespace if push else None, push,
-                                        insecure))
+                                        spec.output.insecure_for(_registry_of(image.image))))
         return targets
 
     def _interval(self, build: ImageBuild, target: Target) -> float:
@@ -342,11 +340,10 @@ class TriggerWatch:
         """Each image's digest now, from a poll that looked within its interval or a HEAD."""
         spec = build.spec
         push = spec.output.push_secret_ref.name if spec.output.push_secret_ref else None
-        output_registry = ImageReference.parse(spec.output.image).registry
         digests = []
         for image in images:
             target = ImageTarget(image, build.namespace if push else None, push,
-                                 spec.output.insecure and _registry_of(image) == output_registry)
+                                 spec.output.insecure_for(_registry_of(image)))
             poll = self._polls.get(target) or _Poll(target, {(build.namespace, build.name):
                                                              self._minimum})
             if poll.seen is None or time.monotonic() - poll.checked_at > poll.interval:
