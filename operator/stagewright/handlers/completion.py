@@ -25,7 +25,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stagewright.api.reasons import Reason
 from stagewright.api.triggers import BuildInputs, ImageDigest
@@ -34,7 +34,6 @@ from stagewright.build_log import BuildLog, parse_build_log
 from stagewright.dockerfile import base_images
 from stagewright.handlers.kube_api import ApiError, KubeApi
 from stagewright.handlers.push_secret import docker_config
-from stagewright.handlers.signer import Signer, operator_version
 from stagewright.handlers.trigger_watch import TriggerWatch
 from stagewright.insight import SCRATCH, build_insight, over_budget_message, success_message
 from stagewright.registry import (
@@ -47,8 +46,11 @@ from stagewright.registry import (
 )
 from stagewright.resources.pod_common import dockerfile_key
 from stagewright.settings import Settings
-from stagewright.signing.provenance import BuildFacts
+from stagewright.signing.provenance import BuildFacts, operator_version
 from stagewright.status import ConditionUpdate, human_size, parse_iso
+
+if TYPE_CHECKING:
+    from stagewright.handlers.signer import Signer
 
 #: How long after the builder's exit a registry that does not (yet) serve the digest, or cannot be
 #: reached, is asked again before the operator records what it knows.
@@ -149,8 +151,7 @@ class Completion:
         self.settings = settings
         #: Resolves the base images' digests for builds with a base-image trigger.
         self.triggers = triggers
-        #: Signs confirmed images of ImageBuilds with spec.signing.
-        self.signer = Signer(api, registry)
+        self._signer: Signer | None = None
 
     async def complete(self, build: ImageBuild, log: Logger, digest: str,
                        finished_at: str | None, checks: list[dict[str, Any]] | None,
@@ -216,9 +217,19 @@ class Completion:
         log.info(f"Built {image} ({result['size_human']}, {info.layers} layers).")
         await record(verdict)
 
+    @property
+    def signer(self) -> Signer:
+        """Signs confirmed images of ImageBuilds with spec.signing. Imported on first use:
+        its cryptography and NaCl cost ~11 MiB of resident memory, for operators that sign."""
+        if self._signer is None:
+            from stagewright.handlers.signer import Signer  # noqa: PLC0415 - see above
+
+            self._signer = Signer(self.api, self.registry)
+        return self._signer
+
     async def signed(self, build: ImageBuild, log: Logger, verdict: Verdict,
-                      inputs: dict[str, Any] | None, builder_image: str | None,
-                      finished_at: str | None) -> Verdict:
+                     inputs: dict[str, Any] | None, builder_image: str | None,
+                     finished_at: str | None) -> Verdict:
         """The verdict with the image signed and attested (or why not): only now, with the
         digest confirmed at the registry, tagged and within its budget."""
         signing = build.spec.signing

@@ -21,7 +21,6 @@ import base64
 import binascii
 import logging
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any
 
 from stagewright.api.reasons import Reason
@@ -44,14 +43,6 @@ from stagewright.status import ConditionUpdate, now_iso
 
 _log = logging.getLogger("stagewright")
 KEY_FILE, PASSWORD_FILE = "cosign.key", "cosign.password"
-
-
-def operator_version() -> str:
-    """This operator's version, as its provenance names the builder."""
-    try:
-        return metadata.version("stagewright")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 @dataclass(frozen=True)

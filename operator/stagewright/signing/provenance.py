@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
 
 from stagewright.api.v1alpha1 import ImageBuild
@@ -38,6 +39,14 @@ class BuildFacts:
     started: str | None = None
     finished: str | None = None
     operator_version: str = "unknown"
+
+
+def operator_version() -> str:
+    """This operator's version, as its provenance names the builder."""
+    try:
+        return metadata.version("stagewright")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def statement(build: ImageBuild, facts: BuildFacts) -> bytes:
