@@ -5,14 +5,23 @@ sandbox used to queue on the lock silently; now the holder writes who it is into
 (PID, what it is, since when, where its kubeconfig is), so a waiter can say what it waits for.
 A kept sandbox (``make sandbox``) does not end on its own: waiting for it would hang, so a
 newcomer is refused at once with the way to use or stop it.
+
+The lock file lives in ``/run``, which is per mount namespace, but the bridge and the NAT rules
+are per network namespace: two containers sharing one network (CI beside a developer's shell)
+see different lock files and one bridge. So the holder also binds an abstract Unix socket,
+whose name is scoped to the network namespace and freed by the kernel when its process dies.
+Holding both means no live sandbox shares this network: a bridge found then is a killed
+sandbox's leftover, safe to take over (NodeHost does).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -21,6 +30,9 @@ from pathlib import Path
 from typing import IO
 
 LOCK_FILE = Path("/run/stagewright-sandbox-node.lock")
+#: The abstract socket's name (no file: Linux scopes it to the network namespace).
+NETWORK_LOCK = "stagewright-sandbox-node"
+NETWORK_LOCK_POLL_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -69,13 +81,17 @@ class HostLock:
     """``with HostLock(purpose):`` holds the node; a busy node is waited for or refused."""
 
     def __init__(self, purpose: str, *, kept: bool = False, kubeconfig: str = "",
-                 notify: Callable[[str], None] | None = None, path: Path = LOCK_FILE) -> None:
+                 notify: Callable[[str], None] | None = None, path: Path = LOCK_FILE,
+                 network_lock: str = NETWORK_LOCK) -> None:
         self.record = Holder(pid=os.getpid(), purpose=purpose,
                              since=_now(),
                              kept=kept, kubeconfig=kubeconfig)
-        self._notify = notify or (lambda _message: None)
+        #: Tells the person running this what the node is waiting for or taking over.
+        self.notify = notify or (lambda _message: None)
         self._path = path
+        self._network_lock = network_lock
         self._file: IO[str] | None = None
+        self._socket: socket.socket | None = None
         #: How long the lock was waited for (another sandbox's node ran meanwhile).
         self.waited_seconds = 0.0
 
@@ -93,9 +109,10 @@ class HostLock:
                         f"(KUBECONFIG={holder.kubeconfig}, or `. .sandbox/env`), or stop it "
                         "with `make sandbox-down` (or Ctrl-C where it runs)")
                 what = holder.describe() if holder is not None else "another process"
-                self._notify(f"The sandbox node is held by {what}; waiting for it to stop "
-                             "(one node per machine).")
+                self.notify(f"The sandbox node is held by {what}; waiting for it to stop "
+                            "(one node per machine).")
                 fcntl.flock(lock, fcntl.LOCK_EX)
+            self._socket = self._hold_network()
             # Since when it holds the node, not since when it asked.
             self.record = replace(self.record, since=_now())
             lock.seek(0)
@@ -103,13 +120,34 @@ class HostLock:
             lock.write(json.dumps(asdict(self.record)))
             lock.flush()
         except BaseException:
+            if self._socket is not None:
+                self._socket.close()
+                self._socket = None
             lock.close()
             raise
         self._file = lock
         self.waited_seconds = time.monotonic() - started
 
+    def _hold_network(self) -> socket.socket:
+        """Bind the network-wide lock, polling while a sandbox that shares this network but
+        not this ``/run`` holds it (its process and record are invisible from here)."""
+        said = False
+        while True:
+            held = _bind_abstract(self._network_lock)
+            if held is not None:
+                return held
+            if not said:
+                self.notify("The sandbox node's network (bridge, NAT rules) is held by a "
+                            "sandbox in another container sharing this network; waiting for "
+                            "it to stop (one node per network).")
+                said = True
+            time.sleep(NETWORK_LOCK_POLL_SECONDS)
+
     def release(self) -> None:
         """Clear the record and let the next sandbox in (idempotent)."""
+        held, self._socket = self._socket, None
+        if held is not None:
+            held.close()
         lock, self._file = self._file, None
         if lock is None:
             return
@@ -118,6 +156,19 @@ class HostLock:
             lock.truncate()
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
+
+
+def _bind_abstract(name: str) -> socket.socket | None:
+    """The bound abstract socket ``name``, or None when a live process holds it."""
+    held = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        held.bind("\0" + name)
+    except OSError as exc:
+        held.close()
+        if exc.errno == errno.EADDRINUSE:
+            return None
+        raise
+    return held
 
 
 def _try_lock(lock: IO[str]) -> bool:

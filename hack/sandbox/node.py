@@ -3,10 +3,11 @@ scheduler and the controller-manager that make the control plane a cluster.
 
 Recipe and settings from FACTS.md ("A real node"). Two parts, entered in this order:
 
-- :class:`NodeHost` owns what is host-wide: a lock (one node per machine; a second sandbox
-  waits), the bridge whose gateway address the sandbox's registry and git server bind to, and
-  the undo of every host change on exit (NAT rules, ip_forward, the kubelet's fixed dirs,
-  network namespaces, the ``kubepods`` cgroups), even after a failure.
+- :class:`NodeHost` owns what is host-wide: a lock (one node per machine and per network; a
+  second sandbox waits), the bridge whose gateway address the sandbox's registry and git
+  server bind to (a killed sandbox's bridge is taken over), and the undo of every host change
+  on exit (NAT rules, ip_forward, the kubelet's fixed dirs, network namespaces, the
+  ``kubepods`` cgroups), even after a failure.
 - :class:`Node` runs the processes (containerd, kube-scheduler, kube-controller-manager,
   kubelet), each with its standard identity, and stops them by PID with every container
   they started.
@@ -100,10 +101,16 @@ class NodeHost:
         self._existing_kubepods = set(CGROUP_ROOT.glob(f"*/{KUBEPODS}"))
 
     def _make_bridge(self) -> None:
-        """Create the bridge now, so servers can bind to its gateway before any pod exists."""
+        """Create the bridge now, so servers can bind to its gateway before any pod exists.
+
+        The lock is held, network-wide (see host_lock): a bridge already there belongs to no
+        live sandbox but to one that was killed (SIGKILL, a machine's session ended), and
+        would otherwise block every later sandbox on this network. It is taken over.
+        """
         if _run("ip", "-o", "link", "show", BRIDGE, check=False):
-            raise RuntimeError(f"bridge {BRIDGE} already exists: another sandbox node, or one "
-                               "that was killed; `ip link delete {BRIDGE}` if none runs")
+            self.lock.notify(f"Bridge {BRIDGE} was left by a sandbox that was killed (no live "
+                             "sandbox holds this network); deleting it.")
+            _run("ip", "link", "delete", BRIDGE)
         _run("ip", "link", "add", BRIDGE, "address", BRIDGE_MAC, "type", "bridge")
         _run("ip", "addr", "add", f"{GATEWAY}/{SUBNET.split('/')[1]}", "dev", BRIDGE)
         _run("ip", "link", "set", BRIDGE, "up")

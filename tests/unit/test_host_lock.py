@@ -1,13 +1,17 @@
 """The sandbox node's machine-wide lock says who holds it (hack/sandbox/host_lock.py).
 
 Real ``flock`` on a lock file of the test's own: two opens of one file conflict as two
-processes' would, so a holder and a newcomer can meet in one test.
+processes' would, so a holder and a newcomer can meet in one test. The network-wide half is a
+real abstract Unix socket under a name of the test's own.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -61,3 +65,56 @@ def test_a_transient_holder_is_waited_for_and_named(tmp_path: Path) -> None:
     assert holder.purpose == "a test run"
     assert second.waited_seconds >= 0.4
     second.release()
+
+
+def test_a_sandbox_sharing_the_network_but_not_run_is_waited_for(tmp_path: Path) -> None:
+    """Two containers on one network see two lock files and one bridge: the abstract socket
+    (scoped to the network namespace) makes the second wait, and lets it in once released."""
+    network = f"stagewright-test-{uuid.uuid4().hex}"
+    first = HostLock("a test run in CI", path=tmp_path / "ci.lock", network_lock=network)
+    first.acquire()
+    said: list[str] = []
+    second = HostLock("a test run in a shell", notify=said.append,
+                      path=tmp_path / "shell.lock", network_lock=network)
+    waiter = threading.Thread(target=second.acquire)
+    waiter.start()
+    time.sleep(0.5)
+    assert waiter.is_alive()  # its own lock file was free; the network was not
+    assert said == ["The sandbox node's network (bridge, NAT rules) is held by a sandbox in "
+                    "another container sharing this network; waiting for it to stop (one "
+                    "node per network)."]
+    first.release()
+    waiter.join(timeout=5)
+    assert not waiter.is_alive()
+    assert second.waited_seconds >= 0.4
+    second.release()
+
+
+def test_a_killed_holder_frees_the_network_lock_with_its_process(tmp_path: Path) -> None:
+    """The kernel frees the abstract name when the holder dies, even by SIGKILL: the next
+    sandbox gets the network at once (and takes over the bridge it left)."""
+    network = f"stagewright-test-{uuid.uuid4().hex}"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import socket, sys, time\n"
+         "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+         f"s.bind('\\0{network}')\n"
+         "print('held', flush=True)\n"
+         "time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        blocked = HostLock("a test run", path=tmp_path / "a.lock", network_lock=network)
+        waiter = threading.Thread(target=blocked.acquire)
+        waiter.start()
+        time.sleep(0.3)
+        assert waiter.is_alive()
+        holder.kill()
+        holder.wait()
+        waiter.join(timeout=5)
+        assert not waiter.is_alive()
+        blocked.release()
+    finally:
+        holder.kill()
+        holder.wait()
