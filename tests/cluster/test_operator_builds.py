@@ -348,3 +348,23 @@ def test_a_missing_service_account_is_waited_for_not_failed(sandbox: Sandbox,
                   "metadata": {"name": "builder", "namespace": namespace}}])
     status = sandbox.wait_settled("robot", namespace, timeout=240)["status"]
     assert status["phase"] == "Succeeded", status
+
+
+def test_a_full_resource_quota_holds_the_build_until_capacity_frees(sandbox: Sandbox,
+                                                                    namespace: str) -> None:
+    """The ResourceQuota admission plugin's refusal passes on its own: the build waits,
+    Pending with the quota's words, and starts once the quota allows a pod."""
+    admin = sandbox.admin
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota",
+             "metadata": {"name": "no-pods", "namespace": namespace},
+             "spec": {"hard": {"pods": "0"}}}
+    admin.apply([quota])
+    admin.apply([context(namespace, "ARG BASE\nFROM ${BASE}\nRUN echo ok > /ok\n"),
+                 imagebuild(sandbox, namespace, "held")])
+    pending = wait_phase(sandbox, namespace, "held", "Pending", reason="PodRejected")["status"]
+    assert "exceeded quota: no-pods" in pending["message"], pending
+    assert pods(sandbox, namespace, "held") == []
+    admin.apply([{**quota, "spec": {"hard": {"pods": "1"}}}])
+    status = sandbox.wait_settled("held", namespace, timeout=240)["status"]
+    assert status["phase"] == "Succeeded", status
+    assert len(pods(sandbox, namespace, "held")) == 1

@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 import kopf
 from pydantic import ValidationError
 
+from stagewright.admission import Answer, pod_refusal
 from stagewright.api.reasons import WARNINGS, Reason
 from stagewright.api.triggers import BuildInputs, TriggerStatus
 from stagewright.api.v1alpha1 import (
@@ -38,6 +38,7 @@ from stagewright.handlers.kube_api import ApiError, KubeApi
 from stagewright.handlers.metrics import Metrics
 from stagewright.handlers.platforms import PlatformBuilds, Prepared, Refused
 from stagewright.handlers.pod_outcome import pod_outcome
+from stagewright.handlers.references import build_references
 from stagewright.handlers.trigger_watch import TriggerWatch
 from stagewright.platforms.plan import (
     Built,
@@ -58,11 +59,8 @@ from stagewright.resources.pod_common import (
     ANNOTATION_PLATFORM,
     LABEL_IMAGEBUILD,
     build_key,
-    context_files,
     deadline_seconds,
-    dockerfile_key,
     imagebuild_label,
-    missing_context_keys,
     pod_name,
 )
 from stagewright.settings import Settings
@@ -88,15 +86,6 @@ _NO_RESULT: dict[str, Any] = dict(
 )
 
 _log = logging.getLogger("stagewright")
-
-
-class _References(NamedTuple):
-    """What a build pod would mount or read that does not exist, the ConfigMap context's
-    files, and its Dockerfile (None for other sources)."""
-
-    missing: list[str]
-    files: list[ContextFile]
-    dockerfile: str | None
 
 
 class Reconciler:
@@ -314,7 +303,7 @@ class Reconciler:
                 f"({', '.join(self.settings.registry_allow)}); ask your cluster admin, or "
                 "push to an allowed registry.", pod_name=None, start=start, **_NO_RESULT)
             return
-        refs = await self._references(build)
+        refs = await build_references(self.api, self.settings, build)
         if refs.missing:
             # A pod would only wait on the missing volume without saying why: say it here,
             # and launch once the object exists (the resync looks again).
@@ -378,38 +367,6 @@ class Reconciler:
             if host is not None and not host_allowed(host, self.settings.registry_allow):
                 return f"{what} {host}"
         return None
-
-    async def _references(self, build: ImageBuild) -> _References:
-        """What the build pod would mount or read that does not exist, the context files, and
-        the Dockerfile when it is in the cluster.
-
-        The ConfigMap context is read here anyway (to report it missing), so its keys, which
-        the pod mounts one by one, and its Dockerfile come from the same read.
-        """
-        spec, namespace = build.spec, build.namespace
-        missing: list[str] = []
-        files: list[ContextFile] = []
-        dockerfile: str | None = None
-        source = spec.source.config_map
-        if source is not None:
-            config_map = await self.api.get_configmap(namespace, source.name)
-            if config_map is None:
-                missing.append(f"ConfigMap {source.name}")
-            else:
-                keys = [*(config_map.get("data") or {}), *(config_map.get("binaryData") or {})]
-                missing += [f"key {key} of ConfigMap {source.name}"
-                            for key in missing_context_keys(source, keys)]
-                files = context_files(source, keys)
-                text = (config_map.get("data") or {}).get(dockerfile_key(spec) or "")
-                dockerfile = text if isinstance(text, str) else None
-        bundle = self.settings.ca_bundle_configmap
-        if bundle and await self.api.get_configmap(namespace, bundle) is None:
-            missing.append(f"ConfigMap {bundle} (the operator's CA bundle)")
-        git_secret = spec.source.git.secret_ref if spec.source.git else None
-        for ref in (spec.output.push_secret_ref, git_secret):
-            if ref is not None and await self.api.get_secret(namespace, ref.name) is None:
-                missing.append(f"Secret {ref.name}")
-        return _References(missing, files, dockerfile)
 
     async def _clean_up_pods(self, namespace: str, name: str, uid: str,
                              status: ImageBuildStatus, log: Logger,
@@ -504,37 +461,21 @@ class Reconciler:
 
     async def _pod_refused(self, build: ImageBuild, log: Logger, exc: ApiError,
                            start: Start | None) -> None:
-        """The API server would not create the build pod: say why in status, or retry."""
-        if exc.status in (400, 422):
-            # The spec passed the CRD schema but makes an invalid Pod (e.g. a bad quantity).
-            await self._write(build, phase=Phase.FAILED, reason=Reason.INVALID_SPEC,
-                              message=f"The API server rejected the build pod: {exc.message}",
-                              pod_name=None, completion=True)
-        elif exc.status == 403 and "being terminated" in exc.message:
-            # The namespace is being deleted, this ImageBuild with it: nothing to build or say.
-            log.info(f"Not retrying: namespace {build.namespace} is being deleted.")
-        elif exc.status == 403 and (account := _missing_service_account(exc.message)):
-            # The ServiceAccount admission plugin: a namespace created a moment ago has no
-            # default account until the controller-manager makes it (a file that creates the
-            # namespace and its ImageBuild together), or spec.serviceAccountName names one
-            # not made yet. Either way the build starts once it exists (the resync retries).
-            await self._write_if_changed(
-                build, log, phase=Phase.PENDING, reason=Reason.REFERENCE_NOT_FOUND,
-                message=f"Waiting for ServiceAccount {account} in namespace {build.namespace}; "
-                "the build starts when it exists.", start=start)
-        elif exc.status == 403 and "exceeded quota" in exc.message:
-            # A ResourceQuota: the build starts when capacity frees up (the resync retries).
-            await self._write_if_changed(build, log, phase=Phase.PENDING,
-                                         reason=Reason.POD_REJECTED, message=exc.message,
-                                         start=start)
-        elif exc.status == 403:
-            # Pod Security admission, a policy webhook, or the operator's own RBAC.
-            log.error(f"The build pod was refused: {exc.message}")
-            await self._write(build, phase=Phase.FAILED, reason=Reason.POD_REJECTED,
-                              message=f"The API server refused the build pod: {exc.message}",
-                              pod_name=None, completion=True)
-        else:
+        """The API server would not create the build pod: fail, wait, or drop the build as
+        the refusal says (``admission``)."""
+        refusal = pod_refusal(exc.status, exc.message, build.namespace)
+        if refusal is None:
             raise exc
+        if refusal.answer is Answer.DROP:
+            log.info(refusal.message)
+        elif refusal.answer is Answer.WAIT:  # the resync tries again
+            await self._write_if_changed(build, log, phase=Phase.PENDING,
+                                         reason=refusal.reason, message=refusal.message,
+                                         start=start)
+        else:
+            log.error(refusal.message)
+            await self._write(build, phase=Phase.FAILED, reason=refusal.reason,
+                              message=refusal.message, pod_name=None, completion=True)
 
     async def _follow(self, build: ImageBuild, log: Logger, key: str,
                       seen: dict[str, Any] | None) -> None:
@@ -562,7 +503,7 @@ class Reconciler:
                                            builder_image=builder_image(pod) if pod else None)
         elif outcome.infrastructure_failure and (status.attempt or 1) <= build.spec.retries:
             log.warning(f"Build pod {status.pod_name} failed ({outcome.reason}); retrying.")
-            refs = await self._references(build)
+            refs = await build_references(self.api, self.settings, build)
             await self._launch(build, log, key, attempt=(status.attempt or 1) + 1,
                                note=f"Attempt {status.attempt or 1} failed "
                                f"({outcome.reason}: {outcome.message}). ", files=refs.files)
@@ -587,7 +528,7 @@ class Reconciler:
                                   **status_fields(step.platforms))
             case Retrying():
                 log.warning(step.message)
-                refs = await self._references(build)
+                refs = await build_references(self.api, self.settings, build)
                 prepared = await self.platforms.prepare(build, log, refs.dockerfile)
                 if isinstance(prepared, Refused):  # its ConfigMap changed since
                     await self._write(build, phase=Phase.FAILED, reason=prepared.reason,
@@ -728,17 +669,6 @@ class Reconciler:
         except ApiError as exc:
             _log.warning(f"Could not post the {reason} Event for "
                          f"{event['metadata']['namespace']}/{metadata.get('name')}: {exc}")
-
-
-#: The ServiceAccount admission plugin's refusal of a pod whose account does not exist (yet).
-_NO_SERVICE_ACCOUNT = re.compile(r'error looking up service account [^/\s]+/([^:\s]+): '
-                                 r'serviceaccount "[^"]*" not found')
-
-
-def _missing_service_account(message: str) -> str | None:
-    """The account a refused pod create waited for, or None for other refusals."""
-    found = _NO_SERVICE_ACCOUNT.search(message)
-    return found.group(1) if found else None
 
 
 __all__ = ["ApiError", "Reconciler"]
