@@ -11,7 +11,9 @@ are per network namespace: two containers sharing one network (CI beside a devel
 see different lock files and one bridge. So the holder also binds an abstract Unix socket,
 whose name is scoped to the network namespace and freed by the kernel when its process dies.
 Holding both means no live sandbox shares this network: a bridge found then is a killed
-sandbox's leftover, safe to take over (NodeHost does).
+sandbox's leftover, safe to take over (NodeHost does). The holder also answers on that socket
+with its record, so a newcomer in another container can say what it waits for, and is refused
+at once by a kept sandbox there as it is by one here.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import fcntl
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -71,9 +74,17 @@ def _alive(pid: int) -> bool:
 def read_holder(path: Path = LOCK_FILE) -> Holder | None:
     """The current holder as its lock file says, or None (free, or an unreadable record)."""
     try:
-        record = json.loads(path.read_text() or "null")
+        return _holder_from(path.read_text())
+    except OSError:
+        return None
+
+
+def _holder_from(text: str | bytes) -> Holder | None:
+    """A holder's record as it wrote it, or None when it is empty or unreadable."""
+    try:
+        record = json.loads(text or "null")
         return Holder(**record) if isinstance(record, dict) else None
-    except (OSError, ValueError, TypeError):
+    except (ValueError, TypeError):
         return None
 
 
@@ -115,10 +126,13 @@ class HostLock:
             self._socket = self._hold_network()
             # Since when it holds the node, not since when it asked.
             self.record = replace(self.record, since=_now())
+            record = json.dumps(asdict(self.record))
             lock.seek(0)
             lock.truncate()
-            lock.write(json.dumps(asdict(self.record)))
+            lock.write(record)
             lock.flush()
+            threading.Thread(target=_answer_with, args=(self._socket, record.encode()),
+                             name="sandbox-lock-holder", daemon=True).start()
         except BaseException:
             if self._socket is not None:
                 self._socket.close()
@@ -136,10 +150,19 @@ class HostLock:
             held = _bind_abstract(self._network_lock)
             if held is not None:
                 return held
+            holder = _network_holder(self._network_lock)
+            # Its PID is in another PID namespace: named, never probed from here.
+            what = (f"{holder.purpose} (PID {holder.pid} in another container, since "
+                    f"{holder.since})" if holder is not None
+                    else "a sandbox in another container")
+            if holder is not None and holder.kept:
+                raise NodeBusyError(
+                    f"the sandbox node's network (bridge, NAT rules) is held by {what}, "
+                    "sharing this network: use that sandbox, or stop it where it runs "
+                    "(`make sandbox-down` there)")
             if not said:
-                self.notify("The sandbox node's network (bridge, NAT rules) is held by a "
-                            "sandbox in another container sharing this network; waiting for "
-                            "it to stop (one node per network).")
+                self.notify(f"The sandbox node's network (bridge, NAT rules) is held by "
+                            f"{what}; waiting for it to stop (one node per network).")
                 said = True
             time.sleep(NETWORK_LOCK_POLL_SECONDS)
 
@@ -147,6 +170,8 @@ class HostLock:
         """Clear the record and let the next sandbox in (idempotent)."""
         held, self._socket = self._socket, None
         if held is not None:
+            with contextlib.suppress(OSError):
+                held.shutdown(socket.SHUT_RDWR)  # wakes the answering thread's accept()
             held.close()
         lock, self._file = self._file, None
         if lock is None:
@@ -159,7 +184,7 @@ class HostLock:
 
 
 def _bind_abstract(name: str) -> socket.socket | None:
-    """The bound abstract socket ``name``, or None when a live process holds it."""
+    """The bound, listening abstract socket ``name``, or None when a live process holds it."""
     held = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         held.bind("\0" + name)
@@ -168,7 +193,34 @@ def _bind_abstract(name: str) -> socket.socket | None:
         if exc.errno == errno.EADDRINUSE:
             return None
         raise
+    held.listen(8)
     return held
+
+
+def _answer_with(held: socket.socket, record: bytes) -> None:
+    """Give each newcomer that connects the holder's record, until the lock is released."""
+    while True:
+        try:
+            newcomer, _ = held.accept()
+        except OSError:
+            return  # released: shut down and closed
+        with newcomer, contextlib.suppress(OSError):
+            newcomer.sendall(record)
+
+
+def _network_holder(name: str) -> Holder | None:
+    """The record the network lock's holder answers with, or None (it is starting or
+    stopping, or is an older sandbox that does not answer)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(2.0)
+        received = b""
+        try:
+            probe.connect("\0" + name)
+            while chunk := probe.recv(4096):
+                received += chunk
+        except OSError:
+            return None
+    return _holder_from(received)
 
 
 def _try_lock(lock: IO[str]) -> bool:
