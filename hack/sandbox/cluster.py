@@ -75,6 +75,17 @@ class Cluster:
         with contextlib.suppress(NotFoundError):
             self.resource(api_version, kind).delete(name=name, namespace=namespace)
 
+    def wait_gone(self, api_version: str, kind: str, name: str, namespace: str | None = None,
+                  timeout: float = 120) -> None:
+        """Poll until an object no longer exists: a deleted Namespace stays Terminating while
+        its contents go, and refuses new content meanwhile (so a test re-creating it would
+        be refused)."""
+        deadline = time.monotonic() + timeout
+        while self.get(api_version, kind, name, namespace) is not None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{kind} {name}: still there {timeout}s after its deletion")
+            time.sleep(0.5)
+
     def wait_for_service_account(self, namespace: str, name: str = "default",
                                  timeout: float = 30) -> None:
         """Wait until a ServiceAccount exists with its token: pods naming it are refused

@@ -257,14 +257,7 @@ def test_generated_imagebuilds_are_refused_or_told_what_to_fix(
     # Hundreds stay Pending (their ConfigMap never comes): later tests restart the operator,
     # which would start with all of them to re-check. Leave the cluster as we found it.
     sandbox.admin.delete("v1", "Namespace", namespace)
-    _wait_namespace_gone(sandbox, namespace)
-
-
-def _wait_namespace_gone(sandbox: Sandbox, namespace: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while sandbox.admin.get("v1", "Namespace", namespace) is not None:
-        assert time.monotonic() < deadline, f"namespace {namespace} not gone after {timeout}s"
-        time.sleep(1)
+    sandbox.admin.wait_gone("v1", "Namespace", namespace, timeout=180)
 
 
 HOSTILE_LABELS = {

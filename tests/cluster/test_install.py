@@ -51,7 +51,7 @@ pytestmark = pytest.mark.cluster
 CRD = "imagebuilds.stagewright.dev"
 CHART = REPO_ROOT / "charts" / "stagewright"
 HELM_NAMESPACE = "sw-helm"
-#: The namespace-mode release's own namespace (the other's may still be terminating).
+#: The namespace-mode release's own namespace.
 SCOPED_NAMESPACE = "sw-helm-scoped"
 HELM_RELEASE = "sw"
 HELM_OPERATOR = "sw-stagewright-operator"
@@ -96,7 +96,8 @@ def _helm_release(sandbox: Sandbox, operator_image: OperatorImage, release_names
                   *values: str) -> Iterator[None]:
     """The chart installed into ``release_namespace`` (which must exist) with the operator's
     own image, the sandbox's Kaniko and ``values``; on exit uninstalled, whatever the test
-    did, and the namespace deleted."""
+    did, and the namespace deleted and waited for: the next test's release may use its name
+    (a Terminating namespace refuses Helm's release Secret)."""
     # Build pods are baseline (Kaniko runs as root): the release's operator may create them,
     # as the sandbox's own operator may (hack/sandbox/pod-security.yaml).
     sandbox.allow_baseline_builds(HELM_OPERATOR, release_namespace)
@@ -115,6 +116,7 @@ def _helm_release(sandbox: Sandbox, operator_image: OperatorImage, release_names
                         "--namespace", release_namespace, "--ignore-not-found"],
                        capture_output=True, check=False, timeout=120)
         sandbox.admin.delete("v1", "Namespace", release_namespace)
+        sandbox.admin.wait_gone("v1", "Namespace", release_namespace)
 
 
 def _operator_env(pod: dict[str, Any]) -> dict[str, str]:
