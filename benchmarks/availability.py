@@ -47,12 +47,14 @@ from benchmarks.burst import (
     StagewrightProcess,
     Watched,
     _create_all,
-    _watch_imagebuilds,
     burst,
     cpu_seconds,
+    create_namespace,
+    empty_namespace,
     imagebuild,
     push_image,
     rss_kib,
+    watch_namespace,
 )
 from benchmarks.instant_kubelet import InstantKubelet
 from benchmarks.kube import Kube
@@ -175,14 +177,7 @@ async def backlog(harness: Harness, which: str, namespace: str, count: int,
     async with AsyncExitStack() as stack:
         kube = await stack.enter_async_context(Kube(harness.control_plane,
                                                     harness.control_plane.admin))
-        await kube.request("POST", "/api/v1/namespaces", {
-            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-        seen = Watched()
-        kubelet = InstantKubelet(kube, namespace, harness.digest)
-        tasks = [asyncio.create_task(_watch_imagebuilds(
-            kube, namespace, await kube.list_version(IMAGEBUILDS.format(ns=namespace)), seen)),
-            asyncio.create_task(kubelet.run(
-                await kube.list_version(f"/api/v1/namespaces/{namespace}/pods")))]
+        seen, kubelet, tasks = await watch_namespace(kube, harness, namespace)
         operator, env, held = await _backlog_operator(harness, kube, which, namespace, before)
         result: dict[str, Any] = {"operator": which, "pending": count}
         if held is not None:  # the standby starts first and waits
@@ -218,10 +213,7 @@ async def backlog(harness: Harness, which: str, namespace: str, count: int,
         for task in tasks:
             task.cancel()
         await asyncio.to_thread(operator.stop)
-        async with kube.session.delete(kube.base + IMAGEBUILDS.format(ns=namespace)):
-            pass
-        async with kube.session.delete(kube.base + f"/api/v1/namespaces/{namespace}/pods"):
-            pass
+        await empty_namespace(kube, namespace)
     return result
 
 
@@ -321,8 +313,7 @@ async def failovers(harness: Harness, kills: int, handovers: int,
     async with AsyncExitStack() as stack:
         kube = await stack.enter_async_context(Kube(harness.control_plane,
                                                     harness.control_plane.admin))
-        await kube.request("POST", "/api/v1/namespaces", {
-            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+        await create_namespace(kube, namespace)
         kubelet = InstantKubelet(kube, namespace, harness.digest)
         watch = asyncio.create_task(kubelet.run(
             await kube.list_version(f"/api/v1/namespaces/{namespace}/pods")))

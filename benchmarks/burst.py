@@ -274,6 +274,37 @@ async def _create_all(kube: Kube, harness: Harness, namespace: str, count: int,
     await asyncio.gather(*(create(i) for i in range(count)))
 
 
+async def create_namespace(kube: Kube, name: str) -> None:
+    """A namespace of one measurement's own."""
+    await kube.request("POST", "/api/v1/namespaces", {
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+
+
+async def watch_namespace(kube: Kube, harness: Harness, namespace: str, *,
+                          hold_seconds: float = 0.0,
+                          ) -> tuple[Watched, InstantKubelet, list[asyncio.Task[None]]]:
+    """A new namespace, its ImageBuilds watched (what the harness saw) and its pods run by
+    the stand-in kubelet; the two watch tasks are the caller's to check and cancel."""
+    await create_namespace(kube, namespace)
+    seen = Watched()
+    kubelet = InstantKubelet(kube, namespace, harness.digest, hold_seconds=hold_seconds)
+    tasks = [
+        asyncio.create_task(_watch_imagebuilds(
+            kube, namespace, await kube.list_version(IMAGEBUILDS.format(ns=namespace)), seen)),
+        asyncio.create_task(kubelet.run(
+            await kube.list_version(f"/api/v1/namespaces/{namespace}/pods"))),
+    ]
+    return seen, kubelet, tasks
+
+
+async def empty_namespace(kube: Kube, namespace: str) -> None:
+    """Delete a measurement's ImageBuilds and pods: none for the next operator to adopt, and
+    none for the next measurement's apiserver to carry (no garbage collector runs here)."""
+    for collection in (IMAGEBUILDS.format(ns=namespace), f"/api/v1/namespaces/{namespace}/pods"):
+        async with kube.session.delete(kube.base + collection) as gone:
+            gone.raise_for_status()
+
+
 async def burst(harness: Harness, operator: Operator, namespace: str, count: int, *,
                 hold_seconds: float = 0.0, give_up_after: float = 900,
                 during: Callable[[Kube, Watched, InstantKubelet], Awaitable[None]] | None = None,
@@ -282,17 +313,8 @@ async def burst(harness: Harness, operator: Operator, namespace: str, count: int
     async with AsyncExitStack() as stack:
         kube = await stack.enter_async_context(Kube(harness.control_plane,
                                                     harness.control_plane.admin))
-        await kube.request("POST", "/api/v1/namespaces", {
-            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-        seen = Watched()
-        kubelet = InstantKubelet(kube, namespace, harness.digest, hold_seconds=hold_seconds)
-        tasks = [
-            asyncio.create_task(_watch_imagebuilds(
-                kube, namespace, await kube.list_version(IMAGEBUILDS.format(ns=namespace)),
-                seen)),
-            asyncio.create_task(kubelet.run(
-                await kube.list_version(f"/api/v1/namespaces/{namespace}/pods"))),
-        ]
+        seen, kubelet, tasks = await watch_namespace(kube, harness, namespace,
+                                                     hold_seconds=hold_seconds)
         await asyncio.to_thread(operator.start)
         stack.callback(operator.stop)  # also when the run fails or is interrupted
         await asyncio.sleep(1)
@@ -324,12 +346,7 @@ async def burst(harness: Harness, operator: Operator, namespace: str, count: int
         for task in tasks:
             task.cancel()
         await asyncio.to_thread(operator.stop)
-        # Leave no ImageBuilds for the next operator to adopt, and no pods for the next
-        # burst's apiserver to carry (no garbage collector runs here).
-        for collection in (IMAGEBUILDS.format(ns=namespace),
-                           f"/api/v1/namespaces/{namespace}/pods"):
-            async with kube.session.delete(kube.base + collection) as gone:
-                gone.raise_for_status()
+        await empty_namespace(kube, namespace)
     _last_reasons.clear()
     _last_reasons.update(seen.reasons_seen)
     summary = _summary(seen, kubelet, count, started, pods=pods, events=events,
@@ -793,8 +810,7 @@ async def run_memory(harness: Harness, history: int, building: int) -> dict[str,
     result: dict[str, Any] = {}
     async with Kube(harness.control_plane, harness.control_plane.admin) as kube:
         for namespace in ("bench-history", "bench-building"):
-            await kube.request("POST", "/api/v1/namespaces", {
-                "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+            await create_namespace(kube, namespace)
         operator = StagewrightProcess(harness, "", log_name="stagewright-memory.log")
         await asyncio.to_thread(operator.start)
         await last_busy(operator.pid, 10)
